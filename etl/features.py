@@ -1,0 +1,122 @@
+"""Transform: hash-based split, feature statistics fitted on the train split, and their application.
+
+`assign_split` and `apply_features` are pure DataFrame -> DataFrame functions. `fit_features`
+computes the statistics (from the train split only) that `apply_features` needs; they are
+stored with the dataset as features.json so training and inference reuse exactly them.
+
+Encoding:
+  numeric      (x - mean) / std as float32; a nullable one gets <col>__missing (0/1) and null -> 0
+  categorical  int32 index: 0 = unknown or rare, 1 = null, 2.. = vocabulary by frequency
+  hashed       int32 index: 0 = null, 1 + xxhash64(value) mod buckets
+  array        float32 array, passed through
+  label        float32 (0/1 for binary)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from ringtrain.config import EtlConfig, SplitConfig
+
+SPLIT = "_split"
+SPLITS = ("train", "val", "test")
+UNKNOWN, NULL_INDEX = 0, 1
+
+
+def assign_split(df: DataFrame, split: SplitConfig) -> DataFrame:
+    """Add `_split`: a pure function of the key, so a row keeps its split across reruns and increments."""
+    # xxhash64 is stable across Spark versions and machines; map to [0, 1) with 2^20 buckets.
+    unit = F.pmod(F.xxhash64(F.lit(split.salt), F.col(split.key).cast("string")), F.lit(1 << 20)) / float(1 << 20)
+    return df.withColumn(SPLIT, F.when(unit < split.train, "train")
+                         .when(unit < split.train + split.val, "val").otherwise("test"))
+
+
+@dataclass(kw_only=True)
+class FeatureStats:
+    numeric: dict[str, dict]       # name -> {mean, std, nullable}
+    categorical: dict[str, list]   # name -> vocabulary (index = position + 2)
+    hashed: dict[str, int]         # name -> buckets
+    arrays: dict[str, int]         # name -> length
+    label: str
+    label_values: list[str] | None
+    key: str
+
+    def to_json(self) -> dict:
+        return dict(numeric=self.numeric, categorical=self.categorical, hashed=self.hashed,
+                    arrays=self.arrays, label=self.label, label_values=self.label_values, key=self.key)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "FeatureStats":
+        return cls(**data)
+
+    def numeric_columns(self) -> list[str]:
+        """Float columns the model reads, in a fixed order."""
+        cols = []
+        for name, stat in self.numeric.items():
+            cols.append(name)
+            if stat["nullable"]:
+                cols.append(f"{name}__missing")
+        return cols
+
+    def categorical_cardinalities(self) -> dict[str, int]:
+        """Integer columns the model reads, with the size of each embedding table."""
+        sizes = {name: len(vocab) + 2 for name, vocab in self.categorical.items()}
+        sizes.update({name: buckets + 1 for name, buckets in self.hashed.items()})
+        return sizes
+
+
+def fit_features(train: DataFrame, cfg: EtlConfig) -> FeatureStats:
+    """Statistics from the train split only (one pass for moments, one per categorical column)."""
+    numeric = [c for c in cfg.columns if c.role == "numeric"]
+    aggs = []
+    for c in numeric:
+        x = F.col(c.name).cast("double")
+        aggs += [F.mean(x).alias(f"m_{c.name}"), F.stddev_pop(x).alias(f"s_{c.name}")]
+    row = train.agg(*aggs).first() if aggs else None
+    stats_numeric = {}
+    for c in numeric:
+        mean = row[f"m_{c.name}"] if row else None
+        std = row[f"s_{c.name}"] if row else None
+        stats_numeric[c.name] = {"mean": float(mean or 0.0), "std": float(std) if std and std > 1e-12 else 1.0,
+                                 "nullable": c.nullable}
+    vocab = {}
+    for c in (c for c in cfg.columns if c.role == "categorical"):
+        counts = (train.where(F.col(c.name).isNotNull()).groupBy(F.col(c.name).cast("string").alias("v"))
+                  .count().where(F.col("count") >= cfg.min_category_count)
+                  .orderBy(F.desc("count"), F.asc("v")).collect())
+        vocab[c.name] = [r["v"] for r in counts]
+    return FeatureStats(
+        numeric=stats_numeric, categorical=vocab,
+        hashed={c.name: c.hash_buckets or cfg.default_hash_buckets for c in cfg.columns if c.role == "hashed"},
+        arrays={c.name: c.array_length for c in cfg.columns if c.role == "array"},
+        label=cfg.label.column, label_values=cfg.label.values, key=cfg.split.key)
+
+
+def apply_features(df: DataFrame, stats: FeatureStats) -> DataFrame:
+    """Encoded feature columns, the label as float32, the key (for lineage) and `_split`."""
+    out = [F.col(stats.key).cast("string").alias(stats.key)]
+    for name, s in stats.numeric.items():
+        z = ((F.col(name).cast("double") - s["mean"]) / s["std"])
+        out.append(F.coalesce(z, F.lit(0.0)).cast("float").alias(name))
+        if s["nullable"]:
+            out.append(F.col(name).isNull().cast("float").alias(f"{name}__missing"))
+    for name, vocab in stats.categorical.items():
+        mapping = F.create_map(*[x for i, v in enumerate(vocab) for x in (F.lit(v), F.lit(i + 2))]) if vocab else None
+        col = F.col(name).cast("string")
+        index = F.coalesce(mapping[col], F.lit(UNKNOWN)) if mapping is not None else F.lit(UNKNOWN)
+        out.append(F.when(col.isNull(), F.lit(NULL_INDEX)).otherwise(index).cast("int").alias(name))
+    for name, buckets in stats.hashed.items():
+        col = F.col(name).cast("string")
+        out.append(F.when(col.isNull(), F.lit(0))
+                   .otherwise(F.pmod(F.xxhash64(col), F.lit(buckets)) + 1).cast("int").alias(name))
+    for name in stats.arrays:
+        out.append(F.col(name).cast("array<float>").alias(name))
+    if stats.label_values is not None:
+        label = F.when(F.col(stats.label).cast("string") == stats.label_values[1], 1.0).otherwise(0.0)
+    else:
+        label = F.col(stats.label).cast("double")
+    out.append(label.cast("float").alias("label"))
+    out.append(F.col(SPLIT))
+    return df.select(*out)

@@ -1,0 +1,133 @@
+"""The ETL job: extract -> validate -> split -> features -> balanced shards -> verify -> publish."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from etl.features import SPLIT, SPLITS, apply_features, assign_split, fit_features
+from etl.manifest import FORMAT_VERSION, MANIFEST, verify_staging
+from etl.shards import assign_shards, shard_count, write_shards
+from etl.sources import CORRUPT, read_source
+from etl.validate import REASON, parse_and_validate
+from ringtrain.config import EtlConfig
+from ringtrain.store import DatasetStore, atomic_write_json
+
+log = logging.getLogger("ringtrain.etl")
+
+
+class BadDataError(ValueError):
+    """Too many rows failed validation: nothing was published."""
+
+
+def run_etl(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, partition: str | None = None) -> dict:
+    started = time.time()
+    datasets.clean_stale_staging()
+    raw = read_source(spark, cfg.source, cfg.columns, partition)
+    raw_strings = cfg.source.format in ("csv", "json")
+    checked = parse_and_validate(raw, cfg.columns, cfg.label, raw_strings=raw_strings, key=cfg.split.key)
+    checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        return _load(spark, cfg, datasets, raw, checked, partition, started)
+    finally:
+        checked.unpersist()
+
+
+def _load(spark, cfg, datasets, raw, checked, partition, started) -> dict:
+    reasons = {r[REASON]: r["count"] for r in checked.groupBy(REASON).count().collect()}
+    rows_read = sum(reasons.values())
+    rows_good = reasons.pop(None, 0)
+    rows_bad = sum(reasons.values())
+    if rows_read == 0:
+        raise BadDataError("the source has no rows; check etl.source.path (and the partition)")
+    bad_fraction = rows_bad / rows_read
+    if bad_fraction > cfg.max_bad_fraction:
+        raise BadDataError(
+            f"{rows_bad} of {rows_read} rows ({bad_fraction:.2%}) failed validation, over "
+            f"etl.max_bad_fraction={cfg.max_bad_fraction}; nothing was published. Reasons: "
+            f"{json.dumps(dict(sorted(reasons.items())))}. Fix the source, or raise the threshold.")
+
+    staging = datasets.staging_dir()
+    try:
+        manifest = _write_version(spark, cfg, raw, checked, staging, reasons, rows_read, rows_good, partition)
+        verify_staging(staging, manifest)
+        atomic_write_json(os.path.join(staging, MANIFEST), manifest)  # last: its presence makes a version
+        final = datasets.publish(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    splits = manifest["splits"]
+    return {
+        "dataset_dir": final, "version": os.path.basename(final), "rows_read": rows_read,
+        "rows_good": rows_good, "quarantined": dict(sorted(reasons.items())),
+        "split_rows": {s: splits[s]["rows"] for s in SPLITS},
+        "shards": {s: len(splits[s]["shards"]) for s in SPLITS},
+        "balance_max_min": manifest["balance_max_min"], "seconds": round(time.time() - started, 1),
+    }
+
+
+def _write_version(spark, cfg: EtlConfig, raw: DataFrame, checked: DataFrame, staging: str,
+                   reasons: dict, rows_read: int, rows_good: int, partition: str | None) -> dict:
+    if reasons:  # keep the bad rows, with their reason, for people to look at
+        (checked.where(F.col(REASON).isNotNull()).select(*[F.col(c).cast("string") for c in checked.columns])
+         .coalesce(1).write.parquet(os.path.join(staging, "quarantine")))
+    good = assign_split(checked.where(F.col(REASON).isNull()).drop(REASON, CORRUPT), cfg.split)
+    good = good.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        stats = fit_features(good.where(F.col(SPLIT) == "train"), cfg)
+        encoded = apply_features(good, stats)
+        split_rows = {s: 0 for s in SPLITS}
+        split_rows.update({r[SPLIT]: r["count"] for r in good.groupBy(SPLIT).count().collect()})
+        splits = {}
+        for split in SPLITS:
+            n = shard_count(split_rows[split], cfg.shards.rows_per_shard, cfg.shards.num_shards,
+                            cfg.shards.max_world_size)
+            part = assign_shards(encoded.where(F.col(SPLIT) == split).drop(SPLIT), stats.key, cfg.seed, n)
+            shards = write_shards(part, os.path.join(staging, split), n, cfg.shards.row_group_rows)
+            splits[split] = {"rows": split_rows[split], "shards": shards}
+    finally:
+        good.unpersist()
+    atomic_write_json(os.path.join(staging, "features.json"), stats.to_json())
+    train_sizes = [s["rows"] for s in splits["train"]["shards"]]
+    return {
+        "format_version": FORMAT_VERSION,
+        "dataset": cfg.dataset,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "partition": partition,
+        "source": {"format": cfg.source.format, "path": cfg.source.path, "table": cfg.source.table,
+                   "fingerprint": source_fingerprint(spark, raw)},
+        "schema": {"columns": [dict(name=c.name, type=c.type, role=c.role, nullable=c.nullable)
+                               for c in cfg.columns]},
+        "features": {"path": "features.json", "numeric_columns": stats.numeric_columns(),
+                     "categorical_cardinalities": stats.categorical_cardinalities(),
+                     "arrays": stats.arrays, "label": "label", "key": stats.key,
+                     "task": cfg.label.task},
+        "rows_read": rows_read, "rows_good": rows_good,
+        "quarantine": {"path": "quarantine" if reasons else None, "counts": dict(sorted(reasons.items()))},
+        "splits": splits,
+        "row_group_rows": cfg.shards.row_group_rows,
+        "max_world_size": cfg.shards.max_world_size,
+        "balance_max_min": round(max(train_sizes) / max(1, min(train_sizes)), 4),
+    }
+
+
+def source_fingerprint(spark: SparkSession, raw: DataFrame) -> str:
+    """sha256 over the input files' paths, sizes and modification times (or the table's plan)."""
+    files = sorted(raw.inputFiles())
+    if not files:
+        return hashlib.sha256(raw._jdf.queryExecution().analyzed().toString().encode()).hexdigest()
+    jvm = spark.sparkContext._jvm
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    digest = hashlib.sha256()
+    for name in files:
+        path = jvm.org.apache.hadoop.fs.Path(name)
+        status = path.getFileSystem(conf).getFileStatus(path)
+        digest.update(f"{name}\t{status.getLen()}\t{status.getModificationTime()}\n".encode())
+    return digest.hexdigest()

@@ -1,0 +1,100 @@
+"""Extract: read the configured source as raw columns, and refuse schema drift by name.
+
+Text formats (CSV, JSON lines) are read with every declared column as a string, plus Spark's
+corrupt-record column: parsing to the declared types happens in `etl.validate`, so a value that
+does not parse is quarantined with its reason instead of silently becoming null.
+"""
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from ringtrain.config import ColumnSpec, SourceConfig
+
+CORRUPT = "_corrupt_record"
+
+SPARK_TYPES = {
+    "double": T.DoubleType(), "float": T.FloatType(), "int": T.IntegerType(), "long": T.LongType(),
+    "string": T.StringType(), "boolean": T.BooleanType(), "array<float>": T.ArrayType(T.FloatType()),
+}
+
+
+class SchemaDriftError(ValueError):
+    """The source's columns differ from the declared ones (missing, extra or retyped)."""
+
+
+def source_path(source: SourceConfig, partition: str | None) -> str:
+    path = source.path or ""
+    if "{partition}" in path:
+        if partition is None:
+            raise ValueError(f"etl.source.path {path} contains {{partition}}: pass --partition VALUE")
+        path = path.replace("{partition}", partition)
+    return path
+
+
+def read_source(spark: SparkSession, source: SourceConfig, columns: list[ColumnSpec],
+                partition: str | None = None) -> DataFrame:
+    """Return a DataFrame with exactly the declared columns (raw) plus CORRUPT (null when fine)."""
+    names = [c.name for c in columns]
+    if source.format in ("csv", "json"):
+        path = source_path(source, partition)
+        _check_path_exists(spark, path)
+        if source.format == "csv":
+            options = {"header": "true", **source.options}
+            header = spark.read.options(**options).csv(path).columns
+            _check_names(header, names, path)
+        raw_schema = T.StructType([T.StructField(n, T.StringType()) for n in names]
+                                  + [T.StructField(CORRUPT, T.StringType())])
+        reader = spark.read.schema(raw_schema).options(
+            mode="PERMISSIVE", columnNameOfCorruptRecord=CORRUPT, **source.options)
+        if source.format == "csv":
+            return reader.option("header", "true").option("enforceSchema", "false").csv(path)
+        return reader.json(path)
+    if source.format == "table":
+        df = spark.table(source.table)
+        where = f"table {source.table}"
+    else:
+        path = source_path(source, partition)
+        _check_path_exists(spark, path)
+        df = spark.read.options(**source.options).format(source.format).load(path)
+        where = path
+    _check_names(df.columns, names, where)
+    for spec in columns:
+        actual = df.schema[spec.name].dataType
+        expected = SPARK_TYPES[spec.type]
+        if not _compatible(actual, expected):
+            raise SchemaDriftError(
+                f"{where}: column {spec.name!r} has type {actual.simpleString()} but etl.columns declares "
+                f"{spec.type!r}; fix the declaration or the source")
+    from pyspark.sql import functions as F
+    return df.select(*names, F.lit(None).cast("string").alias(CORRUPT))
+
+
+def _compatible(actual: T.DataType, expected: T.DataType) -> bool:
+    if actual == expected:
+        return True
+    widening = {T.IntegerType: (T.LongType, T.DoubleType, T.FloatType), T.FloatType: (T.DoubleType,),
+                T.LongType: (T.DoubleType,), T.ShortType: (T.IntegerType, T.LongType, T.DoubleType),
+                T.DoubleType: (T.FloatType,)}
+    if isinstance(actual, T.ArrayType) and isinstance(expected, T.ArrayType):
+        return isinstance(actual.elementType, (T.FloatType, T.DoubleType))
+    return any(isinstance(expected, t) for t in widening.get(type(actual), ()))
+
+
+def _check_names(actual: list[str], declared: list[str], where: str) -> None:
+    missing = [n for n in declared if n not in actual]
+    extra = [n for n in actual if n not in declared and n != CORRUPT]
+    if missing:
+        raise SchemaDriftError(f"{where}: declared column {missing[0]!r} is missing from the source "
+                               f"(source has: {', '.join(actual)}); fix etl.columns or the source")
+    if extra:
+        raise SchemaDriftError(f"{where}: the source has a column {extra[0]!r} that etl.columns does not "
+                               f"declare; declare it (role: ignore to drop it) or fix the source")
+
+
+def _check_path_exists(spark: SparkSession, path: str) -> None:
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if not fs.globStatus(hpath):
+        raise FileNotFoundError(f"etl.source.path {path} does not exist; check the path (and the partition, if any)")

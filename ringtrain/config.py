@@ -1,0 +1,267 @@
+"""The one typed configuration tree of ringtrain, loaded from a YAML file in `conf/`.
+
+Each job receives only its own section (`etl`, `train`, ...). Every value is checked when
+the file is loaded, so a typo fails in the first second with the key's name, not an hour
+into a run on the cluster.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+import yaml
+
+from ringtrain.schema import ConfigError, build, check
+
+ColumnType = Literal["double", "float", "int", "long", "string", "boolean", "array<float>"]
+ColumnRole = Literal["numeric", "categorical", "hashed", "array", "label", "key", "ignore"]
+
+
+@dataclass(kw_only=True)
+class StoreConfig:
+    root: str = "runs"
+    """Folder that holds everything a run writes: datasets/, runs/<run_id>/ (checkpoints, logs, model)."""
+    run_id: str | None = None
+    """Name of this run's folder. Default: a UTC timestamp. Reuse a run_id to resume it."""
+
+
+@dataclass(kw_only=True)
+class SparkConfig:
+    master: str | None = None
+    """Spark master for `ringtrain` CLI runs (e.g. local[2]). Ignored under spark-submit, which sets it."""
+    app_name: str = "ringtrain"
+    conf: dict[str, str] = field(default_factory=dict)
+    """Extra Spark properties, e.g. spark.sql.shuffle.partitions: "8"."""
+
+
+@dataclass(kw_only=True)
+class ColumnSpec:
+    name: str
+    type: ColumnType
+    role: ColumnRole
+    """numeric: standardized; categorical: vocabulary index; hashed: hash bucket index;
+    array: fixed-length float array passed through; label; key: the split key; ignore: dropped."""
+    nullable: bool = True
+    """False: a null in this column sends the row to quarantine."""
+    array_length: int | None = None
+    """Required for role 'array': every value must have exactly this many elements."""
+    hash_buckets: int | None = None
+    """For role 'hashed': number of buckets (default features.default_hash_buckets)."""
+
+    def __post_init__(self) -> None:
+        key = f"column {self.name!r}"
+        if self.role == "array":
+            check(self.type == "array<float>", key, "role 'array' needs type 'array<float>'")
+            check(bool(self.array_length and self.array_length > 0), key, "role 'array' needs array_length > 0")
+        if self.type == "array<float>":
+            check(self.role == "array", key, "type 'array<float>' needs role 'array'")
+        if self.role == "numeric":
+            check(self.type in ("double", "float", "int", "long", "boolean"), key,
+                  f"role 'numeric' needs a numeric type, got {self.type!r}")
+        if self.hash_buckets is not None:
+            check(self.role == "hashed" and self.hash_buckets > 1, key,
+                  "hash_buckets is only for role 'hashed' and must be > 1")
+
+
+@dataclass(kw_only=True)
+class SourceConfig:
+    format: Literal["csv", "json", "parquet", "orc", "table"]
+    path: str | None = None
+    """File or folder, local or any Hadoop URI (hdfs://, s3a://). May contain {partition}."""
+    table: str | None = None
+    """Spark/Hive table name, for format 'table'."""
+    options: dict[str, str] = field(default_factory=dict)
+    """Reader options, e.g. header: "true" for CSV."""
+
+    def __post_init__(self) -> None:
+        if self.format == "table":
+            check(bool(self.table), "etl.source.table", "format 'table' needs a table name")
+        else:
+            check(bool(self.path), "etl.source.path", f"format {self.format!r} needs a path")
+
+
+@dataclass(kw_only=True)
+class LabelConfig:
+    column: str
+    task: Literal["binary", "regression"] = "binary"
+    values: list[str] | None = None
+    """For 'binary': the two label values as they appear in the source, negative first.
+    A label outside them goes to quarantine."""
+
+    def __post_init__(self) -> None:
+        if self.task == "binary":
+            check(self.values is not None and len(self.values) == 2, "etl.label.values",
+                  "task 'binary' needs exactly two values, negative first, e.g. ['0', '1']")
+
+
+@dataclass(kw_only=True)
+class SplitConfig:
+    key: str
+    """Column whose hash decides the split: the same key always lands in the same split."""
+    train: float = 0.8
+    val: float = 0.1
+    test: float = 0.1
+    salt: str = "ringtrain"
+
+    def __post_init__(self) -> None:
+        for name in ("train", "val", "test"):
+            check(0.0 <= getattr(self, name) <= 1.0, f"etl.split.{name}", "must be in [0, 1]")
+        check(abs(self.train + self.val + self.test - 1.0) < 1e-9, "etl.split",
+              f"train + val + test must be 1, got {self.train + self.val + self.test}")
+        check(self.train > 0 and self.val > 0, "etl.split", "train and val must both be > 0")
+
+
+@dataclass(kw_only=True)
+class ShardConfig:
+    rows_per_shard: int = 50_000
+    """Target rows per shard file; the count is rounded up to a multiple of max_world_size."""
+    num_shards: int | None = None
+    """Fixed shard count per split, instead of rows_per_shard."""
+    row_group_rows: int = 16_384
+    """Rows per Parquet row group: petastorm's unit of reading and of sharding across ranks."""
+    max_world_size: int = 8
+    """The largest number of ranks that will read this dataset: every one of them must get data."""
+
+    def __post_init__(self) -> None:
+        check(self.rows_per_shard > 0, "etl.shards.rows_per_shard", "must be > 0")
+        check(self.num_shards is None or self.num_shards > 0, "etl.shards.num_shards", "must be > 0")
+        check(self.row_group_rows >= 128, "etl.shards.row_group_rows", "must be >= 128")
+        check(self.max_world_size >= 1, "etl.shards.max_world_size", "must be >= 1")
+
+
+@dataclass(kw_only=True)
+class EtlConfig:
+    dataset: str
+    """Dataset name: versions are published under <store.root>/datasets/<dataset>/."""
+    source: SourceConfig
+    columns: list[ColumnSpec]
+    label: LabelConfig
+    split: SplitConfig
+    shards: ShardConfig = field(default_factory=ShardConfig)
+    max_bad_fraction: float = 0.01
+    """Fail before publishing when more than this fraction of rows is quarantined."""
+    min_category_count: int = 1
+    """Categories seen fewer times than this in the train split share the unknown bucket."""
+    default_hash_buckets: int = 1024
+    seed: int = 0
+    """Seeds the shuffle of rows across shards (deterministic for a given seed)."""
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.max_bad_fraction <= 1.0, "etl.max_bad_fraction", "must be in [0, 1]")
+        names = [c.name for c in self.columns]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        check(not dupes, "etl.columns", f"duplicate column {dupes[0] if dupes else ''}")
+        check(self.label.column in names, "etl.label.column",
+              f"{self.label.column!r} is not among etl.columns")
+        check(self.split.key in names, "etl.split.key", f"{self.split.key!r} is not among etl.columns")
+        check(any(c.role in ("numeric", "categorical", "hashed", "array") for c in self.columns),
+              "etl.columns", "no feature column (role numeric, categorical, hashed or array)")
+
+
+@dataclass(kw_only=True)
+class ModelConfig:
+    name: str = "tabular_mlp"
+    """Built in: tabular_mlp, residual_mlp; or a user factory as 'package.module:function'."""
+    hidden: list[int] = field(default_factory=lambda: [128, 64])
+    """tabular_mlp: widths of the hidden layers."""
+    embedding_dim: int = 8
+    """Width of each categorical embedding."""
+    width: int = 256
+    """residual_mlp: width of the residual blocks."""
+    num_blocks: int = 4
+    """residual_mlp: number of residual blocks (the unit of layer splitting)."""
+    dropout: float = 0.0
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    engine: Literal["horovod", "ddp"] = "horovod"
+    num_workers: int = 2
+    """Number of Spark barrier tasks, one rank each."""
+    gpus_per_worker: int = 0
+    """GPUs each task asks Spark for (spark.task.resource.gpu.amount)."""
+    epochs: int = 3
+    batch_size: int = 256
+    """Per rank. The global batch is batch_size * num_workers * grad_accumulation."""
+    lr: float = 1e-3
+    """Learning rate for one rank; scaled by num_workers when scale_lr is true."""
+    scale_lr: bool = True
+    warmup_steps: int = 50
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = 0.0
+    grad_clip_norm: float | None = 1.0
+    grad_accumulation: int = 1
+    amp: Literal["auto", "off", "bf16"] = "auto"
+    """auto: bf16 autocast on GPU, off on CPU."""
+    reader: Literal["petastorm", "arrow"] = "petastorm"
+    seed: int = 0
+    checkpoint_every_steps: int = 0
+    """0: checkpoint at the end of every epoch only."""
+    early_stopping_patience: int | None = None
+    """Stop after this many epochs without a better validation loss."""
+    on_nonfinite: Literal["skip", "fail"] = "skip"
+    """A NaN/inf loss or gradient on any rank: all ranks skip that step, or all stop."""
+    max_nonfinite_steps: int = 20
+    max_attempts: int = 2
+    """Launch attempts: after a failure the driver relaunches the barrier stage from the last checkpoint."""
+    hang_timeout_s: float = 600.0
+    """A rank that reports no progress for this long is killed and the attempt fails."""
+    threads_per_worker: int = 1
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        for name in ("num_workers", "epochs", "batch_size", "grad_accumulation", "max_attempts",
+                     "threads_per_worker"):
+            check(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
+        check(self.lr > 0, "train.lr", "must be > 0")
+        check(self.gpus_per_worker >= 0, "train.gpus_per_worker", "must be >= 0")
+        check(self.hang_timeout_s > 0, "train.hang_timeout_s", "must be > 0")
+        check(self.grad_clip_norm is None or self.grad_clip_norm > 0, "train.grad_clip_norm", "must be > 0")
+
+
+@dataclass(kw_only=True)
+class DemoConfig:
+    rows: int = 120_000
+    seed: int = 7
+
+
+@dataclass(kw_only=True)
+class Config:
+    store: StoreConfig = field(default_factory=StoreConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    etl: EtlConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    demo: DemoConfig | None = None
+    """Present in conf/demo.yaml: generate the embedded dataset before the ETL."""
+
+    def __post_init__(self) -> None:
+        check(self.train.num_workers <= self.etl.shards.max_world_size, "train.num_workers",
+              f"{self.train.num_workers} ranks but the dataset is sharded for at most "
+              f"etl.shards.max_world_size={self.etl.shards.max_world_size}; raise that or lower num_workers")
+
+
+def load_config(path: str, overrides: list[str] | None = None) -> Config:
+    """Load and validate a config file; `overrides` are 'dotted.key=yaml_value' strings."""
+    if not os.path.exists(path):
+        raise ConfigError(f"config file {path} does not exist (examples are in conf/)")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        dotted, raw = item.split("=", 1)
+        node = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted}: {part} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    try:
+        return build(Config, data)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
