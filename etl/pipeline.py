@@ -13,11 +13,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from etl.features import SPLIT, SPLITS, apply_features, assign_split, fit_features
-from etl.manifest import FORMAT_VERSION, MANIFEST, verify_staging
+from etl.manifest import FORMAT_VERSION, MANIFEST, load_manifest, verify_staging
 from etl.shards import assign_shards, shard_count, write_shards
 from etl.sources import CORRUPT, read_source
 from etl.validate import REASON, parse_and_validate
 from ringtrain.config import EtlConfig
+from ringtrain.schema import to_dict
 from ringtrain.store import DatasetStore, atomic_write_json
 
 log = logging.getLogger("ringtrain.etl")
@@ -27,20 +28,29 @@ class BadDataError(ValueError):
     """Too many rows failed validation: nothing was published."""
 
 
-def run_etl(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, partition: str | None = None) -> dict:
+def run_etl(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, partition: str | None = None,
+            force: bool = False) -> dict:
+    """Publish a new dataset version; with an unchanged source and config, return the latest one (idempotent)."""
     started = time.time()
     datasets.clean_stale_staging()
     raw = read_source(spark, cfg.source, cfg.columns, partition)
+    identity = {"source": source_fingerprint(spark, raw), "config": config_hash(cfg), "partition": partition}
+    latest = datasets.latest()
+    if latest and not force:
+        manifest = load_manifest(latest)
+        if manifest.get("identity") == identity:
+            log.info("source and config unchanged since %s: reusing it", latest)
+            return {**_summary(latest, manifest, started), "reused": True}
     raw_strings = cfg.source.format in ("csv", "json")
     checked = parse_and_validate(raw, cfg.columns, cfg.label, raw_strings=raw_strings, key=cfg.split.key)
     checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        return _load(spark, cfg, datasets, raw, checked, partition, started)
+        return _load(cfg, datasets, checked, identity, started)
     finally:
         checked.unpersist()
 
 
-def _load(spark, cfg, datasets, raw, checked, partition, started) -> dict:
+def _load(cfg, datasets, checked, identity, started) -> dict:
     reasons = {r[REASON]: r["count"] for r in checked.groupBy(REASON).count().collect()}
     rows_read = sum(reasons.values())
     rows_good = reasons.pop(None, 0)
@@ -56,25 +66,33 @@ def _load(spark, cfg, datasets, raw, checked, partition, started) -> dict:
 
     staging = datasets.staging_dir()
     try:
-        manifest = _write_version(spark, cfg, raw, checked, staging, reasons, rows_read, rows_good, partition)
+        manifest = _write_version(cfg, checked, staging, reasons, rows_read, rows_good, identity)
         verify_staging(staging, manifest)
         atomic_write_json(os.path.join(staging, MANIFEST), manifest)  # last: its presence makes a version
         final = datasets.publish(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return {**_summary(final, manifest, started), "reused": False}
+
+
+def _summary(final: str, manifest: dict, started: float) -> dict:
     splits = manifest["splits"]
     return {
-        "dataset_dir": final, "version": os.path.basename(final), "rows_read": rows_read,
-        "rows_good": rows_good, "quarantined": dict(sorted(reasons.items())),
+        "dataset_dir": final, "version": os.path.basename(final), "rows_read": manifest["rows_read"],
+        "rows_good": manifest["rows_good"], "quarantined": manifest["quarantine"]["counts"],
         "split_rows": {s: splits[s]["rows"] for s in SPLITS},
         "shards": {s: len(splits[s]["shards"]) for s in SPLITS},
         "balance_max_min": manifest["balance_max_min"], "seconds": round(time.time() - started, 1),
     }
 
 
-def _write_version(spark, cfg: EtlConfig, raw: DataFrame, checked: DataFrame, staging: str,
-                   reasons: dict, rows_read: int, rows_good: int, partition: str | None) -> dict:
+def config_hash(cfg: EtlConfig) -> str:
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
+
+
+def _write_version(cfg: EtlConfig, checked: DataFrame, staging: str, reasons: dict, rows_read: int,
+                   rows_good: int, identity: dict) -> dict:
     if reasons:  # keep the bad rows, with their reason, for people to look at
         (checked.where(F.col(REASON).isNotNull()).select(*[F.col(c).cast("string") for c in checked.columns])
          .coalesce(1).write.parquet(os.path.join(staging, "quarantine")))
@@ -100,9 +118,10 @@ def _write_version(spark, cfg: EtlConfig, raw: DataFrame, checked: DataFrame, st
         "format_version": FORMAT_VERSION,
         "dataset": cfg.dataset,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "partition": partition,
+        "identity": identity,
+        "partition": identity["partition"],
         "source": {"format": cfg.source.format, "path": cfg.source.path, "table": cfg.source.table,
-                   "fingerprint": source_fingerprint(spark, raw)},
+                   "fingerprint": identity["source"]},
         "schema": {"columns": [dict(name=c.name, type=c.type, role=c.role, nullable=c.nullable)
                                for c in cfg.columns]},
         "features": {"path": "features.json", "numeric_columns": stats.numeric_columns(),

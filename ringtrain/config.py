@@ -6,6 +6,7 @@ into a run on the cluster.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Literal
@@ -84,7 +85,8 @@ class SourceConfig:
 @dataclass(kw_only=True)
 class LabelConfig:
     column: str
-    task: Literal["binary", "regression"] = "binary"
+    task: Literal["binary"] = "binary"
+    """The built-in models, loss and metrics are for binary classification."""
     values: list[str] | None = None
     """For 'binary': the two label values as they appear in the source, negative first.
     A label outside them goes to quarantine."""
@@ -234,6 +236,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     demo: DemoConfig | None = None
     """Present in conf/demo.yaml: generate the embedded dataset before the ETL."""
+
+    def with_run_id(self, run_id: str) -> "Config":
+        return dataclasses.replace(self, store=dataclasses.replace(self.store, run_id=run_id))
 
     def __post_init__(self) -> None:
         check(self.train.num_workers <= self.etl.shards.max_world_size, "train.num_workers",

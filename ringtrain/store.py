@@ -131,10 +131,13 @@ class RunStore:
     @classmethod
     def create(cls, root: str, run_id: str | None = None) -> "RunStore":
         run_id = run_id or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        store = cls(root=local_path(root), run_id=run_id)
-        for path in (store.checkpoint_dir, store.log_dir):
+        return cls(root=local_path(root), run_id=run_id)
+
+    def prepare(self) -> "RunStore":
+        """Create the run's folders (training only: an ETL writes under datasets/)."""
+        for path in (self.checkpoint_dir, self.log_dir):
             os.makedirs(path, exist_ok=True)
-        return store
+        return self
 
     def dataset(self, name: str) -> DatasetStore:
         return DatasetStore(os.path.join(self.root, "datasets", name))

@@ -1,0 +1,18 @@
+"""Training job: N Spark barrier tasks form a Horovod (or DDP) ring and train on the latest dataset.
+
+    spark-submit --master local[2] jobs/train_job.py --config conf/demo.yaml
+    spark-submit --master yarn --deploy-mode client --num-executors 4 --executor-cores 1 \
+        --conf spark.dynamicAllocation.enabled=false \
+        --archives ringtrain-env.tar.gz#env --conf spark.pyspark.python=./env/bin/python \
+        jobs/train_job.py --config conf/yarn.yaml
+"""
+import sys
+
+from ringtrain.cli import add_common, run
+
+if __name__ == "__main__":
+    import argparse
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_common(p)
+    p.add_argument("--dataset")
+    sys.exit(run("train", p.parse_args()))

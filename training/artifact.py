@@ -1,0 +1,94 @@
+"""What a run leaves for others: metrics (JSON + PNG) and the model artifact, both published atomically.
+
+The model folder holds:
+    state_dict.pt     the weights
+    model.pt2         torch.export program (falls back to TorchScript model.ts when export fails)
+    artifact.json     input schema, the dataset version and its features.json (statistics and
+                      vocabularies to encode new rows exactly as in training), metrics, config
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+import torch
+
+from ringtrain.store import atomic_write_json
+
+log = logging.getLogger("ringtrain.artifact")
+
+
+def write_metrics(paths: dict, history: list[dict]) -> None:
+    atomic_write_json(paths["metrics_path"], {"epochs": history})
+    try:
+        _plot(history, os.path.join(os.path.dirname(paths["metrics_path"]), "metrics.png"))
+    except Exception as exc:  # a plot is a convenience; never fail a run over it
+        log.warning("could not draw metrics.png: %s", exc)
+
+
+def _plot(history: list[dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [h["epoch"] + 1 for h in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    left.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
+    left.plot(epochs, [h["loss"] for h in history], "o-", label="val loss")
+    left.axhline(history[-1]["baseline_loss"], ls="--", c="gray", label="baseline (prior)")
+    left.set_xlabel("epoch"), left.legend()
+    right.plot(epochs, [h["accuracy"] for h in history], "o-", label="val accuracy")
+    right.plot(epochs, [h["auc"] for h in history], "o-", label="val AUC")
+    right.axhline(history[-1]["baseline_accuracy"], ls="--", c="gray", label="baseline (majority)")
+    right.set_xlabel("epoch"), right.legend()
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def publish_model(paths: dict, model: torch.nn.Module, example: dict, manifest: dict, spec: dict,
+                  history: list[dict]) -> str:
+    final = paths["model_dir"]
+    parent = os.path.dirname(final)
+    staging = tempfile.mkdtemp(prefix=".model-", dir=parent)
+    try:
+        model = model.cpu().eval()
+        torch.save(model.state_dict(), os.path.join(staging, "state_dict.pt"))
+        inputs = (torch.from_numpy(example["num"][:8]).float(), torch.from_numpy(example["cat"][:8]).long())
+        program = _export(model, inputs, staging)
+        features = manifest["features"]
+        atomic_write_json(os.path.join(staging, "artifact.json"), {
+            "program": program,
+            "inputs": {"num": {"columns": features["numeric_columns"], "dtype": "float32"},
+                       "cat": {"columns": list(features["categorical_cardinalities"]), "dtype": "int64",
+                               "cardinalities": features["categorical_cardinalities"]}},
+            "output": "logit of P(label = 1)",
+            "dataset": {"dir": spec["dataset_dir"], "name": manifest["dataset"],
+                        "version": os.path.basename(spec["dataset_dir"].rstrip("/")),
+                        "features_json": os.path.join(spec["dataset_dir"], features["path"])},
+            "metrics": history[-1] if history else {}, "history": history,
+            "train_config": spec["train"], "config": spec.get("config", {}),
+        })
+        if os.path.exists(final):  # a rerun of the same run_id replaces the old artifact whole
+            shutil.rmtree(final)
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def _export(model: torch.nn.Module, inputs: tuple, folder: str) -> str:
+    try:
+        program = torch.export.export(model, inputs, dynamic_shapes=({0: torch.export.Dim("batch")},
+                                                                     {0: torch.export.Dim("batch")}))
+        torch.export.save(program, os.path.join(folder, "model.pt2"))
+        return "model.pt2"
+    except Exception as exc:
+        log.warning("torch.export failed (%s); saving TorchScript instead", exc)
+        torch.jit.trace(model, inputs).save(os.path.join(folder, "model.ts"))
+        return "model.ts"

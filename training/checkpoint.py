@@ -1,0 +1,47 @@
+"""Checkpoints: written by rank 0 with write-then-rename, read by every rank on resume."""
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+
+import numpy as np
+import torch
+
+from ringtrain.store import atomic_write_bytes
+
+_NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
+
+
+def save_checkpoint(folder: str, opt_step: int, state: dict, keep: int = 2) -> str:
+    """Atomically write ckpt-<opt_step>.pt and keep the newest `keep` checkpoints."""
+    state = {**state, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                              "python": random.getstate()}}
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path = os.path.join(folder, f"ckpt-{opt_step:09d}.pt")
+    atomic_write_bytes(path, buffer.getvalue())
+    for old in list_checkpoints(folder)[:-keep]:
+        os.unlink(old)
+    return path
+
+
+def list_checkpoints(folder: str) -> list[str]:
+    if not os.path.isdir(folder):
+        return []
+    return [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if _NAME.match(n)]
+
+
+def load_latest(folder: str) -> dict | None:
+    """The newest checkpoint, or None. Partial files never exist (rename is atomic)."""
+    found = list_checkpoints(folder)
+    if not found:
+        return None
+    state = torch.load(found[-1], map_location="cpu", weights_only=False)
+    rng = state.get("rng")
+    if rng:
+        torch.set_rng_state(rng["torch"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+    return state

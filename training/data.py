@@ -1,0 +1,245 @@
+"""Each rank reads its own shards, and every rank yields exactly the same number of batches.
+
+The plan (`plan_reading`) is pure: from the manifest alone every rank computes the same
+`steps_per_epoch = rows // (world_size * batch_size)`, so no collective is needed to agree on
+it and uneven shards can never make one rank stop early (Horovod fails, or hangs, when ranks
+run different numbers of steps). A rank whose shards run short starts another seeded pass over
+them; a rank with spare rows leaves them for later epochs (each epoch shuffles differently).
+
+Order is a pure function of (seed, epoch, rank): row groups are shuffled, then rows within each
+row group. That is what makes resume exact: skip the batches already trained on, and the rest of
+the epoch is the same rows in the same order as an uninterrupted run.
+
+Two readers sit behind `open_reader`: petastorm (the default) and a native pyarrow reader.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from etl.manifest import DatasetError, shard_paths
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    files: list[str]
+    cur_shard: int | None      # set when ranks share files (row-group sharding)
+    shard_count: int | None
+    steps_per_epoch: int
+    rows: int                  # rows in the split (all ranks)
+
+
+def plan_reading(dataset_dir: str, manifest: dict, split: str, rank: int, size: int, batch_size: int,
+                 *, drop_last: bool = True) -> ReadPlan:
+    """Which files this rank reads, and how many batches every rank yields per epoch."""
+    info = manifest["splits"][split]
+    files = shard_paths(dataset_dir, manifest, split)
+    num_row_groups = sum(s["row_groups"] for s in info["shards"])
+    steps = info["rows"] // (size * batch_size) if drop_last else 0
+    if drop_last and steps < 1:
+        raise DatasetError(f"split {split!r} has {info['rows']} rows: too few for {size} ranks x batch_size "
+                           f"{batch_size}; lower train.batch_size or train.num_workers")
+    if len(files) >= size:
+        # Whole shards per rank: ETL makes the shard count a multiple of max_world_size.
+        return ReadPlan(files[rank::size], None, None, steps, info["rows"])
+    if num_row_groups >= size:
+        return ReadPlan(files, rank, size, steps, info["rows"])
+    raise DatasetError(
+        f"split {split!r} has {len(files)} shards and {num_row_groups} row groups, fewer than {size} ranks: "
+        f"some ranks would get no data. Rerun the ETL with etl.shards.max_world_size >= {size} "
+        f"(or a smaller etl.shards.row_group_rows)")
+
+
+@dataclass(frozen=True)
+class Columns:
+    numeric: list[str]
+    categorical: list[str]
+    label: str
+    key: str | None = None  # read only when asked (tests of row order)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict, with_key: bool = False) -> "Columns":
+        f = manifest["features"]
+        return cls(list(f["numeric_columns"]), list(f["categorical_cardinalities"]), f["label"],
+                   f["key"] if with_key else None)
+
+    def names(self) -> list[str]:
+        return self.numeric + self.categorical + [self.label] + ([self.key] if self.key else [])
+
+
+Batch = dict  # {"num": float32 [B, N], "cat": int64 [B, C], "label": float32 [B], "key"?: list[str]}
+
+
+class _Assembler:
+    """Turns column chunks into fixed-size batches; keeps the remainder for the next chunk."""
+
+    def __init__(self, cols: Columns, batch_size: int):
+        self.cols, self.batch_size, self.parts = cols, batch_size, []
+
+    def add(self, chunk: dict, order: np.ndarray) -> Iterator[Batch]:
+        c = self.cols
+        part = {
+            "num": np.stack([np.asarray(chunk[n], dtype=np.float32) for n in c.numeric], axis=1)[order]
+            if c.numeric else np.zeros((len(order), 0), np.float32),
+            "cat": np.stack([np.asarray(chunk[n], dtype=np.int64) for n in c.categorical], axis=1)[order]
+            if c.categorical else np.zeros((len(order), 0), np.int64),
+            "label": np.asarray(chunk[c.label], dtype=np.float32)[order],
+        }
+        if c.key:
+            part["key"] = np.asarray(chunk[c.key], dtype=object)[order]
+        self.parts.append(part)
+        pending = sum(len(p["label"]) for p in self.parts)
+        if pending < self.batch_size:
+            return
+        merged = {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}
+        full = pending // self.batch_size * self.batch_size
+        for start in range(0, full, self.batch_size):
+            yield {k: v[start:start + self.batch_size] for k, v in merged.items()}
+        self.parts = [{k: v[full:] for k, v in merged.items()}] if full < pending else []
+
+    def rest(self) -> Iterator[Batch]:
+        if self.parts and sum(len(p["label"]) for p in self.parts):
+            yield {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]}
+        self.parts = []
+
+
+class _Reader:
+    """Shared logic: seeded passes over this rank's row groups, cut to exactly `steps` batches."""
+
+    def __init__(self, plan: ReadPlan, cols: Columns, batch_size: int, seed: int, rank: int):
+        self.plan, self.cols, self.batch_size, self.seed, self.rank = plan, cols, batch_size, seed, rank
+
+    def _chunks(self, epoch: int, pass_no: int) -> Iterator[dict]:
+        raise NotImplementedError
+
+    def _rng(self, epoch: int, pass_no: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch, self.rank, pass_no])
+
+    def epoch(self, epoch: int, skip: int = 0) -> Iterator[Batch]:
+        """Exactly plan.steps_per_epoch - skip batches (training: every rank the same count)."""
+        produced, pass_no = 0, 0
+        while True:
+            assembler, got_rows = _Assembler(self.cols, self.batch_size), False
+            rng = self._rng(epoch, pass_no)
+            for chunk in self._chunks(epoch, pass_no):
+                n = len(chunk[self.cols.label])
+                got_rows = got_rows or n > 0
+                for batch in assembler.add(chunk, rng.permutation(n)):
+                    if produced >= skip:
+                        yield batch
+                    produced += 1
+                    if produced >= self.plan.steps_per_epoch:
+                        return
+            if not got_rows:
+                raise DatasetError(f"rank {self.rank} has no rows to read in {self.plan.files}")
+            pass_no += 1  # this rank's shards ran short: another seeded pass keeps step counts equal
+
+    def all_rows(self) -> Iterator[Batch]:
+        """One pass over this rank's rows in file order, last batch partial (evaluation)."""
+        assembler = _Assembler(self.cols, self.batch_size)
+        for chunk in self._chunks(epoch=-1, pass_no=0):
+            yield from assembler.add(chunk, np.arange(len(chunk[self.cols.label])))
+        yield from assembler.rest()
+
+
+class ArrowReader(_Reader):
+    """Native reader: pyarrow row groups, in a seeded order."""
+
+    def _row_groups(self) -> list[tuple[str, int]]:
+        groups = []
+        for path in self.plan.files:
+            groups += [(path, i) for i in range(pq.ParquetFile(path).num_row_groups)]
+        if self.plan.shard_count:
+            groups = groups[self.plan.cur_shard::self.plan.shard_count]
+        return groups
+
+    def _chunks(self, epoch, pass_no):
+        groups = self._row_groups()
+        if epoch >= 0:
+            order = self._rng(epoch, pass_no).permutation(len(groups))
+            groups = [groups[i] for i in order]
+        files: dict[str, pq.ParquetFile] = {}
+        names = self.cols.names()
+        for path, index in groups:
+            f = files.setdefault(path, pq.ParquetFile(path))
+            table = f.read_row_group(index, columns=names)
+            yield {n: table.column(n).to_numpy() for n in names}
+
+
+class PetastormReader(_Reader):
+    """petastorm's make_batch_reader. One worker thread, so row groups arrive in the seeded order."""
+
+    def _chunks(self, epoch, pass_no):
+        from petastorm import make_batch_reader
+        urls = ["file://" + os.path.abspath(p) for p in self.plan.files]
+        shuffle = epoch >= 0
+        seed = int(self._rng(epoch, pass_no).integers(2**31)) if shuffle else None
+        with make_batch_reader(urls, schema_fields=self.cols.names(), reader_pool_type="thread",
+                               workers_count=1, shuffle_row_groups=shuffle, seed=seed, num_epochs=1,
+                               cur_shard=self.plan.cur_shard, shard_count=self.plan.shard_count,
+                               shard_seed=0 if self.plan.shard_count else None) as reader:
+            for rows in reader:
+                yield rows._asdict()
+
+
+def open_reader(kind: str, plan: ReadPlan, cols: Columns, batch_size: int, seed: int, rank: int) -> _Reader:
+    if kind == "petastorm":
+        return PetastormReader(plan, cols, batch_size, seed, rank)
+    if kind == "arrow":
+        return ArrowReader(plan, cols, batch_size, seed, rank)
+    raise ValueError(f"train.reader: unknown reader {kind!r}; use 'petastorm' or 'arrow'")
+
+
+def to_tensors(batch: Batch, device: torch.device) -> dict:
+    """Numpy batch -> tensors on `device`; pinned memory and non_blocking copies on GPU."""
+    out = {}
+    for name in ("num", "cat", "label"):
+        t = torch.from_numpy(np.ascontiguousarray(batch[name]))
+        if device.type == "cuda":
+            t = t.pin_memory().to(device, non_blocking=True)
+        out[name] = t
+    if "key" in batch:
+        out["key"] = list(batch["key"])
+    return out
+
+
+def prefetch(batches: Iterator[Batch], device: torch.device, depth: int = 4) -> Iterator[dict]:
+    """Read and convert in a background thread so the training step does not wait on I/O."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                q.put(to_tensors(batch, device))
+            q.put(done)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            q.put(exc)
+
+    thread = threading.Thread(target=produce, name="ringtrain-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

@@ -1,0 +1,155 @@
+"""Horovod and torch.distributed behind one small interface; the loop never knows which it has.
+
+Both read rank and world size from the environment their launcher set (HOROVOD_RANK/SIZE from
+ringtrain's Spark launcher or horovodrun; RANK/WORLD_SIZE from ringtrain or torchrun). With no
+such variables they run alone, as a world of one.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from datetime import timedelta
+from typing import Protocol
+
+import torch
+
+
+class Engine(Protocol):
+    rank: int
+    size: int
+    local_rank: int
+
+    def wrap(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             accumulation: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """Make gradients all-reduced (averaged) across ranks; start every rank from rank 0's state."""
+
+    def no_sync(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
+        """Context for a backward pass that accumulates locally (not the last of an accumulation)."""
+
+    def synchronize(self, optimizer: torch.optim.Optimizer) -> None:
+        """Wait until the averaged gradients are in .grad (before clipping or checking them)."""
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """optimizer.step() after synchronize()."""
+
+    def allreduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum a small CPU or device tensor over ranks (metrics, flags)."""
+
+    def broadcast_object(self, obj: object) -> object:
+        """Rank 0's value on every rank."""
+
+    def shutdown(self) -> None: ...
+
+
+def _env_int(*names: str, default: int) -> int:
+    for name in names:
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return default
+
+
+class HorovodEngine:
+    name = "horovod"
+
+    def __init__(self) -> None:
+        import horovod.torch as hvd  # imported here: DDP users need no Horovod build
+        self.hvd = hvd
+        hvd.init()
+        self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
+
+    def wrap(self, model, optimizer, accumulation):
+        hvd = self.hvd
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        # No broadcast_optimizer_state: on resume every rank loads the same checkpoint, and on a
+        # fresh optimizer Horovod would take a zero-gradient step (weight decay, step count).
+        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
+                                             backward_passes_per_step=accumulation, op=hvd.Average)
+        return model, optimizer
+
+    def no_sync(self, model):
+        return contextlib.nullcontext()  # backward_passes_per_step already defers the all-reduce
+
+    def synchronize(self, optimizer):
+        optimizer.synchronize()
+
+    def step(self, optimizer):
+        with optimizer.skip_synchronize():
+            optimizer.step()
+
+    def allreduce_sum(self, tensor):
+        return self.hvd.allreduce(tensor, op=self.hvd.Sum)
+
+    def broadcast_object(self, obj):
+        return self.hvd.broadcast_object(obj, root_rank=0)
+
+    def shutdown(self):
+        self.hvd.shutdown()
+
+
+class TorchDDPEngine:
+    name = "ddp"
+
+    def __init__(self, device: torch.device) -> None:
+        import torch.distributed as dist
+        self.dist, self.device = dist, device
+        self.rank = _env_int("RANK", default=0)
+        self.size = _env_int("WORLD_SIZE", default=1)
+        self.local_rank = _env_int("LOCAL_RANK", default=0)
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        if self.size == 1:
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        timeout = timedelta(seconds=float(os.environ.get("RINGTRAIN_COLLECTIVE_TIMEOUT_S", "1800")))
+        dist.init_process_group(backend, rank=self.rank, world_size=self.size, timeout=timeout)
+
+    def wrap(self, model, optimizer, accumulation):
+        from torch.nn.parallel import DistributedDataParallel
+        ids = [self.device.index] if self.device.type == "cuda" and self._single_device(model) else None
+        # DDP broadcasts rank 0's parameters at construction; the optimizer has no state yet.
+        return DistributedDataParallel(model, device_ids=ids), optimizer
+
+    def _single_device(self, model) -> bool:
+        return len({p.device for p in model.parameters()}) == 1
+
+    def no_sync(self, model):
+        return model.no_sync()
+
+    def synchronize(self, optimizer):
+        pass  # DDP has averaged gradients by the end of backward()
+
+    def step(self, optimizer):
+        optimizer.step()
+
+    def allreduce_sum(self, tensor):
+        tensor = tensor.clone()
+        self.dist.all_reduce(tensor, op=self.dist.ReduceOp.SUM)
+        return tensor
+
+    def broadcast_object(self, obj):
+        holder = [obj]
+        self.dist.broadcast_object_list(holder, src=0)
+        return holder[0]
+
+    def shutdown(self):
+        if self.dist.is_initialized():
+            self.dist.destroy_process_group()
+
+
+def make_engine(name: str, device: torch.device) -> Engine:
+    if name == "horovod":
+        return HorovodEngine()
+    if name == "ddp":
+        return TorchDDPEngine(device)
+    raise ValueError(f"train.engine: unknown engine {name!r}; use 'horovod' or 'ddp'")
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+

@@ -1,0 +1,145 @@
+"""The training worker: a plain function that reads its rank and world size from the environment.
+
+The same function runs in every setting; only who sets the environment differs:
+
+    # alone, world size 1 (spec: a JSON file, see `make_spec`)
+    python -m training.worker spec.json
+    # under torchrun (DDP engine) or horovodrun (Horovod engine)
+    torchrun --nproc_per_node 2 -m training.worker spec.json
+    horovodrun -np 2 python -m training.worker spec.json
+    # under Spark: training.launcher sets HOROVOD_* / RANK, WORLD_SIZE and CUDA_VISIBLE_DEVICES per barrier task
+
+It prints one line `RINGTRAIN_RESULT {json}` at the end, which the Spark launcher collects.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+import warnings
+
+import torch
+
+from etl.manifest import load_manifest
+from ringtrain.config import TrainConfig
+from ringtrain.schema import build
+from training.artifact import publish_model, write_metrics
+from training.data import Columns, open_reader, plan_reading
+from training.engines import make_engine, unwrap
+from training.loop import Hooks, fit
+from training.models import build_model
+
+RESULT_PREFIX = "RINGTRAIN_RESULT "
+log = logging.getLogger("ringtrain.worker")
+
+
+def make_spec(train: dict, dataset_dir: str, paths: dict, *, attempt: int = 0, config: dict | None = None) -> dict:
+    """Everything a worker needs, as plain JSON values (workers never receive driver objects)."""
+    return {"train": train, "dataset_dir": dataset_dir, "paths": paths, "attempt": attempt, "config": config or {}}
+
+
+def pick_device(gpus_per_worker: int, local_rank: int) -> torch.device:
+    if gpus_per_worker > 0 and torch.cuda.is_available():
+        # Under Spark CUDA_VISIBLE_DEVICES holds only this task's GPUs; under torchrun all of them.
+        index = 0 if os.environ.get("RINGTRAIN_TASK_GPUS") else local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def train_worker(spec: dict) -> dict:
+    cfg = build(TrainConfig, spec["train"], "train")
+    torch.set_num_threads(cfg.threads_per_worker)
+    local_rank = int(os.environ.get("LOCAL_RANK") or os.environ.get("HOROVOD_LOCAL_RANK") or 0)
+    device = pick_device(cfg.gpus_per_worker, local_rank)
+    ring_started = time.time()
+    engine = make_engine(cfg.engine, device)
+    ring_init_s = round(time.time() - ring_started, 2)
+    try:
+        return {**_train(cfg, spec, engine, device), "ring_init_s": ring_init_s}
+    finally:
+        engine.shutdown()
+
+
+def _train(cfg: TrainConfig, spec: dict, engine, device: torch.device) -> dict:
+    started = time.time()
+    paths = spec["paths"]
+    manifest = load_manifest(spec["dataset_dir"])
+    cols = Columns.from_manifest(manifest, with_key=bool(os.environ.get("RINGTRAIN_RECORD_KEYS")))
+    train_plan = plan_reading(spec["dataset_dir"], manifest, "train", engine.rank, engine.size, cfg.batch_size)
+    val_plan = plan_reading(spec["dataset_dir"], manifest, "val", engine.rank, engine.size, cfg.batch_size,
+                            drop_last=False)
+    train_reader = open_reader(cfg.reader, train_plan, cols, cfg.batch_size, cfg.seed, engine.rank)
+    val_reader = open_reader(cfg.reader, val_plan, cols, 4096, cfg.seed, engine.rank)
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank, before any broadcast
+    cards = list(manifest["features"]["categorical_cardinalities"].values())
+    model = build_model(_plain(cfg.model), len(cols.numeric), cards).to(device)
+    params = model.parameters()
+    optimizer = (torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw"
+                 else torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay))
+    hooks = Hooks(os.environ.get("RINGTRAIN_HEARTBEAT"), os.environ.get("RINGTRAIN_FAULT"), engine.rank,
+                  int(spec.get("attempt", 0)))
+    on_epoch = (lambda state: write_metrics(paths, state.history)) if paths.get("metrics_path") else None
+    state = fit(cfg, engine, model, optimizer, train_reader, val_reader, device, paths["checkpoint_dir"], hooks,
+                on_epoch=on_epoch)
+    final = unwrap(model)
+    result = {
+        "rank": engine.rank, "size": engine.size, "engine": cfg.engine, "device": str(device),
+        "param_sha256": param_digest(final), "epochs_run": state.epoch, "opt_steps": state.opt_step,
+        "batches_run": state.batches_run, "steps_per_epoch": train_plan.steps_per_epoch,
+        "skipped_steps": state.skipped_steps, "stopped_early": state.stopped_early,
+        "metrics": state.history[-1] if state.history else {}, "seconds": round(time.time() - started, 2),
+    }
+    if engine.rank == 0 and paths.get("model_dir"):
+        example = next(iter(val_reader.all_rows()))
+        publish_model(paths, final, example, manifest, spec, state.history)
+    return result
+
+
+def param_digest(model: torch.nn.Module) -> str:
+    """sha256 over every parameter and buffer: equal digests mean bit-identical models."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _plain(model_cfg) -> dict:
+    from ringtrain.schema import to_dict
+    return to_dict(model_cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s rank%(rank)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    rank = os.environ.get("HOROVOD_RANK") or os.environ.get("RANK") or "0"
+    old_factory = logging.getLogRecordFactory()
+
+    def factory(*args, **kwargs):
+        record = old_factory(*args, **kwargs)
+        record.rank = rank
+        return record
+
+    logging.setLogRecordFactory(factory)
+    # petastorm warns on every open that our Parquet files carry no Unischema: expected, we read native Parquet.
+    logging.getLogger("petastorm").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    if argv:
+        with open(argv[0]) as f:
+            spec = json.load(f)
+    else:
+        spec = json.loads(os.environ["RINGTRAIN_SPEC"])
+    result = train_worker(spec)
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
