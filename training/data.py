@@ -174,14 +174,16 @@ class ArrowReader(_Reader):
 
 
 class PetastormReader(_Reader):
-    """petastorm's make_batch_reader. One worker thread, so row groups arrive in the seeded order."""
+    """petastorm's make_batch_reader with its synchronous pool: its thread pool hands row groups back
+    in a different order from run to run (measured), which would break exact resume. `prefetch`
+    still overlaps reading with training."""
 
     def _chunks(self, epoch, pass_no):
         from petastorm import make_batch_reader
         urls = ["file://" + os.path.abspath(p) for p in self.plan.files]
         shuffle = epoch >= 0
         seed = int(self._rng(epoch, pass_no).integers(2**31)) if shuffle else None
-        with make_batch_reader(urls, schema_fields=self.cols.names(), reader_pool_type="thread",
+        with make_batch_reader(urls, schema_fields=self.cols.names(), reader_pool_type="dummy",
                                workers_count=1, shuffle_row_groups=shuffle, seed=seed, num_epochs=1,
                                cur_shard=self.plan.cur_shard, shard_count=self.plan.shard_count,
                                shard_seed=0 if self.plan.shard_count else None) as reader:

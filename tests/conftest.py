@@ -1,0 +1,67 @@
+"""Hermetic fixtures: one local[2] Spark session (UI off, temp dirs) and one small published dataset."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    from pyspark.sql import SparkSession
+    tmp = tmp_path_factory.mktemp("spark")
+    session = (SparkSession.builder.master("local[2]").appName("ringtrain-tests")
+               .config("spark.ui.enabled", "false")
+               .config("spark.sql.shuffle.partitions", "4")
+               .config("spark.sql.warehouse.dir", str(tmp / "warehouse"))
+               .config("spark.local.dir", str(tmp / "local"))
+               .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={tmp}")
+               .config("spark.ui.showConsoleProgress", "false")
+               .getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+def demo_config(root: str, overrides: list[str] | None = None):
+    from ringtrain.config import load_config
+    return load_config(os.path.join(ROOT, "conf", "demo.yaml"),
+                       [f"store.root={root}", f"etl.source.path={root}/raw", "demo.rows=20000",
+                        "etl.shards.rows_per_shard=2500", "etl.shards.row_group_rows=1024",
+                        "train.epochs=2", "train.batch_size=128"] + (overrides or []))
+
+
+@pytest.fixture(scope="session")
+def small_dataset(spark, tmp_path_factory):
+    """A published 20k-row churn dataset: (config, dataset_dir)."""
+    from etl.pipeline import run_etl
+    from etl.sample_data import write_churn_csv
+    from ringtrain.store import RunStore
+    root = str(tmp_path_factory.mktemp("store"))
+    cfg = demo_config(root)
+    write_churn_csv(cfg.etl.source.path, cfg.demo.rows, cfg.demo.seed)
+    summary = run_etl(spark, cfg.etl, RunStore.create(root).dataset(cfg.etl.dataset))
+    return cfg, summary["dataset_dir"]
+
+
+def worker_processes() -> list:
+    """Live `training.worker` processes (to prove that failures leave none behind)."""
+    import psutil
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "training.worker" in " ".join(p.info["cmdline"] or []):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,48 @@
+import os
+
+import pytest
+
+from ringtrain.config import load_config
+from ringtrain.schema import ConfigError
+
+from conftest import ROOT
+
+DEMO = os.path.join(ROOT, "conf", "demo.yaml")
+
+
+@pytest.mark.parametrize("name", sorted(n for n in os.listdir(os.path.join(ROOT, "conf")) if n.endswith(".yaml")))
+def test_every_shipped_config_loads(name):
+    cfg = load_config(os.path.join(ROOT, "conf", name))
+    assert cfg.train.num_workers >= 1
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochz=3", "unknown key train.epochz"),
+    ("train.epochs=three", "train.epochs: expected int, got 'three'"),
+    ("train.engine=mpi", "train.engine: must be one of 'horovod', 'ddp'"),
+    ("train.epochs=0", "train.epochs: must be >= 1"),
+    ("etl.split.train=0.9", "etl.split: train + val + test must be 1"),
+    ("etl.label.column=nope", "etl.label.column: 'nope' is not among etl.columns"),
+    ("train.num_workers=16", "train.num_workers: 16 ranks but the dataset is sharded for at most"),
+    ("etl.source.format=xml", "etl.source.format: must be one of"),
+])
+def test_bad_values_fail_at_load_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(DEMO, [override])
+    assert message in str(err.value)
+
+
+def test_bad_column_declaration_names_the_column():
+    with pytest.raises(ConfigError, match="column 'plan': role 'numeric' needs a numeric type"):
+        load_config(DEMO, ['etl.columns=[{name: plan, type: string, role: numeric}, '
+                           '{name: churned, type: string, role: label}, {name: customer_id, type: string, role: key}]'])
+
+
+def test_missing_file_names_it(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(str(tmp_path / "nope.yaml"))
+
+
+def test_overrides_apply_typed():
+    cfg = load_config(DEMO, ["train.lr=0.01", "train.model.hidden=[32, 16]", "train.grad_clip_norm=null"])
+    assert cfg.train.lr == 0.01 and cfg.train.model.hidden == [32, 16] and cfg.train.grad_clip_norm is None
