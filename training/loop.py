@@ -66,7 +66,7 @@ class Hooks:
 
 
 def _parse_fault(spec: str | None) -> dict | None:
-    """RINGTRAIN_FAULT='kind:rank:opt_step[:attempt]', e.g. 'crash:1:30:0' (for failure tests)."""
+    """'kind:rank:opt_step[:attempt]', e.g. 'crash:1:30:0' (failure tests: spec['fault'] or RINGTRAIN_FAULT)."""
     if not spec:
         return None
     kind, rank, step, *attempt = spec.split(":")
@@ -129,20 +129,23 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
             if not last_micro:
                 continue
             engine.synchronize(optimizer)
-            finite = torch.isfinite(local_loss) & _grads_finite(model)
-            agreed = engine.allreduce_sum(torch.stack([torch.where(finite, local_loss, 0.0),
-                                                       (~finite).double()]).cpu())
+            # Gradients are already averaged, so a NaN anywhere shows in every rank's grads; the loss
+            # flag counts the ranks where it started. One small all-reduce carries both and the loss.
+            loss_ok = torch.isfinite(local_loss)
+            agreed = engine.allreduce_sum(torch.stack([torch.where(loss_ok, local_loss, 0.0), (~loss_ok).double(),
+                                                       (~_grads_finite(model)).double()]).cpu())
             local_loss.zero_()
-            if agreed[1] > 0:
+            if agreed[1] > 0 or agreed[2] > 0:
                 optimizer.zero_grad()
                 state.skipped_steps += 1
+                what = (f"non-finite loss on {int(agreed[1])} rank(s)" if agreed[1] > 0
+                        else "non-finite gradients")
                 if cfg.on_nonfinite == "fail" or state.skipped_steps > cfg.max_nonfinite_steps:
                     raise NonFiniteError(
-                        f"non-finite loss or gradient on {int(agreed[1])} rank(s) at optimizer step {state.opt_step}"
-                        f" (skipped so far: {state.skipped_steps}); lower train.lr or check the data")
+                        f"{what} at optimizer step {state.opt_step} (skipped so far: {state.skipped_steps}); "
+                        f"every rank stops. Lower train.lr or check the data")
                 if engine.rank == 0:
-                    log.warning("non-finite loss/gradient on %d rank(s) at step %d: every rank skips it",
-                                int(agreed[1]), state.opt_step)
+                    log.warning("%s at step %d: every rank skips it", what, state.opt_step)
             else:
                 if cfg.grad_clip_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)

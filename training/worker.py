@@ -81,7 +81,8 @@ def _train(cfg: TrainConfig, spec: dict, engine, device: torch.device) -> dict:
     params = model.parameters()
     optimizer = (torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw"
                  else torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay))
-    hooks = Hooks(os.environ.get("RINGTRAIN_HEARTBEAT"), os.environ.get("RINGTRAIN_FAULT"), engine.rank,
+    # A fault (tests only) travels in the spec: Spark's Python workers do not see the driver's environment.
+    hooks = Hooks(os.environ.get("RINGTRAIN_HEARTBEAT"), spec.get("fault") or os.environ.get("RINGTRAIN_FAULT"), engine.rank,
                   int(spec.get("attempt", 0)))
     on_epoch = (lambda state: write_metrics(paths, state.history)) if paths.get("metrics_path") else None
     state = fit(cfg, engine, model, optimizer, train_reader, val_reader, device, paths["checkpoint_dir"], hooks,
