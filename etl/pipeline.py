@@ -95,7 +95,7 @@ def _write_version(cfg: EtlConfig, checked: DataFrame, staging: str, reasons: di
                    rows_good: int, identity: dict) -> dict:
     if reasons:  # keep the bad rows, with their reason, for people to look at
         (checked.where(F.col(REASON).isNotNull()).select(*[F.col(c).cast("string") for c in checked.columns])
-         .coalesce(1).write.parquet(os.path.join(staging, "quarantine")))
+         .coalesce(1).write.parquet("file://" + os.path.join(staging, "quarantine")))
     good = assign_split(checked.where(F.col(REASON).isNull()).drop(REASON, CORRUPT), cfg.split)
     good = good.persist(StorageLevel.MEMORY_AND_DISK)
     try:

@@ -10,6 +10,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from ringtrain.config import ColumnSpec, SourceConfig
+from ringtrain.schema import ConfigError
 
 CORRUPT = "_corrupt_record"
 
@@ -27,7 +28,7 @@ def source_path(source: SourceConfig, partition: str | None) -> str:
     path = source.path or ""
     if "{partition}" in path:
         if partition is None:
-            raise ValueError(f"etl.source.path {path} contains {{partition}}: pass --partition VALUE")
+            raise ConfigError(f"etl.source.path {path} contains {{partition}}: pass --partition VALUE")
         path = path.replace("{partition}", partition)
     return path
 

@@ -3,6 +3,7 @@
     spark-submit --master local[2] jobs/etl_job.py --config conf/demo.yaml
     spark-submit --master yarn --deploy-mode client \
         --archives ringtrain-env.tar.gz#env --conf spark.pyspark.python=./env/bin/python \
+        --conf spark.pyspark.driver.python=$PWD/.venv/bin/python \
         jobs/etl_job.py --config conf/yarn.yaml [--partition 2026-11-22]
 """
 import sys

@@ -4,6 +4,7 @@
     spark-submit --master yarn --deploy-mode client --num-executors 4 --executor-cores 1 \
         --conf spark.dynamicAllocation.enabled=false \
         --archives ringtrain-env.tar.gz#env --conf spark.pyspark.python=./env/bin/python \
+        --conf spark.pyspark.driver.python=$PWD/.venv/bin/python \
         jobs/train_job.py --config conf/yarn.yaml
 """
 import sys

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -172,8 +173,14 @@ class ModelConfig:
     width: int = 256
     """residual_mlp: width of the residual blocks."""
     num_blocks: int = 4
-    """residual_mlp: number of residual blocks (the unit of layer splitting)."""
+    """residual_mlp: number of residual blocks."""
     dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self.name in ("tabular_mlp", "residual_mlp") or re.fullmatch(r"[\w.]+:\w+", self.name) is not None,
+              "train.model.name", f"{self.name!r} is neither built in (tabular_mlp, residual_mlp) nor an "
+              f"import path 'package.module:factory'")
+        check(0.0 <= self.dropout < 1.0, "train.model.dropout", "must be in [0, 1)")
 
 
 @dataclass(kw_only=True)

@@ -12,7 +12,7 @@ from etl.manifest import DatasetError, load_manifest
 from etl.pipeline import run_etl
 from etl.sample_data import write_churn_csv
 from ringtrain.config import Config
-from ringtrain.schema import to_dict
+from ringtrain.schema import ConfigError, to_dict
 from ringtrain.spark import get_spark
 from ringtrain.store import RunStore
 from training.launcher import launch
@@ -59,7 +59,7 @@ def train_job(cfg: Config, *, dataset_dir: str | None = None) -> dict:
 def demo_job(cfg: Config) -> dict:
     """Generate the embedded dataset (once), ETL it, train on it; return both summaries."""
     if cfg.demo is None:
-        raise ValueError("this config has no `demo` section; use conf/demo.yaml or run `etl` and `train`")
+        raise ConfigError("this config has no `demo` section; use conf/demo.yaml or run `etl` and `train`")
     store = RunStore.create(cfg.store.root, cfg.store.run_id)
     started = time.time()
     source = write_churn_csv(cfg.etl.source.path, cfg.demo.rows, cfg.demo.seed)

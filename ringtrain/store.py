@@ -28,13 +28,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from ringtrain.schema import ConfigError
+
 
 def local_path(uri: str) -> str:
     """Strip file:// from a URI; other schemes are not local filesystems."""
     if uri.startswith("file://"):
         return uri[len("file://"):]
     if "://" in uri:
-        raise ValueError(f"{uri}: only local or shared-mount paths (or file://) are supported for the store root")
+        raise ConfigError(f"store.root {uri}: only local or shared-mount paths (or file://) are supported for the store root")
     return os.path.abspath(uri)
 
 

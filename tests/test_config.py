@@ -25,6 +25,7 @@ def test_every_shipped_config_loads(name):
     ("etl.label.column=nope", "etl.label.column: 'nope' is not among etl.columns"),
     ("train.num_workers=16", "train.num_workers: 16 ranks but the dataset is sharded for at most"),
     ("etl.source.format=xml", "etl.source.format: must be one of"),
+    ("train.model.name=resnet", "train.model.name: 'resnet' is neither built in"),
 ])
 def test_bad_values_fail_at_load_naming_the_key(override, message):
     with pytest.raises(ConfigError) as err:

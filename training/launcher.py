@@ -30,6 +30,7 @@ from collections import deque
 
 from pyspark import BarrierTaskContext, SparkContext
 
+from ringtrain.schema import ConfigError
 from training.worker import RESULT_PREFIX
 
 log = logging.getLogger("ringtrain.launcher")
@@ -95,7 +96,7 @@ def check_gpus(sc: SparkContext, gpus_per_worker: int) -> None:
         return
     amount = sc.getConf().get("spark.task.resource.gpu.amount")
     if amount is None or float(amount) != gpus_per_worker:
-        raise ValueError(
+        raise ConfigError(
             f"train.gpus_per_worker={gpus_per_worker} but spark.task.resource.gpu.amount is {amount}: start Spark with "
             f"--conf spark.task.resource.gpu.amount={gpus_per_worker} --conf spark.executor.resource.gpu.amount=N "
             f"(and a discovery script), or set train.gpus_per_worker=0")

@@ -1,0 +1,49 @@
+"""The user's doors, as subprocesses: spark-submit jobs/etl_job.py, spark-submit jobs/train_job.py, ringtrain CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from etl.sample_data import write_churn_csv
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+BIN = os.path.dirname(sys.executable)
+SMALL = ["demo.rows=30000", "etl.shards.rows_per_shard=4000", "etl.shards.row_group_rows=1024", "train.epochs=3",
+         "spark.conf={spark.ui.enabled: 'false', spark.sql.shuffle.partitions: '4'}"]
+
+
+def door(cmd, root, extra=()):
+    sets = [x for s in [f"store.root={root}", f"etl.source.path={root}/raw", *SMALL, *extra] for x in ("--set", s)]
+    out = subprocess.run(cmd + ["--config", os.path.join(ROOT, "conf", "demo.yaml"), "--json", *sets],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout[out.stdout.index("{"):])
+
+
+def test_spark_submit_etl_then_cli_and_spark_submit_training(tmp_path):
+    write_churn_csv(str(tmp_path / "raw"), 30000, 7)
+    etl = door([f"{BIN}/spark-submit", "--master", "local[2]", "jobs/etl_job.py"], tmp_path)
+    assert etl["rows_good"] == 30000 and etl["balance_max_min"] <= 1.05
+
+    train = door([f"{BIN}/ringtrain", "train"], tmp_path, ["store.run_id=cli"])
+    ranks = train["ranks"]
+    assert len(ranks) == 2 and ranks[0]["param_sha256"] == ranks[1]["param_sha256"]
+    m = ranks[0]["metrics"]
+    assert m["accuracy"] > m["baseline_accuracy"] + 0.04, m
+    assert m["auc"] > 0.75 and m["loss"] < m["baseline_loss"] - 0.05, m
+    assert os.path.exists(os.path.join(train["model_dir"], "artifact.json"))
+    assert os.path.exists(os.path.join(train["run_dir"], "metrics.png"))
+
+    # the same training through spark-submit lands on the same weights (same seed, same data order)
+    submitted = door([f"{BIN}/spark-submit", "--master", "local[2]", "jobs/train_job.py"], tmp_path,
+                     ["store.run_id=submit"])
+    assert submitted["ranks"][0]["param_sha256"] == ranks[0]["param_sha256"]
+
+
+def test_bad_config_exits_2_naming_the_key(tmp_path):
+    out = subprocess.run([f"{BIN}/ringtrain", "train", "--config", os.path.join(ROOT, "conf", "demo.yaml"),
+                          "--set", "train.epochs=-1"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "train.epochs: must be >= 1" in out.stderr
