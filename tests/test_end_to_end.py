@@ -17,8 +17,10 @@ SMALL = ["demo.rows=30000", "etl.shards.rows_per_shard=4000", "etl.shards.row_gr
 
 def door(cmd, root, extra=()):
     sets = [x for s in [f"store.root={root}", f"etl.source.path={root}/raw", *SMALL, *extra] for x in ("--set", s)]
+    # spark-submit finds Spark through the first `python3` on PATH: the venv's, as for a user who activated it.
+    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ.get("PATH", ""), "PYSPARK_PYTHON": sys.executable}
     out = subprocess.run(cmd + ["--config", os.path.join(ROOT, "conf", "demo.yaml"), "--json", *sets],
-                         cwd=ROOT, capture_output=True, text=True, timeout=900)
+                         cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout[out.stdout.index("{"):])
 
@@ -45,5 +47,6 @@ def test_spark_submit_etl_then_cli_and_spark_submit_training(tmp_path):
 
 def test_bad_config_exits_2_naming_the_key(tmp_path):
     out = subprocess.run([f"{BIN}/ringtrain", "train", "--config", os.path.join(ROOT, "conf", "demo.yaml"),
-                          "--set", "train.epochs=-1"], capture_output=True, text=True, timeout=120)
+                          "--set", "train.epochs=-1"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         timeout=120)
     assert out.returncode == 2 and "train.epochs: must be >= 1" in out.stderr
