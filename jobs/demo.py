@@ -2,12 +2,10 @@
 
     spark-submit --master local[2] jobs/demo.py --config conf/demo.yaml
 """
-import sys
-
-from ringtrain.cli import add_common, run
+from ringtrain.cli import add_common, exit_spark_submit, run
 
 if __name__ == "__main__":
     import argparse
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common(p)
-    sys.exit(run("demo", p.parse_args()))
+    exit_spark_submit(run("demo", p.parse_args()))

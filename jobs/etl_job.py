@@ -6,9 +6,7 @@
         --conf spark.pyspark.driver.python=$PWD/.venv/bin/python \
         jobs/etl_job.py --config conf/yarn.yaml [--partition 2026-11-22]
 """
-import sys
-
-from ringtrain.cli import add_common, run
+from ringtrain.cli import add_common, exit_spark_submit, run
 
 if __name__ == "__main__":
     import argparse
@@ -16,4 +14,4 @@ if __name__ == "__main__":
     add_common(p)
     p.add_argument("--partition")
     p.add_argument("--force", action="store_true")
-    sys.exit(run("etl", p.parse_args()))
+    exit_spark_submit(run("etl", p.parse_args()))

@@ -7,13 +7,11 @@
         --conf spark.pyspark.driver.python=$PWD/.venv/bin/python \
         jobs/train_job.py --config conf/yarn.yaml
 """
-import sys
-
-from ringtrain.cli import add_common, run
+from ringtrain.cli import add_common, exit_spark_submit, run
 
 if __name__ == "__main__":
     import argparse
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common(p)
     p.add_argument("--dataset")
-    sys.exit(run("train", p.parse_args()))
+    exit_spark_submit(run("train", p.parse_args()))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from etl.manifest import DatasetError
@@ -63,6 +64,23 @@ def run(command: str, args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(summary, indent=2) if args.json else "\n" + jobs.format_summary(command, summary))
     return 0
+
+
+def exit_spark_submit(code: int) -> None:
+    """End a spark-submit job with `code`, JVM included.
+
+    In local mode the executors live in the driver JVM, and Spark's BarrierTaskContext leaves a
+    non-daemon "Barrier task timer for barrier() calls" thread behind (seen in a jstack), which
+    keeps spark-submit alive after the job is done. Outside spark-submit the JVM dies with Python.
+    """
+    from pyspark import SparkContext
+    if "PYSPARK_GATEWAY_PORT" in os.environ and SparkContext._gateway is not None:
+        sys.stdout.flush(), sys.stderr.flush()
+        try:
+            SparkContext._gateway.jvm.java.lang.System.exit(code)
+        except Exception:  # the JVM is gone before it can answer: that is the point
+            pass
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
