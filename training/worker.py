@@ -25,7 +25,7 @@ import torch
 
 from etl.manifest import load_manifest
 from ringtrain.config import TrainConfig
-from ringtrain.schema import build
+from ringtrain.schema import build, to_dict
 from training.artifact import publish_model, write_metrics
 from training.data import Columns, open_reader, plan_reading
 from training.engines import make_engine, unwrap
@@ -77,7 +77,7 @@ def _train(cfg: TrainConfig, spec: dict, engine, device: torch.device) -> dict:
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank, before any broadcast
     cards = list(manifest["features"]["categorical_cardinalities"].values())
-    model = build_model(_plain(cfg.model), len(cols.numeric), cards).to(device)
+    model = build_model(to_dict(cfg.model), len(cols.numeric), cards).to(device)
     params = model.parameters()
     optimizer = (torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw"
                  else torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay))
@@ -108,11 +108,6 @@ def param_digest(model: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
-
-
-def _plain(model_cfg) -> dict:
-    from ringtrain.schema import to_dict
-    return to_dict(model_cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
