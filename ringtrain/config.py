@@ -184,6 +184,25 @@ class ModelConfig:
 
 
 @dataclass(kw_only=True)
+class PipelineConfig:
+    stages: int = 1
+    """Split the model's layers into this many pipeline stages (GPipe schedule). 1: no split.
+    Stage i runs on the task's GPU i % gpus; with fewer GPUs than stages (or on CPU) stages share a device."""
+    micro_batches: int = 4
+    """Each batch is cut into this many micro-batches that flow through the stages; the idle
+    ("bubble") fraction of the schedule is (stages - 1) / (micro_batches + stages - 1)."""
+    balance: list[int] | None = None
+    """Layers per stage, e.g. [3, 3]; default: contiguous stages of about equal parameter count."""
+
+    def __post_init__(self) -> None:
+        check(self.stages >= 1, "train.pipeline.stages", "must be >= 1")
+        check(self.micro_batches >= 1, "train.pipeline.micro_batches", "must be >= 1")
+        if self.balance is not None:
+            check(len(self.balance) == self.stages and all(n >= 1 for n in self.balance), "train.pipeline.balance",
+                  f"needs {self.stages} entries (one per stage), each >= 1")
+
+
+@dataclass(kw_only=True)
 class TrainConfig:
     engine: Literal["horovod", "ddp"] = "horovod"
     num_workers: int = 2
@@ -218,8 +237,12 @@ class TrainConfig:
     """A rank that reports no progress for this long is killed and the attempt fails."""
     threads_per_worker: int = 1
     model: ModelConfig = field(default_factory=ModelConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    """Layer splitting inside each rank (combined with data parallelism across ranks)."""
 
     def __post_init__(self) -> None:
+        check(self.pipeline.micro_batches <= self.batch_size, "train.pipeline.micro_batches",
+              f"{self.pipeline.micro_batches} micro-batches do not fit in batch_size={self.batch_size}")
         for name in ("num_workers", "epochs", "batch_size", "grad_accumulation", "max_attempts",
                      "threads_per_worker"):
             check(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")

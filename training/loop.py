@@ -40,6 +40,8 @@ class LoopState:
     skipped_steps: int = 0
     history: list = field(default_factory=list)
     stopped_early: bool = False
+    train_seconds: float = 0.0  # this attempt: time in training steps (reading included, validation not)
+    train_samples: int = 0      # this attempt: rows this rank trained on
 
 
 class Hooks:
@@ -106,6 +108,7 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
         loss_sum, loss_count = 0.0, 0
         local_loss = torch.zeros((), dtype=torch.float64)
         batches = prefetch(train_reader.epoch(state.epoch, skip=state.step_in_epoch), device)
+        epoch_started = time.perf_counter()
         for batch in batches:
             if state.step_in_epoch >= steps:
                 break
@@ -126,6 +129,7 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
             local_loss += loss.detach().double().cpu()
             state.step_in_epoch += 1
             state.batches_run += 1
+            state.train_samples += batch["label"].shape[0]
             if not last_micro:
                 continue
             engine.synchronize(optimizer)
@@ -160,6 +164,7 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
             if cfg.checkpoint_every_steps and state.opt_step % cfg.checkpoint_every_steps == 0:
                 checkpoint()
         batches.close()
+        state.train_seconds += time.perf_counter() - epoch_started
         val = evaluate(unwrap(model), val_reader, engine, device, cfg, amp)
         val["epoch"] = state.epoch
         val["train_loss"] = loss_sum / max(1, loss_count)

@@ -94,6 +94,7 @@ def _train(cfg: TrainConfig, spec: dict, engine, device: torch.device) -> dict:
         "batches_run": state.batches_run, "steps_per_epoch": train_plan.steps_per_epoch,
         "skipped_steps": state.skipped_steps, "stopped_early": state.stopped_early,
         "metrics": state.history[-1] if state.history else {}, "seconds": round(time.time() - started, 2),
+        "train_seconds": round(state.train_seconds, 3), "train_samples": state.train_samples,
     }
     if engine.rank == 0 and paths.get("model_dir"):
         example = next(iter(val_reader.all_rows()))
