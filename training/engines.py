@@ -19,9 +19,13 @@ class Engine(Protocol):
     size: int
     local_rank: int
 
-    def wrap(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             accumulation: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-        """Make gradients all-reduced (averaged) across ranks; start every rank from rank 0's state."""
+    def wrap(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, accumulation: int,
+             pipelined: bool = False) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """Make gradients all-reduced (averaged) across ranks; start every rank from rank 0's state.
+
+        `pipelined`: the model is a training.pipeline.PipelineModel, whose backward runs stage by
+        stage outside any wrapper; gradients are then averaged explicitly in synchronize().
+        """
 
     def no_sync(self, model: torch.nn.Module) -> contextlib.AbstractContextManager:
         """Context for a backward pass that accumulates locally (not the last of an accumulation)."""
@@ -57,9 +61,14 @@ class HorovodEngine:
         hvd.init()
         self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
 
-    def wrap(self, model, optimizer, accumulation):
+    manual: list | None = None  # parameters averaged explicitly (pipelined models)
+
+    def wrap(self, model, optimizer, accumulation, pipelined=False):
         hvd = self.hvd
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        if pipelined:
+            self.manual = [p for p in model.parameters() if p.requires_grad]
+            return model, optimizer
         # No broadcast_optimizer_state: on resume every rank loads the same checkpoint, and on a
         # fresh optimizer Horovod would take a zero-gradient step (weight decay, step count).
         optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
@@ -70,9 +79,18 @@ class HorovodEngine:
         return contextlib.nullcontext()  # backward_passes_per_step already defers the all-reduce
 
     def synchronize(self, optimizer):
-        optimizer.synchronize()
+        if self.manual is None:
+            optimizer.synchronize()
+            return
+        handles = [self.hvd.allreduce_async_(_grad(p), op=self.hvd.Average, name=f"ringtrain.grad.{i}")
+                   for i, p in enumerate(self.manual)]
+        for handle in handles:
+            self.hvd.synchronize(handle)
 
     def step(self, optimizer):
+        if self.manual is not None:
+            optimizer.step()
+            return
         with optimizer.skip_synchronize():
             optimizer.step()
 
@@ -102,8 +120,16 @@ class TorchDDPEngine:
         timeout = timedelta(seconds=float(os.environ.get("RINGTRAIN_COLLECTIVE_TIMEOUT_S", "1800")))
         dist.init_process_group(backend, rank=self.rank, world_size=self.size, timeout=timeout)
 
-    def wrap(self, model, optimizer, accumulation):
+    manual: list | None = None  # parameters averaged explicitly (pipelined models)
+
+    def wrap(self, model, optimizer, accumulation, pipelined=False):
         from torch.nn.parallel import DistributedDataParallel
+        if pipelined:
+            with torch.no_grad():
+                for tensor in model.state_dict().values():
+                    self.dist.broadcast(tensor, src=0)
+            self.manual = [p for p in model.parameters() if p.requires_grad]
+            return model, optimizer
         ids = [self.device.index] if self.device.type == "cuda" and self._single_device(model) else None
         # DDP broadcasts rank 0's parameters at construction; the optimizer has no state yet.
         return DistributedDataParallel(model, device_ids=ids), optimizer
@@ -112,10 +138,20 @@ class TorchDDPEngine:
         return len({p.device for p in model.parameters()}) == 1
 
     def no_sync(self, model):
-        return model.no_sync()
+        return contextlib.nullcontext() if self.manual is not None else model.no_sync()
 
     def synchronize(self, optimizer):
-        pass  # DDP has averaged gradients by the end of backward()
+        if self.manual is None:
+            return  # DDP has averaged gradients by the end of backward()
+        by_device: dict = {}
+        for p in self.manual:
+            by_device.setdefault((p.device, p.dtype), []).append(_grad(p))
+        for grads in by_device.values():  # one flat all-reduce per device and dtype
+            flat = torch._utils._flatten_dense_tensors(grads)
+            self.dist.all_reduce(flat, op=self.dist.ReduceOp.SUM)
+            flat /= self.size
+            for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+                grad.copy_(synced)
 
     def step(self, optimizer):
         optimizer.step()
@@ -133,6 +169,13 @@ class TorchDDPEngine:
     def shutdown(self):
         if self.dist.is_initialized():
             self.dist.destroy_process_group()
+
+
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    """The parameter's gradient, zeros if it got none (every rank must send the same tensors)."""
+    if p.grad is None:
+        p.grad = torch.zeros_like(p)
+    return p.grad
 
 
 def make_engine(name: str, device: torch.device) -> Engine:

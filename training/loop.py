@@ -21,6 +21,7 @@ from ringtrain.config import TrainConfig
 from training.checkpoint import load_latest, save_checkpoint
 from training.data import prefetch
 from training.engines import Engine, unwrap
+from training.pipeline import PipelineModel
 
 log = logging.getLogger("ringtrain.train")
 
@@ -82,7 +83,8 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
     resumed = load_latest(checkpoint_dir)
     if resumed:
         unwrap(model).load_state_dict(resumed["model"])
-    model, optimizer = engine.wrap(model, optimizer, cfg.grad_accumulation)
+    pipe = model if isinstance(model, PipelineModel) else None
+    model, optimizer = engine.wrap(model, optimizer, cfg.grad_accumulation, pipelined=pipe is not None)
     if resumed:
         optimizer.load_state_dict(resumed["optimizer"])
         for name in ("epoch", "step_in_epoch", "opt_step", "best_val_loss", "bad_epochs", "skipped_steps", "history"):
@@ -91,7 +93,11 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
             log.info("resumed from checkpoint at epoch %d, batch %d (optimizer step %d)",
                      state.epoch, state.step_in_epoch, state.opt_step)
     base_lr = cfg.lr * (engine.size if cfg.scale_lr else 1)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if _use_bf16(cfg, device) else contextlib.nullcontext()
+    bf16 = _use_bf16(cfg, device)
+
+    def autocast():  # a fresh context each time: pipeline stages enter it in their own threads
+        return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
     steps = (train_reader.plan.steps_per_epoch // cfg.grad_accumulation) * cfg.grad_accumulation
     progress = _Progress(engine.rank, cfg.epochs, steps)
 
@@ -120,12 +126,17 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
                 time.sleep(10**6)
             torch.manual_seed(cfg.seed * 1_000_003 + state.opt_step * 4099 + engine.rank * 7 + state.step_in_epoch)
             last_micro = (state.step_in_epoch + 1) % cfg.grad_accumulation == 0
-            with (contextlib.nullcontext() if last_micro else engine.no_sync(model)), amp:
-                logits = model(batch["num"], batch["cat"]).float()
-                loss = F.binary_cross_entropy_with_logits(logits, batch["label"])
-                if fault == "nan":
-                    loss = loss * float("nan")
-            (loss / cfg.grad_accumulation).backward()
+            if pipe is not None:  # forward and backward run stage by stage, micro-batch by micro-batch
+                loss = pipe.forward_backward(batch["num"], batch["cat"], batch["label"],
+                                             F.binary_cross_entropy_with_logits, scale=1 / cfg.grad_accumulation,
+                                             autocast=autocast, poison=fault == "nan")
+            else:
+                with (contextlib.nullcontext() if last_micro else engine.no_sync(model)), autocast():
+                    logits = model(batch["num"], batch["cat"]).float()
+                    loss = F.binary_cross_entropy_with_logits(logits, batch["label"])
+                    if fault == "nan":
+                        loss = loss * float("nan")
+                (loss / cfg.grad_accumulation).backward()
             local_loss += loss.detach().double().cpu()
             state.step_in_epoch += 1
             state.batches_run += 1
@@ -165,7 +176,8 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
                 checkpoint()
         batches.close()
         state.train_seconds += time.perf_counter() - epoch_started
-        val = evaluate(unwrap(model), val_reader, engine, device, cfg, amp)
+        val = evaluate(pipe if pipe is not None else unwrap(model), val_reader, engine, device, cfg,
+                       autocast())
         val["epoch"] = state.epoch
         val["train_loss"] = loss_sum / max(1, loss_count)
         state.history.append(val)

@@ -31,6 +31,7 @@ from training.data import Columns, open_reader, plan_reading
 from training.engines import make_engine, unwrap
 from training.loop import Hooks, fit
 from training.models import build_model
+from training.pipeline import PipelineModel, stage_devices
 
 RESULT_PREFIX = "RINGTRAIN_RESULT "
 log = logging.getLogger("ringtrain.worker")
@@ -78,6 +79,14 @@ def _train(cfg: TrainConfig, spec: dict, engine, device: torch.device) -> dict:
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank, before any broadcast
     cards = list(manifest["features"]["categorical_cardinalities"].values())
     model = build_model(to_dict(cfg.model), len(cols.numeric), cards).to(device)
+    if cfg.pipeline.stages > 1:  # layer splitting inside this rank; data parallelism across ranks
+        devices = stage_devices(device, cfg.pipeline.stages, engine.local_rank,
+                                bool(os.environ.get("RINGTRAIN_TASK_GPUS")))
+        model = PipelineModel(model, cfg.pipeline.stages, cfg.pipeline.micro_batches, devices,
+                              cfg.pipeline.balance)
+        if engine.rank == 0:
+            log.info("pipeline: %d stages over layers %s on %s, %d micro-batches", model.num_stages,
+                     model.bounds, [str(d) for d in model.devices], cfg.pipeline.micro_batches)
     params = model.parameters()
     optimizer = (torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw"
                  else torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay))
