@@ -1,0 +1,133 @@
+"""Markdown tables from the training benchmarks' results JSON (bench/results/*.json).
+
+    .venv/bin/python bench/render.py                      # print the tables of every result found
+    .venv/bin/python bench/render.py --write BENCHMARKS.md
+        # also put each table in place of the `RESULTS: pending` line of its section
+        # (## Training: scaling / feed / all-reduce bandwidth); other sections are left alone
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "results")
+PLACEHOLDER = "RESULTS: pending"
+
+
+def _machine(result: dict) -> str:
+    m = result.get("machine", {})
+    load = m.get("loadavg_at_start", ["?"])[0], m.get("loadavg_at_end", ["?"])[0]
+    return (f"Measured {result.get('finished_utc', '?')} on {m.get('cores', '?')} cores ({m.get('cpu', '?')}), "
+            f"Python {m.get('python', '?')}, torch {m.get('versions', {}).get('torch', '?')}; "
+            f"1-minute load average {load[0]} before, {load[1]} after.")
+
+
+def _rate(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:g} {unit}"
+    return f"{n} B"
+
+
+def _gbs(x: float) -> str:
+    return f"{x / 1e9:.3g}"
+
+
+def render_scaling(result: dict) -> str:
+    p = result["params"]
+    lines = ["| engine | 1 worker (samples/s) | 2 workers (samples/s) | speed-up | efficiency sps(2) / (2 × sps(1)) "
+             "| per repeat |",
+             "|---|---|---|---|---|---|"]
+    for engine, s in result["summary"].items():
+        per = ", ".join(f"{x:.2f}" for x in s["efficiency_per_repeat"])
+        lines.append(f"| {engine} | {_rate(s['sps_1_median'])} | {_rate(s['sps_2_median'])} | {s['speedup']:.2f}× "
+                     f"| **{s['efficiency']:.2f}** | {per} |")
+    d = result.get("dataset", {})
+    train_rows = (d.get("split_rows") or {}).get("train", "?")
+    lines += ["", f"Medians of {p['repeats']} interleaved launches per configuration; {train_rows} train rows, "
+              f"{p['epochs']} epochs, batch {p['batch_size']} per rank, reader {p['reader']}, one thread per worker.",
+              _machine(result)]
+    return "\n".join(lines)
+
+
+def render_feed(result: dict) -> str:
+    s = result["summary"]
+    lines = ["| | samples/s | ÷ training |", "|---|---|---|",
+             f"| training, 1 thread, data in memory | {_rate(s['train_sps_median'])} | 1 |"]
+    for kind in ("petastorm", "arrow"):
+        if kind in s:
+            lines.append(f"| loader: {kind} reader + prefetch | {_rate(s[kind]['loader_sps_median'])} "
+                         f"| **{s[kind]['ratio']:.2f}** |")
+    p = result["params"]
+    d = result.get("dataset", {})
+    train_rows = (d.get("split_rows") or {}).get("train", "?")
+    extra = (f" The arrow reader reads {s['arrow_over_petastorm']:.2f}× as fast as petastorm."
+             if "arrow_over_petastorm" in s else "")
+    lines += ["", f"Medians of {p['repeats']} interleaved repeats; one epoch of {train_rows} train rows, "
+              f"batch {p['batch_size']}, model {result['model']['name']}.{extra}", _machine(result)]
+    return "\n".join(lines)
+
+
+def render_allreduce(result: dict) -> str:
+    lines = ["| size | Horovod busbw (GB/s) | DDP busbw (GB/s) | memcpy (GB/s) | Horovod ÷ memcpy | DDP ÷ memcpy "
+             "| Horovod ÷ DDP |", "|---|---|---|---|---|---|---|"]
+    for r in result["sizes"]:
+        lines.append(f"| {_bytes(r['bytes'])} | {_gbs(r['busbw_horovod'])} | {_gbs(r['busbw_ddp'])} "
+                     f"| {_gbs(r['memcpy_bw'])} | {r['horovod_over_memcpy']:.3g} | {r['ddp_over_memcpy']:.3g} "
+                     f"| **{r['horovod_over_ddp']:.2f}** |")
+    p = result["params"]
+    lines += ["", f"{result['ranks']} ranks, float32, one thread per rank; medians of {p['repeats']} interleaved "
+              f"repeats. GB = 10^9 bytes.", _machine(result)]
+    return "\n".join(lines)
+
+
+SECTIONS = {  # results name -> (section heading in BENCHMARKS.md, renderer)
+    "scaling": ("## Training: scaling", render_scaling),
+    "feed": ("## Training: feed", render_feed),
+    "allreduce": ("## Training: all-reduce bandwidth", render_allreduce),
+}
+
+
+def fill(text: str, heading: str, table: str) -> str:
+    """Replace the `RESULTS: pending` line inside the section `heading` (up to the next `## `)."""
+    lines = text.split("\n")
+    start = lines.index(heading)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    for i in range(start, end):
+        if lines[i].strip() == PLACEHOLDER:
+            lines[i:i + 1] = table.split("\n")
+            return "\n".join(lines)
+    raise ValueError(f"no '{PLACEHOLDER}' line in section {heading!r}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default=RESULTS, help="folder of the results JSON")
+    p.add_argument("--write", metavar="BENCHMARKS.md", help="fill the RESULTS: pending lines of this file")
+    args = p.parse_args(argv)
+    text = open(args.write).read() if args.write else None
+    for name, (heading, render) in SECTIONS.items():
+        path = os.path.join(args.results, f"{name}.json")
+        if not os.path.exists(path):
+            print(f"{heading}: no {path}", file=sys.stderr)
+            continue
+        with open(path) as f:
+            table = render(json.load(f))
+        print(f"{heading}\n\n{table}\n")
+        if text is not None:
+            text = fill(text, heading, table)
+    if text is not None:
+        with open(args.write, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
