@@ -26,6 +26,9 @@ def test_every_shipped_config_loads(name):
     ("train.num_workers=16", "train.num_workers: 16 ranks but the dataset is sharded for at most"),
     ("etl.source.format=xml", "etl.source.format: must be one of"),
     ("train.model.name=resnet", "train.model.name: 'resnet' is neither built in"),
+    ("train.pipeline.stages=0", "train.pipeline.stages: must be >= 1"),
+    ("train.pipeline.balance=[2, 2]", "train.pipeline.balance: needs 1 entries"),
+    ("train.pipeline.micro_batches=4096", "train.pipeline.micro_batches: 4096 micro-batches do not fit"),
 ])
 def test_bad_values_fail_at_load_naming_the_key(override, message):
     with pytest.raises(ConfigError) as err:
