@@ -17,7 +17,8 @@ _NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 def save_checkpoint(folder: str, opt_step: int, state: dict, keep: int = 2) -> str:
     """Atomically write ckpt-<opt_step>.pt and keep the newest `keep` checkpoints."""
     state = {**state, "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                              "python": random.getstate()}}
+                              "python": random.getstate(),
+                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
     buffer = io.BytesIO()
     torch.save(state, buffer)
     path = os.path.join(folder, f"ckpt-{opt_step:09d}.pt")
@@ -44,4 +45,6 @@ def load_latest(folder: str) -> dict | None:
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
+        if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
     return state
