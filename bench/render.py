@@ -70,8 +70,10 @@ def render_feed(result: dict) -> str:
     train_rows = (d.get("split_rows") or {}).get("train", "?")
     extra = (f" The arrow reader reads {s['arrow_over_petastorm']:.2f}× as fast as petastorm."
              if "arrow_over_petastorm" in s else "")
-    lines += ["", f"Medians of {p['repeats']} interleaved repeats; one epoch of {train_rows} train rows, "
-              f"batch {p['batch_size']}, model {result['model']['name']}.{extra}", _machine(result)]
+    lines += ["", f"Medians of {p['repeats']} interleaved repeats. Per measurement the loader reads "
+              f"{p.get('loader_epochs', 1)} epochs of {train_rows} train rows, and training makes "
+              f"{p.get('train_passes', 1)} passes over one epoch held in memory; batch {p['batch_size']}, model "
+              f"{result['model']['name']}, optimizer {result['optimizer']}.{extra}", _machine(result)]
     return "\n".join(lines)
 
 
