@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast clean bench bench-smoke
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -16,5 +16,19 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow"
 
+# Benchmarks (BENCHMARKS.md). Each script prints its JSON result and a markdown table, and writes
+# bench/results/<name>.json; bench/render.py prints the tables of all results. Run on an idle machine.
+bench: setup
+	$(PY) bench/allreduce_bench.py
+	$(PY) bench/feed_bench.py
+	$(PY) bench/scaling_bench.py
+	$(PY) bench/render.py
+
+# The same scripts at small sizes (about 3 minutes): they work end to end; the numbers mean nothing.
+bench-smoke: setup
+	$(PY) bench/allreduce_bench.py --max-bytes 262144 --repeats 1 --max-iters 50 --out smoke-allreduce
+	$(PY) bench/feed_bench.py --rows 20000 --repeats 2 --loader-epochs 2 --out smoke-feed
+	$(PY) bench/scaling_bench.py --rows 20000 --epochs 1 --repeats 1 --out smoke-scaling
+
 clean:
-	rm -rf runs .pytest_cache spark-warehouse metastore_db derby.log
+	rm -rf runs .pytest_cache spark-warehouse metastore_db derby.log bench/.data
