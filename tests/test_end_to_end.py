@@ -1,8 +1,4 @@
-"""The user's door, as subprocesses: the `ringtrain` CLI for the ETL and for training.
-
-spark-submit jobs/*.py runs the same functions (ringtrain.cli.run); it was checked by hand. Launched from
-inside pytest its JVM never started the Python driver (cause not found yet), so it is not automated here.
-"""
+"""The user's doors, as subprocesses: the `ringtrain` CLI, and spark-submit jobs/*.py (the same functions)."""
 import json
 import os
 import subprocess
@@ -42,6 +38,13 @@ def test_cli_etl_then_training_beats_the_baseline_with_identical_ranks(tmp_path)
     assert m["auc"] > 0.75 and m["loss"] < m["baseline_loss"] - 0.05, m
     assert os.path.exists(os.path.join(train["model_dir"], "artifact.json"))
     assert os.path.exists(os.path.join(train["run_dir"], "metrics.png"))
+
+    # The cluster door on the same dataset: spark-submit must also end (exit 0) once the job is done.
+    submitted = door([f"{BIN}/spark-submit", "--master", "local[2]", os.path.join(ROOT, "jobs", "train_job.py")],
+                     tmp_path, ["store.run_id=submitted", "train.epochs=1"])
+    ranks = submitted["ranks"]
+    assert ranks[0]["param_sha256"] == ranks[1]["param_sha256"] and ranks[0]["epochs_run"] == 1
+    assert ranks[0]["metrics"]["accuracy"] > ranks[0]["metrics"]["baseline_accuracy"], ranks[0]["metrics"]
 
 
 def test_bad_config_exits_2_naming_the_key(tmp_path):
