@@ -110,7 +110,7 @@ def rank_main(args) -> None:
 
 # ----------------------------------------------------------------------------- the parent
 
-def run_ranks(args) -> list[dict]:
+def run_ranks(args, argv: list[str]) -> list[dict]:
     from training.launcher import _free_port, _placement, _start_rendezvous, _worker_env
     host = "127.0.0.1"
     hosts = [host, host]
@@ -122,7 +122,7 @@ def run_ranks(args) -> list[dict]:
         for rank in range(2):
             env = {**os.environ, **_worker_env("horovod", rank, 2, hosts, placement, {"addr": host, "port": hvd_port}),
                    "MASTER_ADDR": host, "MASTER_PORT": str(torch_port), "PYTHONUNBUFFERED": "1"}
-            cmd = [sys.executable, os.path.abspath(__file__), "--rank-child"] + sys.argv[1:]
+            cmd = [sys.executable, os.path.abspath(__file__), "--rank-child"] + argv
             procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True))
         deadline = time.time() + args.timeout
         outputs = []
@@ -148,6 +148,7 @@ def run_ranks(args) -> list[dict]:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.rank_child:
         rank_main(args)
@@ -155,7 +156,7 @@ def main(argv=None) -> int:
     info = machine()
     warn_if_busy(info)
     started = time.time()
-    ranks = run_ranks(args)
+    ranks = run_ranks(args, argv)
     # per (size, kind, repeat): the slower rank's time (memcpy: rank 0's, the only one that copies)
     per_op: dict[tuple, float] = {}
     for r in ranks:

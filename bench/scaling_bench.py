@@ -102,6 +102,9 @@ def main(argv=None) -> int:
             "speedup": median(sps[2]) / median(sps[1]),
             "ranks_identical": all(r["ranks_identical"] for r in runs if r["engine"] == engine),
         }
+    if not all(r["ranks_identical"] for r in runs):
+        print("WARNING: some 2-worker launch ended with different parameters on its ranks (see runs[].ranks_identical)",
+              file=sys.stderr)
     result = {"machine": info, "params": vars(args), "dataset": etl, "seconds": round(time.time() - started, 1),
               "summary": summary, "runs": runs}
     write_result(args.out, result, render_scaling)
