@@ -8,7 +8,7 @@ memory as tensors. A ratio above 1 means the loader outruns training, so reading
 the training step (on its own core). Per repeat: petastorm, arrow, training, interleaved; medians
 over repeats.
 
-    .venv/bin/python bench/feed_bench.py                                      # full run (about a minute)
+    .venv/bin/python bench/feed_bench.py                                      # full run (1-2 minutes with the ETL)
     .venv/bin/python bench/feed_bench.py --rows 20000 --repeats 2 --loader-epochs 2   # smoke test
 """
 from __future__ import annotations

@@ -52,7 +52,7 @@ def render_scaling(result: dict) -> str:
     d = result.get("dataset", {})
     train_rows = (d.get("split_rows") or {}).get("train", "?")
     lines += ["", f"Medians of {p['repeats']} interleaved launches per configuration; {train_rows} train rows, "
-              f"{p['epochs']} epochs, batch {p['batch_size']} per rank, reader {p['reader']}, one thread per worker.",
+              f"{p['epochs']} epoch(s) per launch, batch {p['batch_size']} per rank, reader {p['reader']}, one thread per worker.",
               _machine(result)]
     return "\n".join(lines)
 

@@ -7,7 +7,7 @@ steps, reading included, validation, start-up and checkpoints excluded). The con
 interleaved (per repeat: horovod 1w, 2w, ddp 1w, 2w), and each one's median over the repeats is
 reported; scaling efficiency = median sps(2) / (2 x median sps(1)).
 
-    .venv/bin/python bench/scaling_bench.py                                   # full run (a few minutes)
+    .venv/bin/python bench/scaling_bench.py                                   # full run (about 3 minutes)
     .venv/bin/python bench/scaling_bench.py --rows 20000 --epochs 1 --repeats 1   # smoke test
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from render import render_scaling  # noqa: E402
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=int, default=250_000, help="rows of the generated churn dataset (90%% train)")
-    p.add_argument("--epochs", type=int, default=2, help="epochs per launch")
+    p.add_argument("--epochs", type=int, default=1, help="epochs per launch")
     p.add_argument("--batch-size", type=int, default=256, help="per-rank batch size (the demo's)")
     p.add_argument("--repeats", type=int, default=3, help="launches per configuration, interleaved")
     p.add_argument("--engines", default="horovod,ddp")

@@ -220,8 +220,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip_norm: float | None = 1.0
     grad_accumulation: int = 1
-    amp: Literal["auto", "off", "bf16"] = "auto"
-    """auto: bf16 autocast on GPU, off on CPU."""
+    amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
+    """auto: bf16 autocast on GPUs that support it, fp16 with loss scaling on older ones (V100, T4), off on CPU."""
     reader: Literal["petastorm", "arrow"] = "petastorm"
     seed: int = 0
     checkpoint_every_steps: int = 0
