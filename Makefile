@@ -22,9 +22,11 @@ bench: setup
 	$(PY) bench/allreduce_bench.py
 	$(PY) bench/feed_bench.py
 	$(PY) bench/scaling_bench.py
+	$(PY) bench/pipeline_bench.py
 	$(PY) bench/render.py
 
-# The same scripts at small sizes (about 3 minutes): they work end to end; the numbers mean nothing.
+# The training scaling, feed and all-reduce scripts at small sizes (about 2-3 minutes): they work end to end;
+# the numbers mean nothing.
 bench-smoke: setup
 	$(PY) bench/allreduce_bench.py --max-bytes 262144 --repeats 1 --max-iters 50 --out smoke-allreduce
 	$(PY) bench/feed_bench.py --rows 20000 --repeats 2 --loader-epochs 2 --out smoke-feed
