@@ -1,4 +1,5 @@
 """Training through the real launcher: Spark barrier tasks, real Horovod / torch.distributed rings."""
+import glob
 import json
 import os
 import subprocess
@@ -95,3 +96,15 @@ def test_worker_runs_alone_outside_spark_with_world_size_1(small_dataset, tmp_pa
     result = json.loads(out.stdout.split("RINGTRAIN_RESULT ", 1)[1])
     assert result["size"] == 1 and result["rank"] == 0
     assert result["metrics"]["accuracy"] > result["metrics"]["baseline_accuracy"]
+
+
+def test_fp16_overflow_on_one_rank_is_skipped_by_every_rank_and_lowers_the_loss_scale(spark, small_dataset,
+                                                                                      tmp_path):
+    results, store = train(spark, small_dataset, tmp_path, "fp16", ["train.amp=fp16", "train.epochs=1"],
+                           fault="overflow:1:10")
+    assert [(r["overflow_steps"], r["skipped_steps"]) for r in results] == [(1, 0), (1, 0)]
+    assert results[0]["param_sha256"] == results[1]["param_sha256"]
+    m = results[0]["metrics"]
+    assert m["accuracy"] > m["baseline_accuracy"], m
+    ckpt = torch.load(sorted(glob.glob(os.path.join(store.checkpoint_dir, "ckpt-*.pt")))[-1], weights_only=False)
+    assert ckpt["grad_scaler"]["scale"] == 2.0 ** 15  # GradScaler starts at 2**16 and halved once

@@ -3,6 +3,8 @@
 Per optimizer step: `grad_accumulation` forward/backward passes, gradients averaged by the
 engine, one small all-reduce that carries [loss sum, non-finite flag] (so a NaN on any rank is
 seen by all, and every rank skips the same step or all stop), clipping, warmup LR, step.
+Mixed precision: bf16 autocast, or fp16 with a loss scaler whose overflow skips are expected
+(every rank sees the same averaged gradients, so every rank skips them together).
 Dropout masks are seeded from (seed, rank, step), so a resumed run draws the same masks.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ class LoopState:
     best_val_loss: float = math.inf
     bad_epochs: int = 0
     skipped_steps: int = 0
+    overflow_steps: int = 0     # fp16 only: steps the loss scaler skipped (and lowered its scale)
     history: list = field(default_factory=list)
     stopped_early: bool = False
     train_seconds: float = 0.0  # this attempt: time in training steps (reading included, validation not)
@@ -61,7 +64,7 @@ class Hooks:
             self.last_beat = now
 
     def fault_at(self, opt_step: int) -> str | None:
-        """'crash', 'hang' or 'nan' when a fault was injected for this rank, step and attempt."""
+        """'crash', 'hang', 'nan' or 'overflow' when a fault was injected for this rank, step and attempt."""
         f = self.fault
         if f and f["rank"] == self.rank and f["step"] == opt_step and f["attempt"] in (None, self.attempt):
             return f["kind"]
@@ -85,18 +88,23 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
         unwrap(model).load_state_dict(resumed["model"])
     pipe = model if isinstance(model, PipelineModel) else None
     model, optimizer = engine.wrap(model, optimizer, cfg.grad_accumulation, pipelined=pipe is not None)
+    precision = amp_dtype(cfg, device)
+    # fp16 needs loss scaling (bf16 has fp32's range and does not); the scaler is part of the checkpoint.
+    scaler = torch.amp.GradScaler(device.type) if precision == torch.float16 else None
     if resumed:
         optimizer.load_state_dict(resumed["optimizer"])
+        if scaler is not None and resumed.get("grad_scaler"):
+            scaler.load_state_dict(resumed["grad_scaler"])
         for name in ("epoch", "step_in_epoch", "opt_step", "best_val_loss", "bad_epochs", "skipped_steps", "history"):
             setattr(state, name, resumed[name])
+        state.overflow_steps = resumed.get("overflow_steps", 0)
         if engine.rank == 0:
             log.info("resumed from checkpoint at epoch %d, batch %d (optimizer step %d)",
                      state.epoch, state.step_in_epoch, state.opt_step)
     base_lr = cfg.lr * (engine.size if cfg.scale_lr else 1)
-    bf16 = _use_bf16(cfg, device)
 
     def autocast():  # a fresh context each time: pipeline stages enter it in their own threads
-        return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=precision) if precision else contextlib.nullcontext()
 
     steps = (train_reader.plan.steps_per_epoch // cfg.grad_accumulation) * cfg.grad_accumulation
     progress = _Progress(engine.rank, cfg.epochs, steps)
@@ -105,9 +113,11 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
         if engine.rank == 0:
             save_checkpoint(checkpoint_dir, state.opt_step, {
                 "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
+                "grad_scaler": scaler.state_dict() if scaler is not None else None,
                 "epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "opt_step": state.opt_step,
                 "best_val_loss": state.best_val_loss, "bad_epochs": state.bad_epochs,
-                "skipped_steps": state.skipped_steps, "history": state.history})
+                "skipped_steps": state.skipped_steps, "overflow_steps": state.overflow_steps,
+                "history": state.history})
 
     while state.epoch < cfg.epochs and not state.stopped_early:
         model.train()
@@ -126,9 +136,14 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
                 time.sleep(10**6)
             torch.manual_seed(cfg.seed * 1_000_003 + state.opt_step * 4099 + engine.rank * 7 + state.step_in_epoch)
             last_micro = (state.step_in_epoch + 1) % cfg.grad_accumulation == 0
+            # The factor backward() starts from: 1/accumulation, times the fp16 loss scale.
+            factor = (float(scaler.scale(torch.ones((), device=device))) if scaler is not None else 1.0) \
+                / cfg.grad_accumulation
+            if fault == "overflow":  # gradients overflow on this rank only (tests of the fp16 loss scaler)
+                factor *= 1e38
             if pipe is not None:  # forward and backward run stage by stage, micro-batch by micro-batch
                 loss = pipe.forward_backward(batch["num"], batch["cat"], batch["label"],
-                                             F.binary_cross_entropy_with_logits, scale=1 / cfg.grad_accumulation,
+                                             F.binary_cross_entropy_with_logits, scale=factor,
                                              autocast=autocast, poison=fault == "nan")
             else:
                 with (contextlib.nullcontext() if last_micro else engine.no_sync(model)), autocast():
@@ -136,7 +151,7 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
                     loss = F.binary_cross_entropy_with_logits(logits, batch["label"])
                     if fault == "nan":
                         loss = loss * float("nan")
-                (loss / cfg.grad_accumulation).backward()
+                (loss * factor).backward()
             local_loss += loss.detach().double().cpu()
             state.step_in_epoch += 1
             state.batches_run += 1
@@ -144,13 +159,25 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
             if not last_micro:
                 continue
             engine.synchronize(optimizer)
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # records whether the averaged gradients overflowed
             # Gradients are already averaged, so a NaN anywhere shows in every rank's grads; the loss
             # flag counts the ranks where it started. One small all-reduce carries both and the loss.
             loss_ok = torch.isfinite(local_loss)
             agreed = engine.allreduce_sum(torch.stack([torch.where(loss_ok, local_loss, 0.0), (~loss_ok).double(),
                                                        (~_grads_finite(model)).double()]).cpu())
             local_loss.zero_()
-            if agreed[1] > 0 or agreed[2] > 0:
+            if scaler is not None and agreed[1] == 0 and agreed[2] > 0:
+                # fp16 overflow: expected while the loss scale settles. Every rank saw the same averaged
+                # gradients, so every rank skips; the scaler halves its scale.
+                optimizer.zero_grad()
+                scaler.update()
+                state.overflow_steps += 1
+                if engine.rank == 0:
+                    log.info("fp16 overflow at step %d: skipped, loss scale now %g", state.opt_step, scaler.get_scale())
+            elif agreed[1] > 0 or agreed[2] > 0:
+                if scaler is not None:
+                    scaler.update()
                 optimizer.zero_grad()
                 state.skipped_steps += 1
                 what = (f"non-finite loss on {int(agreed[1])} rank(s)" if agreed[1] > 0
@@ -167,6 +194,8 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
                 for group in optimizer.param_groups:
                     group["lr"] = base_lr * min(1.0, (state.opt_step + 1) / max(1, cfg.warmup_steps))
                 engine.step(optimizer)
+                if scaler is not None:
+                    scaler.update()
                 optimizer.zero_grad()
                 loss_sum += float(agreed[0]) / (engine.size * cfg.grad_accumulation)
                 loss_count += 1
@@ -198,8 +227,13 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
     return state
 
 
-def _use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
-    return cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: auto is bf16 on GPUs that have it, fp16 (with loss scaling) on older GPUs, none on CPU."""
+    if cfg.amp == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
 
 
 def _grads_finite(model: torch.nn.Module) -> torch.Tensor:

@@ -101,7 +101,8 @@ def _train(cfg: TrainConfig, spec: dict, engine, device: torch.device) -> dict:
         "rank": engine.rank, "size": engine.size, "engine": cfg.engine, "device": str(device),
         "param_sha256": param_digest(final), "epochs_run": state.epoch, "opt_steps": state.opt_step,
         "batches_run": state.batches_run, "steps_per_epoch": train_plan.steps_per_epoch,
-        "skipped_steps": state.skipped_steps, "stopped_early": state.stopped_early,
+        "skipped_steps": state.skipped_steps,
+        "overflow_steps": state.overflow_steps, "stopped_early": state.stopped_early,
         "metrics": state.history[-1] if state.history else {}, "seconds": round(time.time() - started, 2),
         "train_seconds": round(state.train_seconds, 3), "train_samples": state.train_samples,
     }
