@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 
@@ -12,7 +13,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from etl.features import SPLIT, SPLITS, apply_features, assign_split, fit_features
+from etl.features import SPLIT, SPLITS, FeatureStats, apply_features, assign_split, fit_features
 from etl.manifest import FORMAT_VERSION, MANIFEST, load_manifest, verify_staging
 from etl.shards import assign_shards, shard_count, write_shards
 from etl.sources import CORRUPT, read_source
@@ -30,7 +31,14 @@ class BadDataError(ValueError):
 
 def run_etl(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, partition: str | None = None,
             force: bool = False) -> dict:
-    """Publish a new dataset version; with an unchanged source and config, return the latest one (idempotent)."""
+    """Publish a new dataset version; with an unchanged source and config, return the latest one (idempotent).
+
+    etl.mode incremental: add (or replace) one partition, keeping the other partitions' shards (see
+    `etl.incremental`).
+    """
+    if cfg.mode == "incremental":
+        from etl.incremental import run_incremental
+        return run_incremental(spark, cfg, datasets, partition, force)
     started = time.time()
     datasets.clean_stale_staging()
     raw = read_source(spark, cfg.source, cfg.columns, partition)
@@ -41,39 +49,43 @@ def run_etl(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, partiti
         if manifest.get("identity") == identity:
             log.info("source and config unchanged since %s: reusing it", latest)
             return {**_summary(latest, manifest, started), "reused": True}
-    raw_strings = cfg.source.format in ("csv", "json")
-    checked = parse_and_validate(raw, cfg.columns, cfg.label, raw_strings=raw_strings, key=cfg.split.key)
-    checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
+    checked = validated(raw, cfg).persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        return _load(cfg, datasets, checked, identity, started)
+        reasons, rows_read, rows_good = count_reasons(checked, cfg)
+        staging = datasets.staging_dir()
+        try:
+            manifest = _write_version(cfg, checked, staging, reasons, rows_read, rows_good, identity)
+            verify_staging(staging, manifest)
+            atomic_write_json(os.path.join(staging, MANIFEST), manifest)  # last: its presence makes a version
+            final = datasets.publish(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
     finally:
         checked.unpersist()
+    return {**_summary(final, manifest, started), "reused": False}
 
 
-def _load(cfg, datasets, checked, identity, started) -> dict:
+def validated(raw: DataFrame, cfg: EtlConfig) -> DataFrame:
+    raw_strings = cfg.source.format in ("csv", "json")
+    return parse_and_validate(raw, cfg.columns, cfg.label, raw_strings=raw_strings, key=cfg.split.key)
+
+
+def count_reasons(checked: DataFrame, cfg: EtlConfig, where: str = "") -> tuple[dict, int, int]:
+    """(bad-row counts by reason, rows read, good rows); BadDataError over etl.max_bad_fraction."""
     reasons = {r[REASON]: r["count"] for r in checked.groupBy(REASON).count().collect()}
     rows_read = sum(reasons.values())
     rows_good = reasons.pop(None, 0)
     rows_bad = sum(reasons.values())
     if rows_read == 0:
-        raise BadDataError("the source has no rows; check etl.source.path (and the partition)")
+        raise BadDataError(f"the source{where} has no rows; check etl.source.path (and the partition)")
     bad_fraction = rows_bad / rows_read
     if bad_fraction > cfg.max_bad_fraction:
         raise BadDataError(
-            f"{rows_bad} of {rows_read} rows ({bad_fraction:.2%}) failed validation, over "
+            f"{rows_bad} of {rows_read} rows{where} ({bad_fraction:.2%}) failed validation, over "
             f"etl.max_bad_fraction={cfg.max_bad_fraction}; nothing was published. Reasons: "
             f"{json.dumps(dict(sorted(reasons.items())))}. Fix the source, or raise the threshold.")
-
-    staging = datasets.staging_dir()
-    try:
-        manifest = _write_version(cfg, checked, staging, reasons, rows_read, rows_good, identity)
-        verify_staging(staging, manifest)
-        atomic_write_json(os.path.join(staging, MANIFEST), manifest)  # last: its presence makes a version
-        final = datasets.publish(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return {**_summary(final, manifest, started), "reused": False}
+    return reasons, rows_read, rows_good
 
 
 def _summary(final: str, manifest: dict, started: float) -> dict:
@@ -91,15 +103,22 @@ def config_hash(cfg: EtlConfig) -> str:
     return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
 
 
-def _write_version(cfg: EtlConfig, checked: DataFrame, staging: str, reasons: dict, rows_read: int,
-                   rows_good: int, identity: dict) -> dict:
+def write_splits(cfg: EtlConfig, checked: DataFrame, staging: str, reasons: dict, *, seed: int,
+                 prefix: str = "part", quarantine: str = "quarantine",
+                 stats: FeatureStats | None = None) -> tuple[FeatureStats, dict]:
+    """Quarantine, split, encode and shard the validated rows into `staging`.
+
+    Features are fitted on the train split unless `stats` (frozen ones) are given. Shards are named
+    <split>/<prefix>-NNNNN.parquet, rows are ordered across them by a hash seeded with `seed`.
+    """
     if reasons:  # keep the bad rows, with their reason, for people to look at
         (checked.where(F.col(REASON).isNotNull()).select(*[F.col(c).cast("string") for c in checked.columns])
-         .coalesce(1).write.parquet("file://" + os.path.join(staging, "quarantine")))
+         .coalesce(1).write.parquet("file://" + os.path.join(staging, quarantine)))
     good = assign_split(checked.where(F.col(REASON).isNull()).drop(REASON, CORRUPT), cfg.split)
     good = good.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        stats = fit_features(good.where(F.col(SPLIT) == "train"), cfg)
+        if stats is None:
+            stats = fit_features(good.where(F.col(SPLIT) == "train"), cfg)
         encoded = apply_features(good, stats)
         split_rows = {s: 0 for s in SPLITS}
         split_rows.update({r[SPLIT]: r["count"] for r in good.groupBy(SPLIT).count().collect()})
@@ -107,33 +126,50 @@ def _write_version(cfg: EtlConfig, checked: DataFrame, staging: str, reasons: di
         for split in SPLITS:
             n = shard_count(split_rows[split], cfg.shards.rows_per_shard, cfg.shards.num_shards,
                             cfg.shards.max_world_size)
-            part = assign_shards(encoded.where(F.col(SPLIT) == split).drop(SPLIT), stats.key, cfg.seed, n)
-            shards = write_shards(part, os.path.join(staging, split), n, cfg.shards.row_group_rows)
+            part = assign_shards(encoded.where(F.col(SPLIT) == split).drop(SPLIT), stats.key, seed, n)
+            shards = write_shards(part, os.path.join(staging, split), n, cfg.shards.row_group_rows, prefix)
             splits[split] = {"rows": split_rows[split], "shards": shards}
     finally:
         good.unpersist()
+    return stats, splits
+
+
+def balance(shards: list[dict]) -> float:
+    sizes = [s["rows"] for s in shards]
+    return round(max(sizes) / max(1, min(sizes)), 4)
+
+
+def schema_entry(cfg: EtlConfig) -> dict:
+    return {"columns": [dict(name=c.name, type=c.type, role=c.role, nullable=c.nullable) for c in cfg.columns]}
+
+
+def features_entry(cfg: EtlConfig, stats: FeatureStats) -> dict:
+    return {"path": "features.json", "numeric_columns": stats.numeric_columns(),
+            "categorical_cardinalities": stats.categorical_cardinalities(),
+            "arrays": stats.arrays, "label": "label", "key": stats.key, "task": cfg.label.task}
+
+
+def _write_version(cfg: EtlConfig, checked: DataFrame, staging: str, reasons: dict, rows_read: int,
+                   rows_good: int, identity: dict) -> dict:
+    stats, splits = write_splits(cfg, checked, staging, reasons, seed=cfg.seed)
     atomic_write_json(os.path.join(staging, "features.json"), stats.to_json())
-    train_sizes = [s["rows"] for s in splits["train"]["shards"]]
     return {
         "format_version": FORMAT_VERSION,
         "dataset": cfg.dataset,
+        "mode": "full",
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "identity": identity,
         "partition": identity["partition"],
         "source": {"format": cfg.source.format, "path": cfg.source.path, "table": cfg.source.table,
                    "fingerprint": identity["source"]},
-        "schema": {"columns": [dict(name=c.name, type=c.type, role=c.role, nullable=c.nullable)
-                               for c in cfg.columns]},
-        "features": {"path": "features.json", "numeric_columns": stats.numeric_columns(),
-                     "categorical_cardinalities": stats.categorical_cardinalities(),
-                     "arrays": stats.arrays, "label": "label", "key": stats.key,
-                     "task": cfg.label.task},
+        "schema": schema_entry(cfg),
+        "features": features_entry(cfg, stats),
         "rows_read": rows_read, "rows_good": rows_good,
         "quarantine": {"path": "quarantine" if reasons else None, "counts": dict(sorted(reasons.items()))},
         "splits": splits,
         "row_group_rows": cfg.shards.row_group_rows,
         "max_world_size": cfg.shards.max_world_size,
-        "balance_max_min": round(max(train_sizes) / max(1, min(train_sizes)), 4),
+        "balance_max_min": balance(splits["train"]["shards"]),
     }
 
 
@@ -141,7 +177,9 @@ def source_fingerprint(spark: SparkSession, raw: DataFrame) -> str:
     """sha256 over the input files' paths, sizes and modification times (or the table's plan)."""
     files = sorted(raw.inputFiles())
     if not files:
-        return hashlib.sha256(raw._jdf.queryExecution().analyzed().toString().encode()).hexdigest()
+        # Without expression ids (#123), which differ on every read of the same table.
+        plan = re.sub(r"#\d+", "#", raw._jdf.queryExecution().analyzed().toString())
+        return hashlib.sha256(plan.encode()).hexdigest()
     jvm = spark.sparkContext._jvm
     conf = spark.sparkContext._jsc.hadoopConfiguration()
     digest = hashlib.sha256()

@@ -46,13 +46,14 @@ def assign_shards(df: DataFrame, key: str, seed: int, num_shards: int) -> DataFr
             .drop("_bucket"))
 
 
-def write_shards(df: DataFrame, folder: str, num_shards: int, row_group_rows: int) -> list[dict]:
-    """Write each shard as <folder>/part-NNNNN.parquet; return per-shard rows, bytes, row groups, sha256."""
+def write_shards(df: DataFrame, folder: str, num_shards: int, row_group_rows: int,
+                 prefix: str = "part") -> list[dict]:
+    """Write each shard as <folder>/<prefix>-NNNNN.parquet; return per-shard rows, bytes, row groups, sha256."""
     os.makedirs(folder, exist_ok=True)
     columns = [c for c in df.columns if c not in (ORDER, SHARD)]
 
     def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        writer = _ShardWriter(folder, columns, row_group_rows)
+        writer = _ShardWriter(folder, columns, row_group_rows, prefix)
         for batch in batches:
             shards = batch.column(SHARD).to_numpy()
             start = 0
@@ -70,7 +71,7 @@ def write_shards(df: DataFrame, folder: str, num_shards: int, row_group_rows: in
     if missing:  # fewer rows than shards
         schema = pa.schema([f for f in _arrow_schema(df) if f.name in columns])
         for shard in missing:
-            writer = _ShardWriter(folder, columns, row_group_rows, schema=schema)
+            writer = _ShardWriter(folder, columns, row_group_rows, prefix, schema=schema)
             writer.open(shard)
             written.extend(writer.close())
         written.sort(key=lambda r: r["shard"])
@@ -95,14 +96,19 @@ def _arrow_schema(df: DataFrame) -> pa.Schema:
 class _ShardWriter:
     """Writes one shard at a time, buffering rows so every row group but the last is exactly full."""
 
-    def __init__(self, folder: str, columns: list[str], row_group_rows: int, schema: pa.Schema | None = None):
-        self.folder, self.columns, self.row_group_rows = folder, columns, row_group_rows
+    def __init__(self, folder: str, columns: list[str], row_group_rows: int, prefix: str,
+                 schema: pa.Schema | None = None):
+        self.folder, self.columns, self.row_group_rows, self.prefix = folder, columns, row_group_rows, prefix
         self.schema = schema
         self.shard, self.writer, self.buffer, self.buffered, self.results = None, None, [], 0, []
 
     def open(self, shard: int) -> None:
         self.shard = shard
-        self.path = os.path.join(self.folder, f"part-{shard:05d}.parquet")
+        self.path = os.path.join(self.folder, f"{self.prefix}-{shard:05d}.parquet")
+        if os.path.lexists(self.path):
+            # A retried task: unlink, never truncate in place (the name could be a hard link into a
+            # published version, whose bytes must never change).
+            os.unlink(self.path)
         self.writer = pq.ParquetWriter(self.path, self.schema, compression="snappy")
         self.rows = 0
 

@@ -7,6 +7,7 @@ does not parse is quarantined with its reason instead of silently becoming null.
 from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ringtrain.config import ColumnSpec, SourceConfig
@@ -54,6 +55,13 @@ def read_source(spark: SparkSession, source: SourceConfig, columns: list[ColumnS
     if source.format == "table":
         df = spark.table(source.table)
         where = f"table {source.table}"
+        if source.partition_column:
+            if partition is None:
+                raise ConfigError(f"etl.source.partition_column is {source.partition_column!r}: "
+                                  f"pass --partition VALUE to say which rows to read")
+            _check_names(df.columns, names, where)
+            df = df.where(F.col(source.partition_column).cast("string") == partition)
+            where = f"{where} ({source.partition_column} = {partition!r})"
     else:
         path = source_path(source, partition)
         _check_path_exists(spark, path)
@@ -67,7 +75,6 @@ def read_source(spark: SparkSession, source: SourceConfig, columns: list[ColumnS
             raise SchemaDriftError(
                 f"{where}: column {spec.name!r} has type {actual.simpleString()} but etl.columns declares "
                 f"{spec.type!r}; fix the declaration or the source")
-    from pyspark.sql import functions as F
     return df.select(*names, F.lit(None).cast("string").alias(CORRUPT))
 
 

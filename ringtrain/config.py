@@ -75,12 +75,16 @@ class SourceConfig:
     """Spark/Hive table name, for format 'table'."""
     options: dict[str, str] = field(default_factory=dict)
     """Reader options, e.g. header: "true" for CSV."""
+    partition_column: str | None = None
+    """For format 'table': read only the rows whose value in this column (as a string) equals --partition."""
 
     def __post_init__(self) -> None:
         if self.format == "table":
             check(bool(self.table), "etl.source.table", "format 'table' needs a table name")
         else:
             check(bool(self.path), "etl.source.path", f"format {self.format!r} needs a path")
+            check(self.partition_column is None, "etl.source.partition_column",
+                  f"only for format 'table'; for {self.format!r} put {{partition}} in etl.source.path")
 
 
 @dataclass(kw_only=True)
@@ -149,10 +153,26 @@ class EtlConfig:
     default_hash_buckets: int = 1024
     seed: int = 0
     """Seeds the shuffle of rows across shards (deterministic for a given seed)."""
+    mode: Literal["full", "incremental"] = "full"
+    """full: every run publishes a version built from what it reads. incremental: every run adds (or
+    replaces) one source partition (--partition) as a new version; the shards of the other partitions are
+    kept as they are, and every partition is encoded with the features fitted on the first one."""
 
     def __post_init__(self) -> None:
         check(0.0 <= self.max_bad_fraction <= 1.0, "etl.max_bad_fraction", "must be in [0, 1]")
         names = [c.name for c in self.columns]
+        if self.source.partition_column is not None:
+            check(self.source.partition_column in names, "etl.source.partition_column",
+                  f"{self.source.partition_column!r} is not among etl.columns; declare it (role: ignore)")
+        if self.mode == "incremental":
+            if self.source.format == "table":
+                check(self.source.partition_column is not None, "etl.mode",
+                      "incremental with format 'table' needs etl.source.partition_column, the column whose "
+                      "value --partition selects")
+            else:
+                check("{partition}" in (self.source.path or ""), "etl.mode",
+                      f"incremental needs {{partition}} in etl.source.path (got {self.source.path!r}), e.g. "
+                      f"data/dt={{partition}}, so that each run reads one partition; or use mode: full")
         dupes = sorted({n for n in names if names.count(n) > 1})
         check(not dupes, "etl.columns", f"duplicate column {dupes[0] if dupes else ''}")
         check(self.label.column in names, "etl.label.column",

@@ -69,6 +69,10 @@ def read_json(path: str) -> Any:
 _VERSION = re.compile(r"^v(\d{6})$")
 
 
+class ConcurrentPublish(RuntimeError):
+    """Another ETL published a version of the same dataset while this one was running."""
+
+
 @dataclass(frozen=True)
 class DatasetStore:
     """The versions of one dataset."""
@@ -99,11 +103,19 @@ class DatasetStore:
         versions = self.versions()
         return os.path.join(self.root, versions[-1]) if versions else None
 
-    def publish(self, staging: str) -> str:
-        """Make a verified staging folder (manifest.json written last) the next version."""
+    def publish(self, staging: str, *, based_on: str | None = None, check_base: bool = False) -> str:
+        """Make a verified staging folder (manifest.json written last) the next version.
+
+        With `check_base`, refuse when the newest version is no longer `based_on` (a version name, or None
+        for an empty dataset): an incremental version built on an older one would drop a partition.
+        """
         if not os.path.exists(os.path.join(staging, "manifest.json")):
             raise RuntimeError(f"{staging} has no manifest.json: refusing to publish an unverified dataset")
         existing = self.versions()
+        if check_base and (existing[-1] if existing else None) != based_on:
+            raise ConcurrentPublish(
+                f"{self.root}: {existing[-1]} was published while this ETL built on {based_on or 'nothing'}; "
+                f"nothing was published by this run: run it again")
         number = int(existing[-1][1:]) + 1 if existing else 1
         name = f"v{number:06d}"
         final = os.path.join(self.root, name)

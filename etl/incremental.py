@@ -1,0 +1,233 @@
+"""Incremental mode: every run adds (or replaces) one source partition as a new dataset version.
+
+    ringtrain etl --config conf/incremental.yaml --partition 2026-11-22
+
+- The first partition into an empty dataset makes the base version and fits the feature statistics and
+  vocabularies (train split only). They are frozen: every later partition is encoded with the base's
+  `features.json` (a category never seen in the base goes to the unknown bucket), so the shards already
+  published never need rewriting.
+- A new version = the previous version's shards, hard-linked into the staging folder (copied where
+  linking fails), + the new partition's shards, balanced within the partition, their count a multiple
+  of max_world_size. Shard files are named `part-<partition tag>-NNNNN.parquet`, so partitions never
+  collide. The manifest lists the partitions (name, identity, rows per split, quarantine, shards) and
+  the totals per split, in the same `splits` layout as a full version: readers need nothing new.
+- The split of a row is a hash of its key (as in full mode), and the row order across a partition's
+  shards is seeded with etl.seed + the partition name: the same input gives byte-identical shards,
+  whether the partition was built first, later, or rebuilt.
+- A partition that the latest version holds with the same source fingerprint and config is reused (no
+  new version). --force, or a changed source or config, rebuilds it into a new version in which only its
+  shards are replaced.
+- A change of what the frozen features depend on (columns, label, split, feature settings,
+  max_world_size) is refused: incremental runs cannot re-encode published partitions.
+
+Publishing is as in full mode: staging -> verify -> manifest last -> rename -> LATEST. A published
+version is never modified (hard links share bytes that nobody writes again).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import time
+
+from pyspark import StorageLevel
+from pyspark.sql import SparkSession
+
+from etl.features import SPLITS, FeatureStats
+from etl.manifest import FORMAT_VERSION, MANIFEST, load_manifest, verify_staging
+from etl.pipeline import (
+    balance, config_hash, count_reasons, features_entry, schema_entry, source_fingerprint, validated,
+    write_splits, _summary,
+)
+from etl.sources import read_source
+from ringtrain.config import EtlConfig
+from ringtrain.schema import ConfigError, to_dict
+from ringtrain.store import DatasetStore, atomic_write_json, read_json
+
+log = logging.getLogger("ringtrain.etl")
+
+FEATURES = "features.json"
+_GLOB = set("*?[]{},")
+
+
+def partition_tag(partition: str) -> str:
+    """A file-name-safe, collision-free name for a partition: readable part + 8 hex of its sha256."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", partition)[:48]
+    return f"{readable}-{hashlib.sha256(partition.encode()).hexdigest()[:8]}"
+
+
+def partition_seed(seed: int, partition: str) -> int:
+    """The shuffle seed of one partition: a pure function of etl.seed and the partition name."""
+    return int(hashlib.sha256(f"{seed}\0{partition}".encode()).hexdigest()[:7], 16)
+
+
+def frozen_settings(cfg: EtlConfig) -> dict:
+    """What the base's features and the published shards depend on: it may not change between partitions."""
+    return {
+        "etl.columns": to_dict(cfg.columns),
+        "etl.label": to_dict(cfg.label),
+        "etl.split": to_dict(cfg.split),
+        "etl.min_category_count": cfg.min_category_count,
+        "etl.default_hash_buckets": cfg.default_hash_buckets,
+        "etl.shards.max_world_size": cfg.shards.max_world_size,
+    }
+
+
+def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, partition: str | None,
+                    force: bool = False) -> dict:
+    started = time.time()
+    if partition is None:
+        raise ConfigError("etl.mode is incremental: pass --partition VALUE, the source partition to add "
+                          "(it replaces {partition} in etl.source.path), e.g. --partition 2026-11-22")
+    if not partition or _GLOB & set(partition):
+        raise ConfigError(f"--partition {partition!r}: in incremental mode a partition is one plain, non-empty "
+                          f"value (no glob characters *?[]{{}},); to read many partitions at once, rebuild in "
+                          f"full mode (--set etl.mode=full)")
+    datasets.clean_stale_staging()
+    latest = datasets.latest()
+    previous = load_manifest(latest) if latest else None
+    frozen = frozen_settings(cfg)
+    if previous is not None:
+        _check_compatible(cfg, previous, frozen, latest)
+    raw = read_source(spark, cfg.source, cfg.columns, partition)
+    identity = {"source": source_fingerprint(spark, raw), "config": config_hash(cfg), "partition": partition}
+    entries = list(previous["partitions"]) if previous else []
+    old = next((p for p in entries if p["name"] == partition), None)
+    if old is not None and old["identity"] == identity and not force:
+        log.info("partition %s unchanged in %s: reusing it", partition, latest)
+        return {**_summary(latest, previous, started), **_partition_summary(previous, partition), "reused": True}
+    if old is not None:
+        log.info("partition %s: rebuilding it (%s)", partition,
+                 "forced" if force else "source or config changed")
+
+    checked = validated(raw, cfg).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        reasons, rows_read, rows_good = count_reasons(checked, cfg, f" of partition {partition!r}")
+        staging = datasets.staging_dir()
+        try:
+            stats = None
+            if previous is not None:
+                stats = _frozen_stats(os.path.join(latest, FEATURES), cfg)
+                _link_or_copy(os.path.join(latest, FEATURES), os.path.join(staging, FEATURES))
+                for entry in entries:
+                    if entry["name"] != partition:
+                        _carry_over(latest, staging, entry)
+            tag = partition_tag(partition)
+            seed = partition_seed(cfg.seed, partition)
+            quarantine = os.path.join("quarantine", tag)
+            stats_used, splits = write_splits(cfg, checked, staging, reasons, seed=seed, prefix=f"part-{tag}",
+                                              quarantine=quarantine, stats=stats)
+            if previous is None:  # the base: its features are frozen from now on
+                atomic_write_json(os.path.join(staging, FEATURES), stats_used.to_json())
+            entry = {
+                "name": partition, "tag": tag, "identity": identity, "seed": seed,
+                "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "rows_read": rows_read, "rows_good": rows_good,
+                "quarantine": {"path": quarantine if reasons else None, "counts": dict(sorted(reasons.items()))},
+                "splits": splits, "balance_max_min": balance(splits["train"]["shards"]),
+            }
+            if old is not None:
+                entries[entries.index(old)] = entry  # replaced in place: partition order stays
+            else:
+                entries.append(entry)
+            manifest = _manifest(cfg, previous, latest, entries, stats_used, frozen, identity)
+            verify_staging(staging, manifest)
+            atomic_write_json(os.path.join(staging, MANIFEST), manifest)  # last: its presence makes a version
+            final = datasets.publish(staging, based_on=os.path.basename(latest) if latest else None,
+                                     check_base=True)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    finally:
+        checked.unpersist()
+    return {**_summary(final, manifest, started), **_partition_summary(manifest, partition), "reused": False}
+
+
+def _check_compatible(cfg: EtlConfig, previous: dict, frozen: dict, latest: str) -> None:
+    version = os.path.basename(latest)
+    if previous.get("mode") != "incremental":
+        raise ConfigError(
+            f"etl.mode is incremental, but {version}, the latest version of dataset {cfg.dataset!r}, was built in "
+            f"full mode, and incremental versions must grow from an empty dataset: set etl.dataset to a new "
+            f"name, or keep etl.mode=full")
+    for key, value in frozen.items():
+        if previous["frozen"].get(key) != value:
+            raise ConfigError(
+                f"{key} differs from the setting that dataset {cfg.dataset!r} was built with (frozen since its "
+                f"base version, latest {version}: {previous['frozen'].get(key)!r}); published partitions cannot be "
+                f"re-encoded incrementally. Rebuild in full: --set etl.mode=full (e.g. with --partition '*' to "
+                f"read every partition), or start a new dataset (etl.dataset=<new name>) in incremental mode")
+
+
+def _frozen_stats(path: str, cfg: EtlConfig) -> FeatureStats:
+    """The base's statistics, in the column order of etl.columns (features.json is stored with sorted
+    keys), so that new shards have the same column order, hence the same schema, as the base's."""
+    stats = FeatureStats.from_json(read_json(path))
+    order = {c.name: i for i, c in enumerate(cfg.columns)}
+    for name in ("numeric", "categorical", "hashed", "arrays"):
+        setattr(stats, name, dict(sorted(getattr(stats, name).items(), key=lambda kv: order[kv[0]])))
+    return stats
+
+
+def _carry_over(latest: str, staging: str, entry: dict) -> None:
+    """Bring one partition of the previous version into staging, unchanged."""
+    for split, info in entry["splits"].items():
+        for shard in info["shards"]:
+            _link_or_copy(os.path.join(latest, split, shard["file"]), os.path.join(staging, split, shard["file"]))
+    q = entry["quarantine"]["path"]
+    if q:
+        for folder, _, files in os.walk(os.path.join(latest, q)):
+            rel = os.path.relpath(folder, latest)
+            for name in files:
+                _link_or_copy(os.path.join(folder, name), os.path.join(staging, rel, name))
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # another filesystem, or links not supported (some FUSE mounts)
+        shutil.copy2(src, dst)
+
+
+def _manifest(cfg: EtlConfig, previous: dict | None, latest: str | None, entries: list[dict],
+              stats: FeatureStats, frozen: dict, identity: dict) -> dict:
+    splits = {s: {"rows": sum(e["splits"][s]["rows"] for e in entries),
+                  "shards": [shard for e in entries for shard in e["splits"][s]["shards"]]} for s in SPLITS}
+    counts: dict[str, int] = {}
+    for e in entries:
+        for reason, n in e["quarantine"]["counts"].items():
+            counts[reason] = counts.get(reason, 0) + n
+    return {
+        "format_version": FORMAT_VERSION,
+        "dataset": cfg.dataset,
+        "mode": "incremental",
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "identity": identity,           # of the partition this version added or rebuilt
+        "partition": identity["partition"],
+        "features_fitted_on": previous["features_fitted_on"] if previous else identity["partition"],
+        "previous_version": os.path.basename(latest) if latest else None,
+        "frozen": frozen,
+        "source": {"format": cfg.source.format, "path": cfg.source.path, "table": cfg.source.table,
+                   "partition_column": cfg.source.partition_column, "fingerprint": identity["source"]},
+        "schema": schema_entry(cfg),
+        "features": features_entry(cfg, stats),
+        "partitions": entries,
+        "rows_read": sum(e["rows_read"] for e in entries),
+        "rows_good": sum(e["rows_good"] for e in entries),
+        "quarantine": {"path": "quarantine" if counts else None, "counts": dict(sorted(counts.items()))},
+        "splits": splits,
+        "row_group_rows": cfg.shards.row_group_rows,
+        "max_world_size": cfg.shards.max_world_size,
+        # Shards are balanced within each partition (and every partition has a multiple of max_world_size
+        # shards, so whole-shard reading gives every rank the same rows): the worst partition's ratio.
+        "balance_max_min": max(e["balance_max_min"] for e in entries),
+    }
+
+
+def _partition_summary(manifest: dict, partition: str) -> dict:
+    entry = next(p for p in manifest["partitions"] if p["name"] == partition)
+    return {"partition": partition, "partitions": [p["name"] for p in manifest["partitions"]],
+            "partition_rows": {s: entry["splits"][s]["rows"] for s in SPLITS}}
