@@ -109,3 +109,39 @@ def test_training_refuses_a_folder_without_manifest(tmp_path):
     (tmp_path / "train").mkdir()
     with pytest.raises(DatasetError, match="has no manifest.json"):
         load_manifest(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_spark_submit_on_local_cluster_publishes_the_same_bytes_as_local(spark, tmp_path):
+    """Separate executor JVMs (local-cluster) give the same shards, byte for byte, as local[2]."""
+    import json
+    import subprocess
+    import sys
+    from conftest import ROOT
+    from etl.sample_data import write_churn_csv
+    from ringtrain.config import load_config
+    raw = str(tmp_path / "raw")
+    write_churn_csv(raw, 4000, 7)
+    sets = [f"etl.source.path={raw}", "demo.rows=4000", "etl.shards.rows_per_shard=500",
+            "etl.shards.row_group_rows=256",
+            "spark.conf={spark.ui.enabled: 'false', spark.sql.shuffle.partitions: '4'}"]
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "PYSPARK_PYTHON": sys.executable}
+    args = [x for s in [f"store.root={tmp_path}/cluster", *sets] for x in ("--set", s)]
+    out = subprocess.run([f"{bin_dir}/spark-submit", "--master", "local-cluster[2,1,1024]",
+                          os.path.join(ROOT, "jobs", "etl_job.py"), "--config", os.path.join(ROOT, "conf", "demo.yaml"),
+                          "--json", *args], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    cluster = json.loads(out.stdout[out.stdout.index("{"):])
+    assert not cluster["reused"] and cluster["version"] == "v000001" and cluster["rows_good"] == 4000
+    assert cluster["balance_max_min"] <= 1.05
+
+    cfg = load_config(os.path.join(ROOT, "conf", "demo.yaml"), [f"store.root={tmp_path}/local", *sets])
+    local = run_etl(spark, cfg.etl, RunStore.create(cfg.store.root).dataset(cfg.etl.dataset))
+    a, b = load_manifest(cluster["dataset_dir"]), load_manifest(local["dataset_dir"])
+    for split in ("train", "val", "test"):
+        assert [(s["file"], s["sha256"]) for s in a["splits"][split]["shards"]] == \
+               [(s["file"], s["sha256"]) for s in b["splits"][split]["shards"]]
+    assert read_json(os.path.join(cluster["dataset_dir"], "features.json")) == \
+           read_json(os.path.join(local["dataset_dir"], "features.json"))
