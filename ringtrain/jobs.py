@@ -79,6 +79,9 @@ def format_summary(kind: str, summary: dict) -> str:
                   f"{sum(q.values()):,} quarantined{' ' + str(q) if q else ''}",
                   f"          splits {etl['split_rows']}; shards {etl['shards']} "
                   f"(train balance max/min {etl['balance_max_min']})",
+                  *([f"          partition {etl['partition']} {etl['partition_rows']}; the version holds "
+                     f"{len(etl['partitions'])} partition(s): {', '.join(etl['partitions'])}"]
+                    if etl.get("partitions") else []),
                   f"          published {etl['dataset_dir']}"
                   f"{' (unchanged source: reused)' if etl.get('reused') else ''} in {etl['seconds']}s "
                   f"(Spark start-up {etl['spark_startup_s']}s)"]
