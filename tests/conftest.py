@@ -62,6 +62,24 @@ def worker_processes() -> list:
     return found
 
 
+def listening_ports() -> set:
+    """TCP ports listening in this process tree: the tests, the Spark JVM, its Python workers and their
+    children (to prove that failures leave no rendezvous server or TCPStore behind). Spark's own
+    `pyspark.daemon` processes (which fork the Python workers, and which Spark may restart after a
+    failed task) are left out; the workers they fork are not."""
+    import psutil
+    me = psutil.Process()
+    ports = set()
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            if "pyspark.daemon" in " ".join(p.cmdline()) and "pyspark.daemon" not in " ".join(p.parent().cmdline()):
+                continue
+            ports |= {c.laddr.port for c in p.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+        except psutil.Error:
+            pass
+    return ports
+
+
 def read_json(path):
     with open(path) as f:
         return json.load(f)

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, demo_config, worker_processes
+from conftest import ROOT, demo_config, listening_ports, worker_processes
 from ringtrain.schema import to_dict
 from ringtrain.store import RunStore
 from training.launcher import NotEnoughSlots, TrainingFailed, launch
@@ -35,7 +35,9 @@ def state_dict(store):
 
 @pytest.mark.parametrize("engine", ["horovod", "ddp"])
 def test_two_ranks_end_with_identical_parameters(spark, small_dataset, tmp_path, engine):
+    ports_before = listening_ports()
     results, store = train(spark, small_dataset, tmp_path, engine, [f"train.engine={engine}"])
+    assert not listening_ports() - ports_before  # the rendezvous server (Horovod) or TCPStore (DDP) is closed
     assert [r["rank"] for r in results] == [0, 1] and all(r["size"] == 2 for r in results)
     assert results[0]["param_sha256"] == results[1]["param_sha256"]
     assert results[0]["batches_run"] == results[1]["batches_run"] == 2 * results[0]["steps_per_epoch"]
@@ -70,6 +72,7 @@ def test_nan_with_on_nonfinite_fail_stops_every_rank(spark, small_dataset, tmp_p
 
 
 def test_hung_rank_fails_within_the_timeout_and_leaves_no_process(spark, small_dataset, tmp_path):
+    ports_before = listening_ports()
     started = time.time()
     with pytest.raises(TrainingFailed, match="made no progress"):
         train(spark, small_dataset, tmp_path, "hang", ["train.max_attempts=1", "train.hang_timeout_s=8"],
@@ -77,6 +80,7 @@ def test_hung_rank_fails_within_the_timeout_and_leaves_no_process(spark, small_d
     assert time.time() - started < 8 + 60  # the timeout, plus start-up and the steps before the hang
     time.sleep(1)
     assert not worker_processes()
+    assert not listening_ports() - ports_before  # no rendezvous server or TCPStore left listening
 
 
 def test_too_few_slots_is_a_clear_error(spark, small_dataset, tmp_path):
