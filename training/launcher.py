@@ -31,7 +31,7 @@ from collections import deque
 from pyspark import BarrierTaskContext, SparkContext
 
 from ringtrain.schema import ConfigError
-from training.worker import RESULT_PREFIX
+from training.worker import ERROR_PREFIX, RESULT_PREFIX
 
 log = logging.getLogger("ringtrain.launcher")
 
@@ -213,7 +213,8 @@ def run_worker_process(task_spec: str, env: dict, *, rank: int, log_dir: str, at
                                 stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
         tail: deque[str] = deque(maxlen=40)
         result: list[dict] = []
-        pump = threading.Thread(target=_pump, args=(proc, log_path, tail, result), daemon=True)
+        errors: list[str] = []
+        pump = threading.Thread(target=_pump, args=(proc, log_path, tail, result, errors), daemon=True)
         pump.start()
         try:
             while proc.poll() is None:
@@ -227,18 +228,22 @@ def run_worker_process(task_spec: str, env: dict, *, rank: int, log_dir: str, at
         finally:
             _kill_group(proc)  # no-op after a clean exit; otherwise no orphan survives the task
         if proc.returncode != 0 or not result:
+            if errors:
+                raise RankFailed(f"rank {rank} failed: {errors[0]}. Log: {log_path}")
             last = " | ".join(line.strip() for line in list(tail)[-6:])
             raise RankFailed(f"rank {rank} exited with code {proc.returncode}. Log: {log_path}. Last lines: {last}")
         return result[0]
 
 
-def _pump(proc: subprocess.Popen, log_path: str, tail: deque, result: list) -> None:
+def _pump(proc: subprocess.Popen, log_path: str, tail: deque, result: list, errors: list) -> None:
     with open(log_path, "a") as out:
         for raw in proc.stdout:
             line = raw.decode(errors="replace")
             if line.startswith(RESULT_PREFIX):
                 result.append(json.loads(line[len(RESULT_PREFIX):]))
                 continue
+            if line.startswith(ERROR_PREFIX):
+                errors.append(json.loads(line[len(ERROR_PREFIX):]))
             out.write(line)
             out.flush()
             tail.append(line)

@@ -1,8 +1,9 @@
 """The training loop: the same on every rank and for either engine.
 
 Per optimizer step: `grad_accumulation` forward/backward passes, gradients averaged by the
-engine, one small all-reduce that carries [loss sum, non-finite flag] (so a NaN on any rank is
-seen by all, and every rank skips the same step or all stop), clipping, warmup LR, step.
+engine, a finiteness check of the averaged gradients (bit-identical on every rank, so a NaN on
+any rank is seen by all with no extra collective, and every rank skips the same step or all
+stop), clipping, warmup LR, step. The training loss is all-reduced once per epoch.
 Mixed precision: bf16 autocast, or fp16 with a loss scaler whose overflow skips are expected
 (every rank sees the same averaged gradients, so every rank skips them together).
 Dropout masks are seeded from (seed, rank, step), so a resumed run draws the same masks.
@@ -121,8 +122,9 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
 
     while state.epoch < cfg.epochs and not state.stopped_early:
         model.train()
-        loss_sum, loss_count = 0.0, 0
-        local_loss = torch.zeros((), dtype=torch.float64)
+        epoch_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed over applied steps
+        step_loss = torch.zeros((), dtype=torch.float64, device=device)
+        epoch_steps = 0
         batches = prefetch(train_reader.epoch(state.epoch, skip=state.step_in_epoch), device)
         epoch_started = time.perf_counter()
         for batch in batches:
@@ -152,7 +154,7 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
                     if fault == "nan":
                         loss = loss * float("nan")
                 (loss * factor).backward()
-            local_loss += loss.detach().double().cpu()
+            step_loss += loss.detach().double().to(device)
             state.step_in_epoch += 1
             state.batches_run += 1
             state.train_samples += batch["label"].shape[0]
@@ -161,33 +163,31 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
             engine.synchronize(optimizer)
             if scaler is not None:
                 scaler.unscale_(optimizer)  # records whether the averaged gradients overflowed
-            # Gradients are already averaged, so a NaN anywhere shows in every rank's grads; the loss
-            # flag counts the ranks where it started. One small all-reduce carries both and the loss.
-            loss_ok = torch.isfinite(local_loss)
-            agreed = engine.allreduce_sum(torch.stack([torch.where(loss_ok, local_loss, 0.0), (~loss_ok).double(),
-                                                       (~_grads_finite(model)).double()]).cpu())
-            local_loss.zero_()
-            if scaler is not None and agreed[1] == 0 and agreed[2] > 0:
-                # fp16 overflow: expected while the loss scale settles. Every rank saw the same averaged
-                # gradients, so every rank skips; the scaler halves its scale.
+            # The gradients are averaged now, so they are bit-identical on every rank, and each rank's own
+            # check gives the same answer with no extra collective: a NaN loss on any rank made its
+            # gradients, and so the average, non-finite.
+            if not _grads_finite(model):
+                # Rare, and every rank is here: one more collective may say where it started.
+                bad_loss_ranks = int(engine.allreduce_sum((~torch.isfinite(step_loss)).double().reshape(1).cpu())[0])
                 optimizer.zero_grad()
-                scaler.update()
-                state.overflow_steps += 1
-                if engine.rank == 0:
-                    log.info("fp16 overflow at step %d: skipped, loss scale now %g", state.opt_step, scaler.get_scale())
-            elif agreed[1] > 0 or agreed[2] > 0:
                 if scaler is not None:
-                    scaler.update()
-                optimizer.zero_grad()
-                state.skipped_steps += 1
-                what = (f"non-finite loss on {int(agreed[1])} rank(s)" if agreed[1] > 0
-                        else "non-finite gradients")
-                if cfg.on_nonfinite == "fail" or state.skipped_steps > cfg.max_nonfinite_steps:
-                    raise NonFiniteError(
-                        f"{what} at optimizer step {state.opt_step} (skipped so far: {state.skipped_steps}); "
-                        f"every rank stops. Lower train.lr or check the data")
-                if engine.rank == 0:
-                    log.warning("%s at step %d: every rank skips it", what, state.opt_step)
+                    scaler.update()  # lowers the scale: the unscale_ above found the overflow
+                if scaler is not None and bad_loss_ranks == 0:
+                    # fp16 overflow: expected while the loss scale settles; every rank skips the step.
+                    state.overflow_steps += 1
+                    if engine.rank == 0:
+                        log.info("fp16 overflow at step %d: skipped, loss scale now %g", state.opt_step,
+                                 scaler.get_scale())
+                else:
+                    state.skipped_steps += 1
+                    what = (f"non-finite loss on {bad_loss_ranks} rank(s)" if bad_loss_ranks
+                            else "non-finite gradients")
+                    if cfg.on_nonfinite == "fail" or state.skipped_steps > cfg.max_nonfinite_steps:
+                        raise NonFiniteError(
+                            f"{what} at optimizer step {state.opt_step} (skipped so far: {state.skipped_steps}); "
+                            f"every rank stops. Lower train.lr or check the data")
+                    if engine.rank == 0:
+                        log.warning("%s at step %d: every rank skips it", what, state.opt_step)
             else:
                 if cfg.grad_clip_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
@@ -197,18 +197,22 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
                 if scaler is not None:
                     scaler.update()
                 optimizer.zero_grad()
-                loss_sum += float(agreed[0]) / (engine.size * cfg.grad_accumulation)
-                loss_count += 1
+                epoch_loss += step_loss
+                epoch_steps += 1
+            step_loss.zero_()
             state.opt_step += 1
             progress.update(state.epoch, state.step_in_epoch, batch["label"].shape[0] * engine.size)
             if cfg.checkpoint_every_steps and state.opt_step % cfg.checkpoint_every_steps == 0:
                 checkpoint()
         batches.close()
         state.train_seconds += time.perf_counter() - epoch_started
+        # Every rank applied the same steps; one all-reduce per epoch gives the mean training loss.
+        train_loss = float(engine.allreduce_sum(epoch_loss.reshape(1).cpu())[0]) / max(
+            1, engine.size * cfg.grad_accumulation * epoch_steps)
         val = evaluate(pipe if pipe is not None else unwrap(model), val_reader, engine, device, cfg,
                        autocast())
         val["epoch"] = state.epoch
-        val["train_loss"] = loss_sum / max(1, loss_count)
+        val["train_loss"] = train_loss
         state.history.append(val)
         if engine.rank == 0:
             log.info("epoch %d/%d: train_loss %.4f val_loss %.4f %s", state.epoch + 1, cfg.epochs,
@@ -236,12 +240,13 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
 
 
-def _grads_finite(model: torch.nn.Module) -> torch.Tensor:
-    total = torch.zeros((), dtype=torch.float64)
+def _grads_finite(model: torch.nn.Module) -> bool:
+    """Whether every gradient element is finite (one small reduction per device, one sync each)."""
+    by_device: dict = {}
     for p in model.parameters():
         if p.grad is not None:
-            total += p.grad.detach().double().sum().cpu()
-    return torch.isfinite(total)
+            by_device.setdefault(p.grad.device, []).append(torch.isfinite(p.grad).all())
+    return all(bool(torch.stack(flags).all()) for flags in by_device.values())
 
 
 _BINS = 200

@@ -9,7 +9,8 @@ The same function runs in every setting; only who sets the environment differs:
     horovodrun -np 2 python -m training.worker spec.json
     # under Spark: training.launcher sets HOROVOD_* / RANK, WORLD_SIZE and CUDA_VISIBLE_DEVICES per barrier task
 
-It prints one line `RINGTRAIN_RESULT {json}` at the end, which the Spark launcher collects.
+It prints one line `RINGTRAIN_RESULT {json}` at the end, which the Spark launcher collects (or, when it
+fails, one line `RINGTRAIN_ERROR "<type>: <message>"` before the traceback).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ from training.models import build_model
 from training.pipeline import PipelineModel, stage_devices
 
 RESULT_PREFIX = "RINGTRAIN_RESULT "
+ERROR_PREFIX = "RINGTRAIN_ERROR "
 log = logging.getLogger("ringtrain.worker")
 
 
@@ -143,7 +145,12 @@ def main(argv: list[str] | None = None) -> int:
             spec = json.load(f)
     else:
         spec = json.loads(os.environ["RINGTRAIN_SPEC"])
-    result = train_worker(spec)
+    try:
+        result = train_worker(spec)
+    except Exception as exc:
+        # One line the launcher can quote, whatever else the process prints while it shuts down.
+        print(ERROR_PREFIX + json.dumps(f"{type(exc).__name__}: {exc}"), flush=True)
+        raise
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
 
