@@ -75,6 +75,13 @@ def test_partition_follows_balance_or_parameter_counts():
         partition(layers, 2, [1, 2])
 
 
+def test_each_stage_is_moved_to_its_device():
+    _, model = twins(lambda: ResidualMLP(6, [5, 7], width=8, num_blocks=2))
+    pipe = PipelineModel(model, 2, 2, [torch.device("cpu"), torch.device("meta")])  # meta: a stand-in 2nd device
+    assert {p.device.type for layer in pipe.stages[0].layers for p in layer.parameters()} == {"cpu"}
+    assert {p.device.type for layer in pipe.stages[1].layers for p in layer.parameters()} == {"meta"}
+
+
 def test_a_model_without_layers_is_a_clear_error():
     class Opaque(nn.Module):
         def forward(self, num, cat):

@@ -105,7 +105,10 @@ class PipelineModel(nn.Module):
         layers = module.layers()
         self.bounds = partition(layers, stages, balance)
         self.devices = [devices[i % len(devices)] for i in range(stages)]
-        self.stages = [_Stage([layers[i] for i in idx]).to(dev) for idx, dev in zip(self.bounds, self.devices)]
+        for idx, dev in zip(self.bounds, self.devices):
+            for i in idx:
+                layers[i].to(dev)  # in place; _Stage below holds plain references, which .to() would not reach
+        self.stages = [_Stage([layers[i] for i in idx]) for idx in self.bounds]
         self.last_trace: list[list[tuple[str, int, float, float]]] | None = None
 
     @property
