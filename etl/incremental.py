@@ -36,10 +36,10 @@ from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 
 from etl.features import SPLITS, FeatureStats
-from etl.manifest import FORMAT_VERSION, MANIFEST, load_manifest, verify_staging
+from etl.manifest import FORMAT_VERSION, load_manifest
 from etl.pipeline import (
-    balance, config_hash, count_reasons, features_entry, schema_entry, source_fingerprint, validated,
-    write_splits, _summary,
+    balance, config_hash, count_reasons, features_entry, publish_version, schema_entry, source_fingerprint,
+    staging_area, validated, write_splits, _summary,
 )
 from etl.sources import read_source
 from ringtrain.config import EtlConfig
@@ -105,8 +105,7 @@ def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore,
     checked = validated(raw, cfg).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         reasons, rows_read, rows_good = count_reasons(checked, cfg, f" of partition {partition!r}")
-        staging = datasets.staging_dir()
-        try:
+        with staging_area(datasets) as staging:
             stats = None
             if previous is not None:
                 stats = _frozen_stats(os.path.join(latest, FEATURES), cfg)
@@ -133,13 +132,8 @@ def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore,
             else:
                 entries.append(entry)
             manifest = _manifest(cfg, previous, latest, entries, stats_used, frozen, identity)
-            verify_staging(staging, manifest)
-            atomic_write_json(os.path.join(staging, MANIFEST), manifest)  # last: its presence makes a version
-            final = datasets.publish(staging, based_on=os.path.basename(latest) if latest else None,
-                                     check_base=True)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+            final = publish_version(datasets, staging, manifest,
+                                    based_on=os.path.basename(latest) if latest else None, check_base=True)
     finally:
         checked.unpersist()
     return {**_summary(final, manifest, started), **_partition_summary(manifest, partition), "reused": False}

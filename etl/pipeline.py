@@ -1,6 +1,7 @@
 """The ETL job: extract -> validate -> split -> features -> balanced shards -> verify -> publish."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -52,18 +53,31 @@ def run_etl(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, partiti
     checked = validated(raw, cfg).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         reasons, rows_read, rows_good = count_reasons(checked, cfg)
-        staging = datasets.staging_dir()
-        try:
+        with staging_area(datasets) as staging:
             manifest = _write_version(cfg, checked, staging, reasons, rows_read, rows_good, identity)
-            verify_staging(staging, manifest)
-            atomic_write_json(os.path.join(staging, MANIFEST), manifest)  # last: its presence makes a version
-            final = datasets.publish(staging)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+            final = publish_version(datasets, staging, manifest)
     finally:
         checked.unpersist()
     return {**_summary(final, manifest, started), "reused": False}
+
+
+@contextlib.contextmanager
+def staging_area(datasets: DatasetStore):
+    """A fresh staging folder, removed if anything fails before it is published."""
+    staging = datasets.staging_dir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def publish_version(datasets: DatasetStore, staging: str, manifest: dict, **publish_args) -> str:
+    """Verify the staged files against the manifest, write the manifest last (its presence makes a
+    version), then publish the folder as the next version."""
+    verify_staging(staging, manifest)
+    atomic_write_json(os.path.join(staging, MANIFEST), manifest)
+    return datasets.publish(staging, **publish_args)
 
 
 def validated(raw: DataFrame, cfg: EtlConfig) -> DataFrame:
