@@ -92,6 +92,7 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
     precision = amp_dtype(cfg, device)
     # fp16 needs loss scaling (bf16 has fp32's range and does not); the scaler is part of the checkpoint.
     scaler = torch.amp.GradScaler(device.type) if precision == torch.float16 else None
+    loss_scale = 1.0  # the fp16 scale as a float; read once per optimizer step, not per batch (a device sync)
     if resumed:
         optimizer.load_state_dict(resumed["optimizer"])
         if scaler is not None and resumed.get("grad_scaler"):
@@ -99,6 +100,8 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
         for name in ("epoch", "step_in_epoch", "opt_step", "best_val_loss", "bad_epochs", "skipped_steps", "history"):
             setattr(state, name, resumed[name])
         state.overflow_steps = resumed.get("overflow_steps", 0)
+    if scaler is not None:
+        loss_scale = float(scaler.scale(torch.ones((), device=device)))  # also makes the scaler create its scale
         if engine.rank == 0:
             log.info("resumed from checkpoint at epoch %d, batch %d (optimizer step %d)",
                      state.epoch, state.step_in_epoch, state.opt_step)
@@ -138,9 +141,7 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
                 time.sleep(10**6)
             torch.manual_seed(cfg.seed * 1_000_003 + state.opt_step * 4099 + engine.rank * 7 + state.step_in_epoch)
             last_micro = (state.step_in_epoch + 1) % cfg.grad_accumulation == 0
-            # The factor backward() starts from: 1/accumulation, times the fp16 loss scale.
-            factor = (float(scaler.scale(torch.ones((), device=device))) if scaler is not None else 1.0) \
-                / cfg.grad_accumulation
+            factor = loss_scale / cfg.grad_accumulation  # what backward() starts from
             if fault == "overflow":  # gradients overflow on this rank only (tests of the fp16 loss scaler)
                 factor *= 1e38
             if pipe is not None:  # forward and backward run stage by stage, micro-batch by micro-batch
@@ -172,12 +173,12 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
                 optimizer.zero_grad()
                 if scaler is not None:
                     scaler.update()  # lowers the scale: the unscale_ above found the overflow
+                    loss_scale = scaler.get_scale()
                 if scaler is not None and bad_loss_ranks == 0:
                     # fp16 overflow: expected while the loss scale settles; every rank skips the step.
                     state.overflow_steps += 1
                     if engine.rank == 0:
-                        log.info("fp16 overflow at step %d: skipped, loss scale now %g", state.opt_step,
-                                 scaler.get_scale())
+                        log.info("fp16 overflow at step %d: skipped, loss scale now %g", state.opt_step, loss_scale)
                 else:
                     state.skipped_steps += 1
                     what = (f"non-finite loss on {bad_loss_ranks} rank(s)" if bad_loss_ranks
@@ -196,6 +197,7 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
                 engine.step(optimizer)
                 if scaler is not None:
                     scaler.update()
+                    loss_scale = scaler.get_scale()
                 optimizer.zero_grad()
                 epoch_loss += step_loss
                 epoch_steps += 1
