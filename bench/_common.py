@@ -99,6 +99,22 @@ def build_dataset(spark, rows: int, seed: int = 7) -> tuple[object, str, dict]:
     return cfg, summary["dataset_dir"], etl
 
 
+def start(rows: int):
+    """What every training benchmark does first: quiet logs, record the machine (warning when it is
+    busy), start a local[2] session and publish the dataset. Returns (machine, spark, cfg,
+    dataset_dir, ETL summary); the caller stops the session."""
+    quiet_logs()
+    info = machine()
+    warn_if_busy(info)
+    spark = spark_session(2)
+    try:
+        cfg, dataset_dir, etl = build_dataset(spark, rows)
+    except BaseException:
+        spark.stop()
+        raise
+    return info, spark, cfg, dataset_dir, etl
+
+
 def write_result(name: str, result: dict, render) -> str:
     """Print the JSON and its markdown table (`render(result)`); write the JSON to bench/results/<name>.json."""
     result = {"benchmark": name, "finished_utc": datetime.datetime.now(datetime.timezone.utc)

@@ -20,7 +20,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import build_dataset, machine, median, quiet_logs, spark_session, warn_if_busy, write_result  # noqa: E402
+from _common import median, start, write_result  # noqa: E402
 from render import render_feed  # noqa: E402
 
 READERS = ("petastorm", "arrow")
@@ -40,14 +40,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    quiet_logs()
-    info = machine()
-    warn_if_busy(info)
-    spark = spark_session(2)
-    try:
-        cfg, dataset_dir, etl = build_dataset(spark, args.rows)
-    finally:
-        spark.stop()  # nothing of Spark runs during the measurements
+    info, spark, cfg, dataset_dir, etl = start(args.rows)
+    spark.stop()  # nothing of Spark runs during the measurements
 
     import torch
     import torch.nn.functional as F

@@ -20,8 +20,7 @@ import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (DATA, bench_config, build_dataset, machine, median, quiet_logs, spark_session,  # noqa: E402
-                     warn_if_busy, write_result)
+from _common import DATA, bench_config, median, start, write_result  # noqa: E402
 from render import render_scaling  # noqa: E402
 
 
@@ -70,12 +69,8 @@ def one_launch(sc, cfg, dataset_dir: str, engine: str, workers: int, args, tag: 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    quiet_logs()
-    info = machine()
-    warn_if_busy(info)
-    spark = spark_session(2)
+    info, spark, cfg, dataset_dir, etl = start(args.rows)
     try:
-        cfg, dataset_dir, etl = build_dataset(spark, args.rows)
         engines = [e for e in args.engines.split(",") if e]
         runs = []
         started = time.time()
