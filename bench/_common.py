@@ -86,8 +86,8 @@ def build_dataset(spark, rows: int, seed: int = 7) -> tuple[object, str, dict]:
 
     A later benchmark with the same rows reuses the version (the ETL is idempotent when the source
     and config are unchanged). Returns (config, dataset_dir, ETL summary)."""
-    from etl.pipeline import run_etl
-    from etl.sample_data import write_churn_csv
+    from ringtrain.etl.pipeline import run_etl
+    from ringtrain.etl.sample_data import write_churn_csv
     from ringtrain.store import RunStore
     root = os.path.join(DATA, f"train-{rows}")
     cfg = bench_config(root, rows)

@@ -111,7 +111,7 @@ def rank_main(args) -> None:
 # ----------------------------------------------------------------------------- the parent
 
 def run_ranks(args, argv: list[str]) -> list[dict]:
-    from training.launcher import _free_port, _placement, _start_rendezvous, _worker_env
+    from ringtrain.training.launcher import _free_port, _placement, _start_rendezvous, _worker_env
     host = "127.0.0.1"
     hosts = [host, host]
     placement = _placement(hosts)

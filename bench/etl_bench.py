@@ -68,8 +68,8 @@ def main(argv=None) -> None:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from etl.pipeline import run_etl
-    from etl.sample_data import generate_churn, write_churn_csv
+    from ringtrain.etl.pipeline import run_etl
+    from ringtrain.etl.sample_data import generate_churn, write_churn_csv
     from ringtrain.config import load_config
     from ringtrain.spark import get_spark
     from ringtrain.store import RunStore

@@ -46,10 +46,10 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from etl.manifest import load_manifest
+    from ringtrain.manifest import load_manifest
     from ringtrain.schema import to_dict
-    from training.data import Columns, open_reader, plan_reading, prefetch
-    from training.models import build_model
+    from ringtrain.training.data import Columns, open_reader, plan_reading, prefetch
+    from ringtrain.training.models import build_model
 
     torch.set_num_threads(1)
     cpu = torch.device("cpu")

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from training.models import ResidualMLP  # noqa: E402
-from training.pipeline import PipelineModel, bubble_fraction, idle_fraction  # noqa: E402
+from ringtrain.training.models import ResidualMLP  # noqa: E402
+from ringtrain.training.pipeline import PipelineModel, bubble_fraction, idle_fraction  # noqa: E402
 
 
 def make_batch(rows: int, seed: int = 0):

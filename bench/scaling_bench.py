@@ -39,8 +39,8 @@ def parse_args(argv=None):
 def one_launch(sc, cfg, dataset_dir: str, engine: str, workers: int, args, tag: str) -> dict:
     from ringtrain.schema import to_dict
     from ringtrain.store import RunStore
-    from training.launcher import launch
-    from training.worker import make_spec
+    from ringtrain.training.launcher import launch
+    from ringtrain.training.worker import make_spec
     run_cfg = bench_config(cfg.store.root, cfg.demo.rows, [
         f"train.engine={engine}", f"train.num_workers={workers}", "train.threads_per_worker=1",
         f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}", f"train.reader={args.reader}",

@@ -19,9 +19,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from ringtrain.config import EtlConfig, SplitConfig
+from ringtrain.manifest import SPLITS  # noqa: F401  (re-exported for the ETL modules)
 
 SPLIT = "_split"
-SPLITS = ("train", "val", "test")
 UNKNOWN, NULL_INDEX = 0, 1
 
 

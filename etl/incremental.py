@@ -35,13 +35,13 @@ import time
 from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 
-from etl.features import SPLITS, FeatureStats
-from etl.manifest import FORMAT_VERSION, load_manifest
-from etl.pipeline import (
+from ringtrain.etl.features import SPLITS, FeatureStats
+from ringtrain.manifest import FORMAT_VERSION, load_manifest
+from ringtrain.etl.pipeline import (
     balance, config_hash, count_reasons, features_entry, publish_version, schema_entry, source_fingerprint,
     staging_area, validated, write_splits, _summary,
 )
-from etl.sources import read_source
+from ringtrain.etl.sources import read_source
 from ringtrain.config import EtlConfig
 from ringtrain.schema import ConfigError, to_dict
 from ringtrain.store import DatasetStore, atomic_write_json, read_json

@@ -1,8 +1,5 @@
-"""The dataset manifest: what a published version holds, and the check that training runs on one.
-
-Training refuses a folder without a manifest: a manifest is written last, after the shards were
-verified, so its presence is what makes a version real.
-"""
+"""Before publishing: the staged shards are checked against the manifest (the contract itself is
+`ringtrain.manifest`, which training reads without importing the ETL)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,35 +7,11 @@ import os
 
 import pyarrow.parquet as pq
 
-from ringtrain.store import read_json
-
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
-
-
-class DatasetError(ValueError):
-    """A dataset folder is missing, unpublished or inconsistent with its manifest."""
-
-
-def load_manifest(dataset_dir: str) -> dict:
-    path = os.path.join(dataset_dir, MANIFEST)
-    if not os.path.isdir(dataset_dir):
-        raise DatasetError(f"dataset {dataset_dir} does not exist; run `ringtrain etl --config ...` first")
-    if not os.path.exists(path):
-        raise DatasetError(f"{dataset_dir} has no {MANIFEST}: it is not a published ringtrain dataset "
-                           f"(an unfinished ETL, or another tool's output); run `ringtrain etl` to publish one")
-    manifest = read_json(path)
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise DatasetError(f"{path}: manifest format {manifest.get('format_version')} is not {FORMAT_VERSION}")
-    return manifest
-
-
-def shard_paths(dataset_dir: str, manifest: dict, split: str) -> list[str]:
-    return [os.path.join(dataset_dir, split, s["file"]) for s in manifest["splits"][split]["shards"]]
+from ringtrain.manifest import DatasetError
 
 
 def verify_staging(folder: str, manifest: dict) -> None:
-    """Before publishing: every shard exists with the recorded rows, checksum and one schema."""
+    """Every shard exists with the recorded rows, checksum and one schema."""
     schema = None
     for split, info in manifest["splits"].items():
         total = 0

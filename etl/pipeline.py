@@ -14,20 +14,18 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from etl.features import SPLIT, SPLITS, FeatureStats, apply_features, assign_split, fit_features
-from etl.manifest import FORMAT_VERSION, MANIFEST, load_manifest, verify_staging
-from etl.shards import assign_shards, shard_count, write_shards
-from etl.sources import CORRUPT, read_source
-from etl.validate import REASON, parse_and_validate
+from ringtrain.etl.features import SPLIT, SPLITS, FeatureStats, apply_features, assign_split, fit_features
+from ringtrain.errors import BadDataError
+from ringtrain.etl.manifest import verify_staging
+from ringtrain.manifest import FORMAT_VERSION, MANIFEST, load_manifest
+from ringtrain.etl.shards import assign_shards, shard_count, write_shards
+from ringtrain.etl.sources import CORRUPT, read_source
+from ringtrain.etl.validate import REASON, parse_and_validate
 from ringtrain.config import EtlConfig
 from ringtrain.schema import to_dict
 from ringtrain.store import DatasetStore, atomic_write_json
 
 log = logging.getLogger("ringtrain.etl")
-
-
-class BadDataError(ValueError):
-    """Too many rows failed validation: nothing was published."""
 
 
 def run_etl(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, partition: str | None = None,
@@ -38,7 +36,7 @@ def run_etl(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, partiti
     `etl.incremental`).
     """
     if cfg.mode == "incremental":
-        from etl.incremental import run_incremental
+        from ringtrain.etl.incremental import run_incremental
         return run_incremental(spark, cfg, datasets, partition, force)
     started = time.time()
     datasets.clean_stale_staging()

@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ringtrain.config import ColumnSpec, SourceConfig
-from ringtrain.schema import ConfigError
+from ringtrain.errors import ConfigError, SchemaDriftError, SourceNotFound
 
 CORRUPT = "_corrupt_record"
 
@@ -19,10 +19,6 @@ SPARK_TYPES = {
     "double": T.DoubleType(), "float": T.FloatType(), "int": T.IntegerType(), "long": T.LongType(),
     "string": T.StringType(), "boolean": T.BooleanType(), "array<float>": T.ArrayType(T.FloatType()),
 }
-
-
-class SchemaDriftError(ValueError):
-    """The source's columns differ from the declared ones (missing, extra or retyped)."""
 
 
 def source_path(source: SourceConfig, partition: str | None) -> str:
@@ -105,4 +101,4 @@ def _check_path_exists(spark: SparkSession, path: str) -> None:
     hpath = jvm.org.apache.hadoop.fs.Path(path)
     fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     if not fs.globStatus(hpath):
-        raise FileNotFoundError(f"etl.source.path {path} does not exist; check the path (and the partition, if any)")
+        raise SourceNotFound(f"etl.source.path {path} does not exist; check the path (and the partition, if any)")

@@ -15,7 +15,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from etl.sources import CORRUPT, SPARK_TYPES
+from ringtrain.etl.sources import CORRUPT, SPARK_TYPES
 from ringtrain.config import ColumnSpec, LabelConfig
 
 REASON = "_reason"

@@ -11,14 +11,8 @@ import logging
 import os
 import sys
 
-from etl.manifest import DatasetError
-from etl.pipeline import BadDataError
-from etl.sources import SchemaDriftError
 from ringtrain.config import load_config
-from ringtrain.schema import ConfigError
-from training.launcher import NotEnoughSlots, TrainingFailed
-
-USER_ERRORS = (ConfigError, DatasetError, BadDataError, SchemaDriftError, NotEnoughSlots, FileNotFoundError)
+from ringtrain.errors import TrainingFailed, UserError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -56,9 +50,9 @@ def run(command: str, args: argparse.Namespace) -> int:
             summary = jobs.train_job(cfg, dataset_dir=args.dataset)
         else:
             summary = jobs.demo_job(cfg)
-    except USER_ERRORS as exc:
+    except UserError as exc:
         print(f"ringtrain {command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     except TrainingFailed as exc:
         print(f"ringtrain {command}: {exc}", file=sys.stderr)
         return 1

@@ -8,15 +8,15 @@ import logging
 import os
 import time
 
-from etl.manifest import DatasetError, load_manifest
-from etl.pipeline import run_etl
-from etl.sample_data import write_churn_csv
+from ringtrain.manifest import DatasetError, load_manifest
+from ringtrain.etl.pipeline import run_etl
+from ringtrain.etl.sample_data import write_churn_csv
 from ringtrain.config import Config
 from ringtrain.schema import ConfigError, to_dict
 from ringtrain.spark import get_spark
 from ringtrain.store import RunStore
-from training.launcher import launch
-from training.worker import make_spec
+from ringtrain.training.launcher import launch
+from ringtrain.training.worker import make_spec
 
 log = logging.getLogger("ringtrain")
 

@@ -12,9 +12,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or invalid. The message names the key."""
+from ringtrain.errors import ConfigError  # re-exported: config code imports it from here
 
 
 def build(cls: type, data: Any, path: str = "") -> Any:

@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ringtrain.schema import ConfigError
+from ringtrain.errors import ConfigError
 
 
 def local_path(uri: str) -> str:
@@ -40,8 +40,81 @@ def local_path(uri: str) -> str:
     return os.path.abspath(uri)
 
 
+# --- The only functions that touch the store. Every path is a plain string (a local path or a URI),
+# so paths travel to executors and workers as values. Nothing under store.root is read or written
+# any other way: that is what lets the store live on another filesystem.
+
+def join(base: str, *parts: str) -> str:
+    return os.path.join(base, *parts)
+
+
+def exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+    return os.path.isdir(path)
+
+
+def listdir(path: str) -> list[str]:
+    """Names (not paths) directly under `path`, sorted; [] when it does not exist."""
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+def makedirs(path: str) -> None:
+    os.makedirs(path, exist_ok=True)
+
+
+def remove(path: str) -> None:
+    """Delete a file; no error when it is already gone."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def rmtree(path: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def mtime(path: str) -> float:
+    return os.path.getmtime(path)
+
+
+def open_input(path: str):
+    """A seekable binary file for reading (Parquet footers, checkpoints)."""
+    return open(path, "rb")
+
+
+def open_output(path: str):
+    """A binary file for writing, NOT atomic: only for files that become visible through a manifest or
+    marker written after them (shards, log files). Use atomic_write_bytes for everything else."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    return open(path, "wb")
+
+
+def read_bytes(path: str) -> bytes:
+    with open_input(path) as f:
+        return f.read()
+
+
+def create_exclusive(path: str, data: bytes) -> bool:
+    """Create `path` holding `data` only if it does not exist yet; False when it already existed."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    """Readers see the old content or the new one, never a part: a temporary file in the same folder,
+    fsync, then rename over `path`."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
@@ -62,8 +135,7 @@ def atomic_write_json(path: str, obj: Any) -> None:
 
 
 def read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(read_bytes(path))
 
 
 _VERSION = re.compile(r"^v(\d{6})$")

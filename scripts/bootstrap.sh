@@ -37,7 +37,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 lock_sum="$(sha256sum "$ROOT/requirements.lock" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$lock_sum" ] && "$PY" -c 'import horovod.torch, petastorm, pyspark, training, etl' 2>/dev/null; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$lock_sum" ] && "$PY" -c 'import horovod.torch, petastorm, pyspark, ringtrain.training, ringtrain.etl' 2>/dev/null; then
   echo "bootstrap: environment up to date ($VENV)"
   exit 0
 fi

@@ -39,8 +39,8 @@ def demo_config(root: str, overrides: list[str] | None = None):
 @pytest.fixture(scope="session")
 def small_dataset(spark, tmp_path_factory):
     """A published 20k-row churn dataset: (config, dataset_dir)."""
-    from etl.pipeline import run_etl
-    from etl.sample_data import write_churn_csv
+    from ringtrain.etl.pipeline import run_etl
+    from ringtrain.etl.sample_data import write_churn_csv
     from ringtrain.store import RunStore
     root = str(tmp_path_factory.mktemp("store"))
     cfg = demo_config(root)
@@ -55,7 +55,7 @@ def worker_processes() -> list:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if "training.worker" in " ".join(p.info["cmdline"] or []):
+            if "ringtrain.training.worker" in " ".join(p.info["cmdline"] or []):
                 found.append(p)
         except psutil.Error:
             pass

@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from etl.manifest import DatasetError
-from training.data import Columns, open_reader, plan_reading
+from ringtrain.manifest import DatasetError
+from ringtrain.training.data import Columns, open_reader, plan_reading
 
 
 def make_dataset(folder, shard_rows, row_group_rows=100):

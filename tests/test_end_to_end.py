@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import ROOT
-from etl.sample_data import write_churn_csv
+from ringtrain.etl.sample_data import write_churn_csv
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 BIN = os.path.dirname(sys.executable)

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 
 from conftest import demo_config, read_json
-from etl.manifest import DatasetError, load_manifest
-from etl.pipeline import BadDataError, run_etl
-from etl.sample_data import generate_churn
-from etl.sources import SchemaDriftError
+from ringtrain.manifest import DatasetError, load_manifest
+from ringtrain.etl.pipeline import BadDataError, run_etl
+from ringtrain.etl.sample_data import generate_churn
+from ringtrain.etl.sources import SchemaDriftError
 from ringtrain.store import RunStore
 
 pytestmark = pytest.mark.spark
@@ -118,7 +118,7 @@ def test_spark_submit_on_local_cluster_publishes_the_same_bytes_as_local(spark, 
     import subprocess
     import sys
     from conftest import ROOT
-    from etl.sample_data import write_churn_csv
+    from ringtrain.etl.sample_data import write_churn_csv
     from ringtrain.config import load_config
     raw = str(tmp_path / "raw")
     write_churn_csv(raw, 4000, 7)

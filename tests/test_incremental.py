@@ -12,10 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, demo_config
-from etl.incremental import partition_tag
-from etl.manifest import load_manifest, shard_paths, verify_staging
-from etl.pipeline import run_etl
-from etl.sample_data import generate_churn
+from ringtrain.etl.incremental import partition_tag
+from ringtrain.etl.manifest import verify_staging
+from ringtrain.manifest import load_manifest, shard_paths
+from ringtrain.etl.pipeline import run_etl
+from ringtrain.etl.sample_data import generate_churn
 from ringtrain.config import load_config
 from ringtrain.schema import ConfigError
 from ringtrain.store import RunStore

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.models import ResidualMLP, TabularMLP
-from training.pipeline import PipelineError, PipelineModel, bubble_fraction, idle_fraction, partition
+from ringtrain.training.models import ResidualMLP, TabularMLP
+from ringtrain.training.pipeline import PipelineError, PipelineModel, bubble_fraction, idle_fraction, partition
 
 CPU = [torch.device("cpu")]
 

@@ -12,8 +12,8 @@ import torch
 from conftest import ROOT, demo_config, listening_ports, worker_processes
 from ringtrain.schema import to_dict
 from ringtrain.store import RunStore
-from training.launcher import NotEnoughSlots, TrainingFailed, launch
-from training.worker import make_spec
+from ringtrain.training.launcher import NotEnoughSlots, TrainingFailed, launch
+from ringtrain.training.worker import make_spec
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -94,7 +94,7 @@ def test_worker_runs_alone_outside_spark_with_world_size_1(small_dataset, tmp_pa
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(make_spec(to_dict(cfg.train), dataset_dir, store.paths())))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HOROVOD_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
-    out = subprocess.run([sys.executable, "-m", "training.worker", str(spec_path)], env=env, cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "ringtrain.training.worker", str(spec_path)], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.split("RINGTRAIN_RESULT ", 1)[1])

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from etl.manifest import DatasetError, shard_paths
+from ringtrain.manifest import DatasetError, shard_paths
 
 
 @dataclass(frozen=True)

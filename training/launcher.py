@@ -5,7 +5,7 @@ Per attempt, one barrier stage of `num_workers` tasks:
   2. task 0 starts the rendezvous: Horovod's HTTP rendezvous server bound to its cluster address
      (not all interfaces), or a free port for torch.distributed's TCPStore;
   3. every task sets HOROVOD_* or RANK/WORLD_SIZE/MASTER_*, and CUDA_VISIBLE_DEVICES from its
-     Spark GPU resources, and runs `python -m training.worker` as a child process;
+     Spark GPU resources, and runs `python -m ringtrain.training.worker` as a child process;
   4. a watchdog kills the child when it stops reporting progress for `hang_timeout_s`; the child
      also dies with its parent (PR_SET_PDEATHSIG), so a killed task leaves no process behind.
 
@@ -30,18 +30,10 @@ from collections import deque
 
 from pyspark import BarrierTaskContext, SparkContext
 
-from ringtrain.schema import ConfigError
-from training.worker import ERROR_PREFIX, RESULT_PREFIX
+from ringtrain.errors import ConfigError, NotEnoughSlots, TrainingFailed
+from ringtrain.training.worker import ERROR_PREFIX, RESULT_PREFIX
 
 log = logging.getLogger("ringtrain.launcher")
-
-
-class TrainingFailed(RuntimeError):
-    """Every launch attempt failed; the message holds the last error and where the logs are."""
-
-
-class NotEnoughSlots(RuntimeError):
-    """The cluster cannot run all barrier tasks at once."""
 
 
 def launch(sc: SparkContext, spec: dict, *, num_workers: int, engine: str, gpus_per_worker: int,
@@ -201,7 +193,7 @@ def _worker_env(engine: str, rank: int, size: int, hosts: list[str], placement, 
 
 def run_worker_process(task_spec: str, env: dict, *, rank: int, log_dir: str, attempt: int,
                        hang_timeout_s: float) -> dict:
-    """Run `python -m training.worker` with `env`; return its result or raise RankFailed."""
+    """Run `python -m ringtrain.training.worker` with `env`; return its result or raise RankFailed."""
     os.makedirs(log_dir, exist_ok=True)
     log_path = os.path.join(log_dir, f"attempt{attempt}-rank{rank}.log")
     with tempfile.TemporaryDirectory(prefix="ringtrain-") as tmp:
@@ -209,7 +201,7 @@ def run_worker_process(task_spec: str, env: dict, *, rank: int, log_dir: str, at
         open(heartbeat, "w").close()
         child_env = {**os.environ, **env, "RINGTRAIN_SPEC": task_spec, "RINGTRAIN_HEARTBEAT": heartbeat,
                      "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "training.worker"], env=child_env, stdout=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", "ringtrain.training.worker"], env=child_env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
         tail: deque[str] = deque(maxlen=40)
         result: list[dict] = []

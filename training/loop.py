@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from ringtrain.config import TrainConfig
-from training.checkpoint import load_latest, save_checkpoint
-from training.data import prefetch
-from training.engines import Engine, unwrap
-from training.pipeline import PipelineModel
+from ringtrain.training.checkpoint import load_latest, save_checkpoint
+from ringtrain.training.data import prefetch
+from ringtrain.training.engines import Engine, unwrap
+from ringtrain.training.pipeline import PipelineModel
 
 log = logging.getLogger("ringtrain.train")
 

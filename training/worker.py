@@ -3,10 +3,10 @@
 The same function runs in every setting; only who sets the environment differs:
 
     # alone, world size 1 (spec: a JSON file, see `make_spec`)
-    python -m training.worker spec.json
+    python -m ringtrain.training.worker spec.json
     # under torchrun (DDP engine) or horovodrun (Horovod engine)
-    torchrun --nproc_per_node 2 -m training.worker spec.json
-    horovodrun -np 2 python -m training.worker spec.json
+    torchrun --nproc_per_node 2 -m ringtrain.training.worker spec.json
+    horovodrun -np 2 python -m ringtrain.training.worker spec.json
     # under Spark: training.launcher sets HOROVOD_* / RANK, WORLD_SIZE and CUDA_VISIBLE_DEVICES per barrier task
 
 It prints one line `RINGTRAIN_RESULT {json}` at the end, which the Spark launcher collects (or, when it
@@ -24,15 +24,15 @@ import warnings
 
 import torch
 
-from etl.manifest import load_manifest
+from ringtrain.manifest import load_manifest
 from ringtrain.config import TrainConfig
 from ringtrain.schema import build, to_dict
-from training.artifact import publish_model, write_metrics
-from training.data import Columns, open_reader, plan_reading
-from training.engines import make_engine, unwrap
-from training.loop import Hooks, fit
-from training.models import build_model
-from training.pipeline import PipelineModel, stage_devices
+from ringtrain.training.artifact import publish_model, write_metrics
+from ringtrain.training.data import Columns, open_reader, plan_reading
+from ringtrain.training.engines import make_engine, unwrap
+from ringtrain.training.loop import Hooks, fit
+from ringtrain.training.models import build_model
+from ringtrain.training.pipeline import PipelineModel, stage_devices
 
 RESULT_PREFIX = "RINGTRAIN_RESULT "
 ERROR_PREFIX = "RINGTRAIN_ERROR "
