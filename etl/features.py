@@ -9,13 +9,14 @@ Encoding:
   categorical  int32 index: 0 = unknown or rare, 1 = null, 2.. = vocabulary by frequency
   hashed       int32 index: 0 = null, 1 + xxhash64(value) mod buckets
   array        float32 array, passed through
-  label        float32 (0/1 for binary)
+  label        float32: 0/1 for binary; the class index for multiclass; the value for regression,
+               (value - mean) / std with etl.label.standardize
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from ringtrain.config import EtlConfig, SplitConfig
@@ -40,12 +41,17 @@ class FeatureStats:
     hashed: dict[str, int]         # name -> buckets
     arrays: dict[str, int]         # name -> length
     label: str
-    label_values: list[str] | None
+    label_values: list[str] | None  # binary: [negative, positive]; multiclass: the classes, index = position
     key: str
+    task: str = "binary"
+    label_stats: dict = field(default_factory=dict)
+    """Of the train split. Classification: {"counts": rows per class, in label_values order}.
+    Regression: {"mean", "std", "standardized"}: the shards hold (y - mean) / std when standardized."""
 
     def to_json(self) -> dict:
         return dict(numeric=self.numeric, categorical=self.categorical, hashed=self.hashed,
-                    arrays=self.arrays, label=self.label, label_values=self.label_values, key=self.key)
+                    arrays=self.arrays, label=self.label, label_values=self.label_values, key=self.key,
+                    task=self.task, label_stats=self.label_stats)
 
     @classmethod
     def from_json(cls, data: dict) -> "FeatureStats":
@@ -81,6 +87,7 @@ def fit_features(train: DataFrame, cfg: EtlConfig) -> FeatureStats:
         std = row[f"s_{c.name}"] if row else None
         stats_numeric[c.name] = {"mean": float(mean or 0.0), "std": float(std) if std and std > 1e-12 else 1.0,
                                  "nullable": c.nullable}
+    label_values, label_stats = _fit_label(train, cfg)
     vocab = {}
     for c in (c for c in cfg.columns if c.role == "categorical"):
         counts = (train.where(F.col(c.name).isNotNull()).groupBy(F.col(c.name).cast("string").alias("v"))
@@ -91,7 +98,29 @@ def fit_features(train: DataFrame, cfg: EtlConfig) -> FeatureStats:
         numeric=stats_numeric, categorical=vocab,
         hashed={c.name: c.hash_buckets or cfg.default_hash_buckets for c in cfg.columns if c.role == "hashed"},
         arrays={c.name: c.array_length for c in cfg.columns if c.role == "array"},
-        label=cfg.label.column, label_values=cfg.label.values, key=cfg.split.key)
+        label=cfg.label.column, label_values=label_values, key=cfg.split.key, task=cfg.label.task,
+        label_stats=label_stats)
+
+
+def _fit_label(train: DataFrame, cfg: EtlConfig) -> tuple[list[str] | None, dict]:
+    """(label values, label statistics) of the train split; multiclass without listed values fits the
+    classes here (sorted, so the class index does not depend on frequencies)."""
+    column = F.col(cfg.label.column)
+    if cfg.label.task == "regression":
+        row = train.agg(F.mean(column.cast("double")).alias("m"), F.stddev_pop(column.cast("double")).alias("s")).first()
+        std = float(row["s"]) if row["s"] and row["s"] > 1e-12 else 1.0
+        return None, {"mean": float(row["m"] or 0.0), "std": std, "standardized": cfg.label.standardize}
+    counts = dict(train.groupBy(column.cast("string").alias("v")).count().collect())
+    values = cfg.label.values if cfg.label.values is not None else sorted(counts)
+    return list(values), {"counts": [int(counts.get(v, 0)) for v in values]}
+
+
+def known_label(stats: FeatureStats) -> Column:
+    """True where the label is one of the classes (always true for binary and regression, whose
+    labels validation has already checked)."""
+    if stats.task != "multiclass":
+        return F.lit(True)
+    return F.col(stats.label).cast("string").isin(*stats.label_values)
 
 
 def apply_features(df: DataFrame, stats: FeatureStats) -> DataFrame:
@@ -113,10 +142,20 @@ def apply_features(df: DataFrame, stats: FeatureStats) -> DataFrame:
                    .otherwise(F.pmod(F.xxhash64(col), F.lit(buckets)) + 1).cast("int").alias(name))
     for name in stats.arrays:
         out.append(F.col(name).cast("array<float>").alias(name))
-    if stats.label_values is not None:
-        label = F.when(F.col(stats.label).cast("string") == stats.label_values[1], 1.0).otherwise(0.0)
-    else:
-        label = F.col(stats.label).cast("double")
+    label = _encoded_label(stats)
     out.append(label.cast("float").alias("label"))
     out.append(F.col(SPLIT))
     return df.select(*out)
+
+
+def _encoded_label(stats: FeatureStats) -> Column:
+    value = F.col(stats.label)
+    if stats.task == "multiclass":
+        index = F.create_map(*[x for i, v in enumerate(stats.label_values) for x in (F.lit(v), F.lit(float(i)))])
+        return index[value.cast("string")]
+    if stats.task == "regression" or stats.label_values is None:
+        y = value.cast("double")
+        if stats.label_stats.get("standardized"):
+            y = (y - stats.label_stats["mean"]) / stats.label_stats["std"]
+        return y
+    return F.when(value.cast("string") == stats.label_values[1], 1.0).otherwise(0.0)

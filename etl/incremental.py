@@ -67,6 +67,8 @@ def frozen_settings(cfg: EtlConfig) -> dict:
     """What the base's features and the published shards depend on: it may not change between partitions."""
     return {
         "etl.columns": to_dict(cfg.columns),
+        # Only when set, so that datasets built before etl.derived existed stay compatible.
+        **({"etl.derived": to_dict(cfg.derived)} if cfg.derived else {}),
         "etl.label": to_dict(cfg.label),
         "etl.split": to_dict(cfg.split),
         "etl.min_category_count": cfg.min_category_count,
@@ -91,7 +93,8 @@ def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore,
     frozen = frozen_settings(cfg)
     if previous is not None:
         _check_compatible(cfg, previous, frozen, latest)
-    raw = read_source(spark, cfg.source, cfg.columns, partition)
+    raw = read_source(spark, cfg.source, cfg.source_columns(), partition)
+    checked = validated(raw, cfg)  # lazy; a derived expression that does not fit the source fails here
     identity = {"source": source_fingerprint(spark, raw), "config": config_hash(cfg), "partition": partition}
     entries = list(previous["partitions"]) if previous else []
     old = next((p for p in entries if p["name"] == partition), None)
@@ -102,7 +105,7 @@ def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore,
         log.info("partition %s: rebuilding it (%s)", partition,
                  "forced" if force else "source or config changed")
 
-    checked = validated(raw, cfg).persist(StorageLevel.MEMORY_AND_DISK)
+    checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         reasons, rows_read, rows_good = count_reasons(checked, cfg, f" of partition {partition!r}")
         with staging_area(datasets) as staging:
@@ -118,6 +121,7 @@ def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore,
             quarantine = os.path.join("quarantine", tag)
             stats_used, splits = write_splits(cfg, checked, staging, reasons, seed=seed, prefix=f"part-{tag}",
                                               quarantine=quarantine, stats=stats)
+            rows_good = sum(info["rows"] for info in splits.values())  # less any unseen classes quarantined
             if previous is None:  # the base: its features are frozen from now on
                 atomic_write_json(os.path.join(staging, FEATURES), stats_used.to_json())
             entry = {
@@ -146,7 +150,8 @@ def _check_compatible(cfg: EtlConfig, previous: dict, frozen: dict, latest: str)
             f"etl.mode is incremental, but {version}, the latest version of dataset {cfg.dataset!r}, was built in "
             f"full mode, and incremental versions must grow from an empty dataset: set etl.dataset to a new "
             f"name, or keep etl.mode=full")
-    for key, value in frozen.items():
+    for key in sorted(set(frozen) | set(previous["frozen"])):
+        value = frozen.get(key)
         if previous["frozen"].get(key) != value:
             raise ConfigError(
                 f"{key} differs from the setting that dataset {cfg.dataset!r} was built with (frozen since its "

@@ -14,7 +14,9 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from ringtrain.etl.features import SPLIT, SPLITS, FeatureStats, apply_features, assign_split, fit_features
+from ringtrain.etl.features import (
+    SPLIT, SPLITS, FeatureStats, apply_features, assign_split, fit_features, known_label,
+)
 from ringtrain.errors import BadDataError
 from ringtrain.etl.manifest import verify_staging
 from ringtrain.manifest import FORMAT_VERSION, MANIFEST, load_manifest
@@ -40,7 +42,8 @@ def run_etl(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, partiti
         return run_incremental(spark, cfg, datasets, partition, force)
     started = time.time()
     datasets.clean_stale_staging()
-    raw = read_source(spark, cfg.source, cfg.columns, partition)
+    raw = read_source(spark, cfg.source, cfg.source_columns(), partition)
+    checked = validated(raw, cfg)  # lazy; a derived expression that does not fit the source fails here
     identity = {"source": source_fingerprint(spark, raw), "config": config_hash(cfg), "partition": partition}
     latest = datasets.latest()
     if latest and not force:
@@ -48,7 +51,7 @@ def run_etl(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, partiti
         if manifest.get("identity") == identity:
             log.info("source and config unchanged since %s: reusing it", latest)
             return {**_summary(latest, manifest, started), "reused": True}
-    checked = validated(raw, cfg).persist(StorageLevel.MEMORY_AND_DISK)
+    checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         reasons, rows_read, rows_good = count_reasons(checked, cfg)
         with staging_area(datasets) as staging:
@@ -80,7 +83,8 @@ def publish_version(datasets: DatasetStore, staging: str, manifest: dict, **publ
 
 def validated(raw: DataFrame, cfg: EtlConfig) -> DataFrame:
     raw_strings = cfg.source.format in ("csv", "json")
-    return parse_and_validate(raw, cfg.columns, cfg.label, raw_strings=raw_strings, key=cfg.split.key)
+    return parse_and_validate(raw, cfg.columns, cfg.label, raw_strings=raw_strings, key=cfg.split.key,
+                              derived=cfg.derived)
 
 
 def count_reasons(checked: DataFrame, cfg: EtlConfig, where: str = "") -> tuple[dict, int, int]:
@@ -131,9 +135,10 @@ def write_splits(cfg: EtlConfig, checked: DataFrame, staging: str, reasons: dict
     try:
         if stats is None:
             stats = fit_features(good.where(F.col(SPLIT) == "train"), cfg)
-        encoded = apply_features(good, stats)
+        kept = _quarantine_unseen_classes(good, stats, os.path.join(staging, quarantine), reasons)
+        encoded = apply_features(kept, stats)
         split_rows = {s: 0 for s in SPLITS}
-        split_rows.update({r[SPLIT]: r["count"] for r in good.groupBy(SPLIT).count().collect()})
+        split_rows.update({r[SPLIT]: r["count"] for r in kept.groupBy(SPLIT).count().collect()})
         splits = {}
         for split in SPLITS:
             n = shard_count(split_rows[split], cfg.shards.rows_per_shard, cfg.shards.num_shards,
@@ -144,6 +149,23 @@ def write_splits(cfg: EtlConfig, checked: DataFrame, staging: str, reasons: dict
     finally:
         good.unpersist()
     return stats, splits
+
+
+def _quarantine_unseen_classes(good: DataFrame, stats: FeatureStats, quarantine: str, reasons: dict) -> DataFrame:
+    """Multiclass with classes fitted on the train split: a val/test row (or a later partition's row) of a
+    class the train split never had cannot be encoded; it joins the quarantine as `unseen_label` (counted
+    into `reasons`). Listed classes were already checked by validation (`bad_label`)."""
+    if stats.task != "multiclass":
+        return good
+    unseen = good.where(~known_label(stats))
+    count = unseen.count()
+    if count:
+        columns = [c for c in good.columns if c != SPLIT]
+        (unseen.select(*[F.col(c).cast("string") for c in columns], F.lit(None).cast("string").alias(CORRUPT),
+                       F.lit("unseen_label").alias(REASON))
+         .coalesce(1).write.mode("append").parquet("file://" + quarantine))
+        reasons["unseen_label"] = reasons.get("unseen_label", 0) + count
+    return good.where(known_label(stats))
 
 
 def balance(shards: list[dict]) -> float:
@@ -158,12 +180,14 @@ def schema_entry(cfg: EtlConfig) -> dict:
 def features_entry(cfg: EtlConfig, stats: FeatureStats) -> dict:
     return {"path": "features.json", "numeric_columns": stats.numeric_columns(),
             "categorical_cardinalities": stats.categorical_cardinalities(),
-            "arrays": stats.arrays, "label": "label", "key": stats.key, "task": cfg.label.task}
+            "arrays": stats.arrays, "label": "label", "key": stats.key, "task": stats.task,
+            "label_values": stats.label_values, "label_stats": stats.label_stats}
 
 
 def _write_version(cfg: EtlConfig, checked: DataFrame, staging: str, reasons: dict, rows_read: int,
                    rows_good: int, identity: dict) -> dict:
     stats, splits = write_splits(cfg, checked, staging, reasons, seed=cfg.seed)
+    rows_good = sum(info["rows"] for info in splits.values())  # less any unseen classes write_splits quarantined
     atomic_write_json(os.path.join(staging, "features.json"), stats.to_json())
     return {
         "format_version": FORMAT_VERSION,

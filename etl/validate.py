@@ -4,6 +4,8 @@ A pure DataFrame -> DataFrame step. The output has the typed columns, the raw `_
 good row. Reasons, first match wins, in this order:
   malformed          the line did not parse (wrong field count, broken JSON)
   wrong_type:<col>   a value that does not parse as the declared type
+  derived:<col>      a derived column (etl.derived) whose value does not cast to its type, or is null
+                     where the column is not nullable (its expression failed, or an input was null)
   null:<col>         a null in a column declared nullable: false (the label and key are never nullable)
   nonfinite:<col>    NaN or +-inf in a numeric or array feature
   bad_length:<col>   an array whose length differs from array_length
@@ -16,9 +18,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from ringtrain.etl.sources import CORRUPT, SPARK_TYPES
-from ringtrain.config import ColumnSpec, LabelConfig
+from ringtrain.config import ColumnSpec, DerivedColumn, LabelConfig
+from ringtrain.errors import ConfigError
 
 REASON = "_reason"
+_DERIVED_REASON = "_derived_reason"
 _NUMERIC = ("double", "float", "int", "long")
 
 
@@ -35,10 +39,14 @@ def _parsed(spec: ColumnSpec, raw: Column) -> Column:
 
 
 def parse_and_validate(df: DataFrame, columns: list[ColumnSpec], label: LabelConfig, *,
-                       raw_strings: bool, key: str) -> DataFrame:
-    """Typed columns plus `_reason`; `raw_strings` says the input columns are unparsed text."""
+                       raw_strings: bool, key: str, derived: list[DerivedColumn] = ()) -> DataFrame:
+    """Typed columns plus `_reason`; `raw_strings` says the input columns are unparsed text.
+
+    `columns` are all declared columns; those named in `derived` are computed from the typed source
+    columns (a bad expression raises ConfigError here, before any row is read)."""
     typed, checks = [], [(F.col(CORRUPT).isNotNull(), F.lit("malformed"))]
-    for spec in columns:
+    derived_names = {d.name for d in derived}
+    for spec in (c for c in columns if c.name not in derived_names):
         raw = F.col(spec.name)
         value = _parsed(spec, raw) if raw_strings else raw.cast(SPARK_TYPES[spec.type])
         if raw_strings:
@@ -49,6 +57,8 @@ def parse_and_validate(df: DataFrame, columns: list[ColumnSpec], label: LabelCon
     nulls, values = [], []
     for spec in columns:
         col = F.col(spec.name)
+        if spec.name in derived_names:
+            continue  # its nulls are reported as derived:<name> (below)
         if not spec.nullable or spec.name in (label.column, key):
             nulls.append((col.isNull(), F.lit(f"null:{spec.name}")))
         if spec.role in ("numeric", "array") and spec.type in _NUMERIC + ("array<float>",):
@@ -64,8 +74,40 @@ def parse_and_validate(df: DataFrame, columns: list[ColumnSpec], label: LabelCon
                        F.lit("bad_label")))
     # Parse checks look at raw columns; the others at typed ones, so they run after the select.
     stage1 = df.select(*typed, F.col(CORRUPT), _first_reason(checks).alias(REASON))
-    later = _first_reason(nulls + values)
-    return stage1.withColumn(REASON, F.coalesce(F.col(REASON), later))
+    stage2, derived_checks = _with_derived(stage1, columns, derived, label, key)
+    later = _first_reason(derived_checks + nulls + values)
+    checked = stage2.withColumn(REASON, F.coalesce(F.col(REASON), later))
+    return checked.drop(_DERIVED_REASON) if derived else checked
+
+
+def _with_derived(typed: DataFrame, columns: list[ColumnSpec], derived: list[DerivedColumn], label: LabelConfig,
+                  key: str) -> tuple[DataFrame, list[tuple[Column, Column]]]:
+    """All declared columns in their declared order, the derived ones computed from the typed source
+    columns; and the checks that give `derived:<name>`."""
+    if not derived:
+        return typed, []
+    specs = {c.name: c for c in columns}
+    exprs, checks = {}, []
+    for i, d in enumerate(derived):
+        try:
+            value = F.expr(d.expr)
+            typed.select(value)  # analysis is eager: an unknown column or a syntax error fails here
+        except Exception as exc:  # pyspark's ParseException / AnalysisException
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                f"etl.derived[{i}] ({d.name}): expression {d.expr!r} does not work on the source: {first}. "
+                f"It may use the source columns {', '.join(c.name for c in columns if c.name in typed.columns)}"
+                f" (as parsed to their declared types)") from None
+        cast = value.cast(SPARK_TYPES[d.type])
+        exprs[d.name] = cast
+        must_have = not specs[d.name].nullable or d.name in (label.column, key)
+        failed = cast.isNull() & (value.isNotNull() | F.lit(must_have))
+        # A row that failed parsing already has its reason; the expression saw nulls there.
+        checks.append((failed, F.lit(f"derived:{d.name}")))
+    out = [exprs[c.name].alias(c.name) if c.name in exprs else F.col(c.name) for c in columns]
+    # The checks read the source columns, so they are evaluated in the same select as the values.
+    checked = typed.select(*out, F.col(CORRUPT), F.col(REASON), _first_reason(checks).alias(_DERIVED_REASON))
+    return checked, [(F.col(_DERIVED_REASON).isNotNull(), F.col(_DERIVED_REASON))]
 
 
 def _first_reason(checks: list[tuple[Column, Column]]) -> Column:

@@ -88,18 +88,46 @@ class SourceConfig:
 
 
 @dataclass(kw_only=True)
+class DerivedColumn:
+    name: str
+    """Name of the new column; declare it in etl.columns (with this type and a role) like a source column."""
+    expr: str
+    """A Spark SQL expression over the source columns (as parsed to their declared types), e.g.
+    "IF(monthly_charges > 50, 1, 0)" or "income / NULLIF(age, 0)"."""
+    type: ColumnType
+    """The expression's result is cast to this type; a value that does not cast quarantines the row."""
+
+    def __post_init__(self) -> None:
+        check(re.fullmatch(r"[A-Za-z_]\w*", self.name) is not None, f"etl.derived {self.name!r}",
+              "name must be a plain identifier (letters, digits, _)")
+        check(bool(self.expr.strip()), f"etl.derived {self.name!r}", "expr is empty")
+
+
+@dataclass(kw_only=True)
 class LabelConfig:
     column: str
-    task: Literal["binary"] = "binary"
-    """The built-in models, loss and metrics are for binary classification."""
+    task: Literal["binary", "multiclass", "regression"] = "binary"
+    """binary: two classes, one logit; multiclass: K classes, K logits (cross-entropy); regression: a
+    numeric label, one output (MSE or Huber, see train.regression_loss)."""
     values: list[str] | None = None
-    """For 'binary': the two label values as they appear in the source, negative first.
-    A label outside them goes to quarantine."""
+    """binary: the two label values as they appear in the source, negative first. multiclass: the class
+    values (class index = position), or null to fit the classes on the train split. A label outside the
+    listed values goes to quarantine (bad_label). regression: must be null."""
+    standardize: bool = False
+    """regression only: train on (label - mean) / std of the train split (statistics in features.json);
+    metrics and the artifact's output are in the label's own units."""
 
     def __post_init__(self) -> None:
         if self.task == "binary":
             check(self.values is not None and len(self.values) == 2, "etl.label.values",
                   "task 'binary' needs exactly two values, negative first, e.g. ['0', '1']")
+        if self.task == "multiclass" and self.values is not None:
+            check(len(self.values) >= 2 and len(set(self.values)) == len(self.values), "etl.label.values",
+                  "task 'multiclass' needs at least two distinct values (or none, to fit them on the train split)")
+        if self.task == "regression":
+            check(self.values is None, "etl.label.values", "task 'regression' takes no values (the label is numeric)")
+        check(not self.standardize or self.task == "regression", "etl.label.standardize",
+              "only for task 'regression'")
 
 
 @dataclass(kw_only=True)
@@ -143,6 +171,8 @@ class EtlConfig:
     """Dataset name: versions are published under <store.root>/datasets/<dataset>/."""
     source: SourceConfig
     columns: list[ColumnSpec]
+    derived: list[DerivedColumn] = field(default_factory=list)
+    """Columns computed from the source columns before validation; each is also declared in etl.columns."""
     label: LabelConfig
     split: SplitConfig
     shards: ShardConfig = field(default_factory=ShardConfig)
@@ -177,9 +207,34 @@ class EtlConfig:
         check(not dupes, "etl.columns", f"duplicate column {dupes[0] if dupes else ''}")
         check(self.label.column in names, "etl.label.column",
               f"{self.label.column!r} is not among etl.columns")
+        self._check_derived()
+        label = next(c for c in self.columns if c.name == self.label.column)
+        if self.label.task == "regression":
+            check(label.type in ("double", "float", "int", "long"), "etl.label.task",
+                  f"task 'regression' needs a numeric label column; {label.name!r} has type {label.type!r}")
         check(self.split.key in names, "etl.split.key", f"{self.split.key!r} is not among etl.columns")
         check(any(c.role in ("numeric", "categorical", "hashed", "array") for c in self.columns),
               "etl.columns", "no feature column (role numeric, categorical, hashed or array)")
+
+    def _check_derived(self) -> None:
+        declared = {c.name: c for c in self.columns}
+        seen: set[str] = set()
+        for i, d in enumerate(self.derived):
+            key = f"etl.derived[{i}]"
+            check(d.name not in seen, key, f"{d.name!r} is derived twice")
+            seen.add(d.name)
+            check(d.name in declared, key, f"{d.name!r} is not declared in etl.columns; add "
+                  f"{{name: {d.name}, type: {d.type}, role: ...}} there")
+            check(declared[d.name].type == d.type, key,
+                  f"type {d.type!r} differs from etl.columns' {declared[d.name].type!r} for {d.name!r}")
+        if self.source.partition_column is not None:
+            check(self.source.partition_column not in seen, "etl.source.partition_column",
+                  "must be a source column, not a derived one")
+
+    def source_columns(self) -> list[ColumnSpec]:
+        """The declared columns the source itself has (etl.columns without the derived ones)."""
+        derived = {d.name for d in self.derived}
+        return [c for c in self.columns if c.name not in derived]
 
 
 @dataclass(kw_only=True)
@@ -223,6 +278,23 @@ class PipelineConfig:
 
 
 @dataclass(kw_only=True)
+class MonitorConfig:
+    metric: str = "loss"
+    """Validation metric that decides the best epoch (kept in the artifact) and early stopping.
+    binary: loss, accuracy, auc; multiclass: loss, accuracy, macro_f1; regression: loss, rmse, mae, r2."""
+    mode: Literal["min", "max"] | None = None
+    """Whether lower or higher is better. Default: min for loss, rmse and mae; max for the others."""
+
+    def direction(self) -> str:
+        return self.mode or ("min" if self.metric in MINIMIZED_METRICS else "max")
+
+
+MINIMIZED_METRICS = ("loss", "rmse", "mae")
+TASK_METRICS = {"binary": ("loss", "accuracy", "auc"), "multiclass": ("loss", "accuracy", "macro_f1"),
+                "regression": ("loss", "rmse", "mae", "r2")}
+
+
+@dataclass(kw_only=True)
 class TrainConfig:
     engine: Literal["horovod", "ddp"] = "horovod"
     num_workers: int = 2
@@ -247,7 +319,17 @@ class TrainConfig:
     checkpoint_every_steps: int = 0
     """0: checkpoint at the end of every epoch only."""
     early_stopping_patience: int | None = None
-    """Stop after this many epochs without a better validation loss."""
+    """Stop after this many epochs without a better monitored metric (train.monitor)."""
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    """The metric that picks the best epoch: the artifact and the summary are that epoch's."""
+    class_weight: Literal["balanced"] | None = None
+    """Classification: 'balanced' weights each class's loss by rows / (classes * rows of the class) in the
+    train split. null: unweighted."""
+    regression_loss: Literal["mse", "huber"] = "mse"
+    """Regression: the training loss."""
+    huber_delta: float = 1.0
+    """Regression with 'huber': where the loss turns from quadratic to linear (in training units:
+    standard deviations when etl.label.standardize is true)."""
     on_nonfinite: Literal["skip", "fail"] = "skip"
     """A NaN/inf loss or gradient on any rank: all ranks skip that step, or all stop."""
     max_nonfinite_steps: int = 20
@@ -270,6 +352,9 @@ class TrainConfig:
         check(self.gpus_per_worker >= 0, "train.gpus_per_worker", "must be >= 0")
         check(self.hang_timeout_s > 0, "train.hang_timeout_s", "must be > 0")
         check(self.grad_clip_norm is None or self.grad_clip_norm > 0, "train.grad_clip_norm", "must be > 0")
+        check(self.huber_delta > 0, "train.huber_delta", "must be > 0")
+        check(self.early_stopping_patience is None or self.early_stopping_patience >= 1,
+              "train.early_stopping_patience", "must be >= 1 (or null)")
 
 
 @dataclass(kw_only=True)
@@ -294,6 +379,12 @@ class Config:
         check(self.train.num_workers <= self.etl.shards.max_world_size, "train.num_workers",
               f"{self.train.num_workers} ranks but the dataset is sharded for at most "
               f"etl.shards.max_world_size={self.etl.shards.max_world_size}; raise that or lower num_workers")
+        task = self.etl.label.task
+        check(self.train.monitor.metric in TASK_METRICS[task], "train.monitor.metric",
+              f"{self.train.monitor.metric!r} is not a metric of task {task!r}; use one of "
+              f"{', '.join(TASK_METRICS[task])}")
+        check(self.train.class_weight is None or task != "regression", "train.class_weight",
+              "only for classification (etl.label.task is 'regression')")
 
 
 def load_config(path: str, overrides: list[str] | None = None) -> Config:

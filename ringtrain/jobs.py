@@ -11,11 +11,12 @@ import time
 from ringtrain.manifest import DatasetError, load_manifest
 from ringtrain.etl.pipeline import run_etl
 from ringtrain.etl.sample_data import write_churn_csv
-from ringtrain.config import Config
+from ringtrain.config import Config, MonitorConfig
 from ringtrain.schema import ConfigError, to_dict
 from ringtrain.spark import get_spark
 from ringtrain.store import RunStore
 from ringtrain.training.launcher import launch
+from ringtrain.training.tasks import task_for_metrics
 from ringtrain.training.worker import make_spec
 
 log = logging.getLogger("ringtrain")
@@ -69,6 +70,10 @@ def demo_job(cfg: Config) -> dict:
     return {"etl": etl, "train": train, "wall_s": round(time.time() - started, 1)}
 
 
+def monitor_direction(monitor: dict) -> str:
+    return MonitorConfig(**monitor).direction()
+
+
 def format_summary(kind: str, summary: dict) -> str:
     lines = []
     etl = summary.get("etl") if kind == "demo" else (summary if kind == "etl" else None)
@@ -91,9 +96,11 @@ def format_summary(kind: str, summary: dict) -> str:
         lines += [f"TRAIN     {len(train['ranks'])} ranks ({r0['engine']}, {r0['device']}), {r0['epochs_run']} epochs, "
                   f"{r0['steps_per_epoch']} steps/epoch on every rank, {train['train_wall_s']}s "
                   f"(Spark start-up {train['spark_startup_s']}s, ring start-up {r0['ring_init_s']}s)",
-                  f"          validation accuracy {m['accuracy']:.4f} vs majority baseline "
-                  f"{m['baseline_accuracy']:.4f}; AUC {m['auc']:.4f} vs 0.5; "
-                  f"log-loss {m['loss']:.4f} vs prior {m['baseline_loss']:.4f}",
+                  f"          best epoch {r0['best_epoch'] + 1} of {r0['epochs_run']} by validation "
+                  f"{r0['monitor']['metric']} ({'lower' if monitor_direction(r0['monitor']) == 'min' else 'higher'} "
+                  f"is better)"
+                  f"{', stopped early' if r0['stopped_early'] else ''}: the model is that epoch's",
+                  *[f"          {line}" for line in task_for_metrics(m).summary_lines(m)],
                   f"          ranks' parameters identical: "
                   f"{len({r['param_sha256'] for r in train['ranks']}) == 1}",
                   f"          model {train['model_dir']}",

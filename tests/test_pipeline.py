@@ -12,6 +12,11 @@ from ringtrain.training.pipeline import PipelineError, PipelineModel, bubble_fra
 CPU = [torch.device("cpu")]
 
 
+def inputs_and_label(rows=50, seed=0):
+    num, cat, label = batch(rows, seed)
+    return (num, cat), label
+
+
 def batch(rows=50, seed=0):
     g = torch.Generator().manual_seed(seed)
     num = torch.randn(rows, 6, generator=g)
@@ -39,7 +44,7 @@ def test_pipelined_step_gives_the_whole_batch_gradients(factory, stages, micro):
     loss = F.binary_cross_entropy_with_logits(plain(num, cat), label)
     (loss * 0.5).backward()
     pipe = PipelineModel(split, stages, micro, CPU)
-    piped_loss = pipe.forward_backward(num, cat, label, F.binary_cross_entropy_with_logits, scale=0.5)
+    piped_loss = pipe.forward_backward((num, cat), label, F.binary_cross_entropy_with_logits, scale=0.5)
     assert abs(float(piped_loss) - loss.item()) < 1e-6
     for (name, a), b in zip(plain.named_parameters(), split.parameters()):
         assert torch.allclose(a.grad, b.grad, atol=1e-6, rtol=1e-5), name
@@ -52,7 +57,7 @@ def test_schedule_is_fill_drain_and_its_idle_fraction_is_measured():
     _, model = twins(lambda: ResidualMLP(6, [5, 7], width=32, num_blocks=4))
     k, m = 3, 4
     pipe = PipelineModel(model, k, m, CPU)
-    pipe.forward_backward(*batch(), F.binary_cross_entropy_with_logits, trace=True)
+    pipe.forward_backward(*inputs_and_label(), F.binary_cross_entropy_with_logits, trace=True)
     trace = pipe.last_trace
     for i, ops in enumerate(trace):
         assert [(op[0], op[1]) for op in ops] == [("F", j) for j in range(m)] + [("B", j) for j in reversed(range(m))]
@@ -100,14 +105,14 @@ def test_a_failing_stage_fails_the_step_without_hanging():
     model.body.append(Boom())
     pipe = PipelineModel(model, 2, 4, CPU, balance=[2, 2])
     with pytest.raises(PipelineError, match="boom in stage 1"):
-        pipe.forward_backward(*batch(), F.binary_cross_entropy_with_logits)
+        pipe.forward_backward(*inputs_and_label(), F.binary_cross_entropy_with_logits)
     assert not [t for t in threading.enumerate() if t.name.startswith("ringtrain-stage")]
 
 
 def test_poisoned_loss_makes_loss_and_gradients_non_finite():
     _, model = twins(lambda: TabularMLP(6, [5, 7], hidden=[8]))
     pipe = PipelineModel(model, 2, 2, CPU)
-    loss = pipe.forward_backward(*batch(), F.binary_cross_entropy_with_logits, poison=True)
+    loss = pipe.forward_backward(*inputs_and_label(), F.binary_cross_entropy_with_logits, poison=True)
     assert not torch.isfinite(loss)
     assert not all(torch.isfinite(p.grad).all() for p in model.parameters())
 

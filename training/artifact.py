@@ -3,8 +3,10 @@
 The model folder holds:
     state_dict.pt     the weights
     model.pt2         torch.export program (falls back to TorchScript model.ts when export fails)
-    artifact.json     input schema, the dataset version and its features.json (statistics and
-                      vocabularies to encode new rows exactly as in training), metrics, config
+    artifact.json     input schema (num, cat, and arr when the dataset has array columns), output
+                      schema (the task's), the dataset version and its features.json (statistics and
+                      vocabularies to encode new rows exactly as in training), the best epoch (by
+                      train.monitor, whose weights these are) with its metrics, config
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import tempfile
 import torch
 
 from ringtrain.store import atomic_write_json
+from ringtrain.training.models import model_inputs
 
 log = logging.getLogger("ringtrain.artifact")
 
@@ -36,11 +39,17 @@ def _plot(history: list[dict], path: str) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
     left.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
     left.plot(epochs, [h["loss"] for h in history], "o-", label="val loss")
-    left.axhline(history[-1]["baseline_loss"], ls="--", c="gray", label="baseline (prior)")
+    left.axhline(history[-1]["baseline_loss"], ls="--", c="gray", label="baseline")
     left.set_xlabel("epoch"), left.legend()
-    right.plot(epochs, [h["accuracy"] for h in history], "o-", label="val accuracy")
-    right.plot(epochs, [h["auc"] for h in history], "o-", label="val AUC")
-    right.axhline(history[-1]["baseline_accuracy"], ls="--", c="gray", label="baseline (majority)")
+    # The right panel: the task's headline metrics, each with its baseline when it has one.
+    task = history[-1].get("task", "binary")
+    shown = {"binary": [("accuracy", "baseline_accuracy"), ("auc", None)],
+             "multiclass": [("accuracy", "baseline_accuracy"), ("macro_f1", "baseline_macro_f1")],
+             "regression": [("rmse", "baseline_rmse"), ("mae", "baseline_mae")]}[task]
+    for metric, baseline in shown:
+        line, = right.plot(epochs, [h[metric] for h in history], "o-", label=f"val {metric}")
+        if baseline:
+            right.axhline(history[-1][baseline], ls="--", c=line.get_color(), label=f"baseline {metric}")
     right.set_xlabel("epoch"), right.legend()
     fig.tight_layout()
     tmp = path + ".tmp.png"
@@ -49,27 +58,28 @@ def _plot(history: list[dict], path: str) -> None:
     os.replace(tmp, path)
 
 
-def publish_model(paths: dict, model: torch.nn.Module, example: dict, manifest: dict, spec: dict,
-                  history: list[dict]) -> str:
+def publish_model(paths: dict, model: torch.nn.Module, example: dict, manifest: dict, spec: dict, state,
+                  task) -> str:
+    """`model` holds the best epoch's weights (state.best_epoch); `task` gives the output schema."""
     final = paths["model_dir"]
     parent = os.path.dirname(final)
     staging = tempfile.mkdtemp(prefix=".model-", dir=parent)
     try:
         model = model.cpu().eval()
         torch.save(model.state_dict(), os.path.join(staging, "state_dict.pt"))
-        inputs = (torch.from_numpy(example["num"][:8]).float(), torch.from_numpy(example["cat"][:8]).long())
+        inputs = tuple(torch.from_numpy(x[:8]) for x in model_inputs(example))
         program = _export(model, inputs, staging)
         features = manifest["features"]
+        history = state.history
+        best = history[state.best_epoch] if history else {}
         atomic_write_json(os.path.join(staging, "artifact.json"), {
             "program": program,
-            "inputs": {"num": {"columns": features["numeric_columns"], "dtype": "float32"},
-                       "cat": {"columns": list(features["categorical_cardinalities"]), "dtype": "int64",
-                               "cardinalities": features["categorical_cardinalities"]}},
-            "output": "logit of P(label = 1)",
+            "inputs": input_schema(features),
+            "output": task.output_schema(),
             "dataset": {"dir": spec["dataset_dir"], "name": manifest["dataset"],
                         "version": os.path.basename(spec["dataset_dir"].rstrip("/")),
                         "features_json": os.path.join(spec["dataset_dir"], features["path"])},
-            "metrics": history[-1] if history else {}, "history": history,
+            "best_epoch": state.best_epoch, "metrics": best, "history": history,
             "train_config": spec["train"], "config": spec.get("config", {}),
         })
         if os.path.exists(final):  # a rerun of the same run_id replaces the old artifact whole
@@ -81,10 +91,21 @@ def publish_model(paths: dict, model: torch.nn.Module, example: dict, manifest: 
     return final
 
 
+def input_schema(features: dict) -> dict:
+    """The model's positional inputs, in order: num, cat, and arr when the dataset has array columns."""
+    schema = {"num": {"columns": features["numeric_columns"], "dtype": "float32"},
+              "cat": {"columns": list(features["categorical_cardinalities"]), "dtype": "int64",
+                      "cardinalities": features["categorical_cardinalities"]}}
+    arrays = features.get("arrays") or {}
+    if arrays:  # side by side, in this order: [B, sum of lengths]
+        schema["arr"] = {"columns": list(arrays), "lengths": list(arrays.values()), "dtype": "float32"}
+    return schema
+
+
 def _export(model: torch.nn.Module, inputs: tuple, folder: str) -> str:
     try:
-        program = torch.export.export(model, inputs, dynamic_shapes=({0: torch.export.Dim("batch")},
-                                                                     {0: torch.export.Dim("batch")}))
+        batch = torch.export.Dim("batch")
+        program = torch.export.export(model, inputs, dynamic_shapes=tuple({0: batch} for _ in inputs))
         torch.export.save(program, os.path.join(folder, "model.pt2"))
         return "model.pt2"
     except Exception as exc:

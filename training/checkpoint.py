@@ -9,7 +9,7 @@ import re
 import numpy as np
 import torch
 
-from ringtrain.store import atomic_write_bytes
+from ringtrain.store import atomic_write_bytes, exists, join, read_bytes
 
 _NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 
@@ -48,3 +48,23 @@ def load_latest(folder: str) -> dict | None:
         if rng.get("cuda") and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(rng["cuda"])
     return state
+
+
+BEST = "best.pt"
+
+
+def save_best(folder: str, model_state: dict, epoch: int) -> str:
+    """The weights of the best epoch so far (train.monitor); the model artifact is built from them."""
+    buffer = io.BytesIO()
+    torch.save({"model": model_state, "epoch": epoch}, buffer)
+    path = join(folder, BEST)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def load_best(folder: str) -> dict | None:
+    """{"model": state dict, "epoch": the best epoch (0-based)}, or None before the first epoch ended."""
+    path = join(folder, BEST)
+    if not exists(path):
+        return None
+    return torch.load(io.BytesIO(read_bytes(path)), map_location="cpu", weights_only=False)

@@ -63,18 +63,31 @@ class Columns:
     categorical: list[str]
     label: str
     key: str | None = None  # read only when asked (tests of row order)
+    arrays: tuple[tuple[str, int], ...] = ()  # (name, length) of the role 'array' columns, concatenated into "arr"
 
     @classmethod
     def from_manifest(cls, manifest: dict, with_key: bool = False) -> "Columns":
         f = manifest["features"]
         return cls(list(f["numeric_columns"]), list(f["categorical_cardinalities"]), f["label"],
-                   f["key"] if with_key else None)
+                   f["key"] if with_key else None, tuple((f.get("arrays") or {}).items()))
 
     def names(self) -> list[str]:
-        return self.numeric + self.categorical + [self.label] + ([self.key] if self.key else [])
+        return self.numeric + self.categorical + [name for name, _ in self.arrays] + [self.label] + ([self.key] if self.key else [])
 
 
-Batch = dict  # {"num": float32 [B, N], "cat": int64 [B, C], "label": float32 [B], "key"?: list[str]}
+# {"num": float32 [B, N], "cat": int64 [B, C], "label": float32 [B], "key"?: list[str],
+#  "arr"?: float32 [B, sum of array lengths] when the dataset has array columns}
+Batch = dict
+
+
+def _stack_arrays(chunk: dict, arrays: tuple[tuple[str, int], ...]) -> np.ndarray:
+    """Fixed-length array columns (object arrays of arrays, or 2-D already) side by side: [rows, sum of lengths]."""
+    parts = []
+    for name, length in arrays:
+        values = chunk[name]
+        parts.append(np.stack(list(values)).astype(np.float32, copy=False).reshape(len(values), length)
+                     if len(values) else np.zeros((0, length), np.float32))
+    return np.concatenate(parts, axis=1)
 
 
 class _Assembler:
@@ -92,6 +105,8 @@ class _Assembler:
             if c.categorical else np.zeros((len(order), 0), np.int64),
             "label": np.asarray(chunk[c.label], dtype=np.float32)[order],
         }
+        if c.arrays:
+            part["arr"] = _stack_arrays(chunk, c.arrays)[order]
         if c.key:
             part["key"] = np.asarray(chunk[c.key], dtype=object)[order]
         self.parts.append(part)
@@ -202,7 +217,9 @@ def open_reader(kind: str, plan: ReadPlan, cols: Columns, batch_size: int, seed:
 def to_tensors(batch: Batch, device: torch.device) -> dict:
     """Numpy batch -> tensors on `device`; pinned memory and non_blocking copies on GPU."""
     out = {}
-    for name in ("num", "cat", "label"):
+    for name in ("num", "cat", "label", "arr"):
+        if name not in batch:
+            continue
         t = torch.from_numpy(np.ascontiguousarray(batch[name]))
         if device.type == "cuda":
             t = t.pin_memory().to(device, non_blocking=True)

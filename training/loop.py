@@ -7,6 +7,12 @@ stop), clipping, warmup LR, step. The training loss is all-reduced once per epoc
 Mixed precision: bf16 autocast, or fp16 with a loss scaler whose overflow skips are expected
 (every rank sees the same averaged gradients, so every rank skips them together).
 Dropout masks are seeded from (seed, rank, step), so a resumed run draws the same masks.
+
+`fit` reads as the order of training: resume, then per batch a micro-step (forward, backward) and,
+every `grad_accumulation` batches, an optimizer step; then the epoch end (validation, the best epoch,
+early stopping, checkpoint). What depends on the task (loss, metrics) is the `task` object
+(training.tasks). Faults for the failure tests come from a `FaultInjector` the worker installs only
+when a test asks for one; production runs pass NO_FAULTS.
 """
 from __future__ import annotations
 
@@ -21,9 +27,10 @@ import torch
 import torch.nn.functional as F
 
 from ringtrain.config import TrainConfig
-from ringtrain.training.checkpoint import load_latest, save_checkpoint
+from ringtrain.training.checkpoint import load_latest, save_best, save_checkpoint
 from ringtrain.training.data import prefetch
 from ringtrain.training.engines import Engine, unwrap
+from ringtrain.training.models import model_inputs
 from ringtrain.training.pipeline import PipelineModel
 
 log = logging.getLogger("ringtrain.train")
@@ -39,8 +46,9 @@ class LoopState:
     step_in_epoch: int = 0      # next batch index within the epoch (the reader position)
     opt_step: int = 0
     batches_run: int = 0        # batches this attempt actually ran (for the equal-steps check)
-    best_val_loss: float = math.inf
-    bad_epochs: int = 0
+    best_value: float | None = None  # of train.monitor.metric, at best_epoch
+    best_epoch: int = -1
+    bad_epochs: int = 0         # epochs since best_epoch
     skipped_steps: int = 0
     overflow_steps: int = 0     # fp16 only: steps the loss scaler skipped (and lowered its scale)
     history: list = field(default_factory=list)
@@ -49,188 +57,258 @@ class LoopState:
     train_samples: int = 0      # this attempt: rows this rank trained on
 
 
-class Hooks:
-    """What the loop reports outward: heartbeats for the hang watchdog, and injected faults (tests)."""
+# What a checkpoint restores of LoopState (the rest is per attempt).
+_RESUMED = ("epoch", "step_in_epoch", "opt_step", "best_value", "best_epoch", "bad_epochs", "skipped_steps",
+            "overflow_steps", "history")
 
-    def __init__(self, heartbeat_path: str | None, fault: str | None, rank: int, attempt: int):
-        self.heartbeat_path, self.rank, self.attempt = heartbeat_path, rank, attempt
-        self.last_beat = 0.0
-        self.fault = _parse_fault(fault)
+
+class Heartbeat:
+    """Touches a file at most once a second: the launcher's hang watchdog reads its modification time."""
+
+    def __init__(self, path: str | None):
+        self.path, self.last = path, 0.0
 
     def beat(self) -> None:
         now = time.monotonic()
-        if self.heartbeat_path and now - self.last_beat > 1.0:
-            with open(self.heartbeat_path, "a"):
-                os.utime(self.heartbeat_path)
-            self.last_beat = now
+        if self.path and now - self.last > 1.0:
+            with open(self.path, "a"):
+                os.utime(self.path)
+            self.last = now
 
-    def fault_at(self, opt_step: int) -> str | None:
-        """'crash', 'hang', 'nan' or 'overflow' when a fault was injected for this rank, step and attempt."""
-        f = self.fault
-        if f and f["rank"] == self.rank and f["step"] == opt_step and f["attempt"] in (None, self.attempt):
-            return f["kind"]
+
+@dataclass(frozen=True)
+class Fault:
+    """What an injected fault does to one micro-step's loss."""
+    poison_loss: bool = False      # the loss becomes NaN on this rank
+    backward_factor: float = 1.0   # multiplies what backward starts from (1e38: an fp16 overflow)
+
+
+class NoFaults:
+    """Production: nothing is injected."""
+
+    def at(self, opt_step: int) -> Fault | None:
         return None
 
 
-def _parse_fault(spec: str | None) -> dict | None:
-    """'kind:rank:opt_step[:attempt]', e.g. 'crash:1:30:0' (failure tests: spec['fault'] or RINGTRAIN_FAULT)."""
-    if not spec:
-        return None
-    kind, rank, step, *attempt = spec.split(":")
-    return {"kind": kind, "rank": int(rank), "step": int(step), "attempt": int(attempt[0]) if attempt else None}
+NO_FAULTS = NoFaults()
 
 
-def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-        train_reader, val_reader, device: torch.device, checkpoint_dir: str, hooks: Hooks,
-        on_epoch=None) -> LoopState:
-    state = LoopState()
-    resumed = load_latest(checkpoint_dir)
-    if resumed:
-        unwrap(model).load_state_dict(resumed["model"])
-    pipe = model if isinstance(model, PipelineModel) else None
-    model, optimizer = engine.wrap(model, optimizer, cfg.grad_accumulation, pipelined=pipe is not None)
-    precision = amp_dtype(cfg, device)
-    # fp16 needs loss scaling (bf16 has fp32's range and does not); the scaler is part of the checkpoint.
-    scaler = torch.amp.GradScaler(device.type) if precision == torch.float16 else None
-    loss_scale = 1.0  # the fp16 scale as a float; read once per optimizer step, not per batch (a device sync)
-    if resumed:
-        optimizer.load_state_dict(resumed["optimizer"])
-        if scaler is not None and resumed.get("grad_scaler"):
-            scaler.load_state_dict(resumed["grad_scaler"])
-        for name in ("epoch", "step_in_epoch", "opt_step", "best_val_loss", "bad_epochs", "skipped_steps", "history"):
-            setattr(state, name, resumed[name])
-        state.overflow_steps = resumed.get("overflow_steps", 0)
-    if scaler is not None:
-        loss_scale = float(scaler.scale(torch.ones((), device=device)))  # also makes the scaler create its scale
-        if engine.rank == 0:
-            log.info("resumed from checkpoint at epoch %d, batch %d (optimizer step %d)",
-                     state.epoch, state.step_in_epoch, state.opt_step)
-    base_lr = cfg.lr * (engine.size if cfg.scale_lr else 1)
+class FaultInjector:
+    """Failure tests only: 'kind:rank:opt_step[:attempt]', e.g. 'crash:1:30:0' (the spec's 'fault' or
+    RINGTRAIN_FAULT). crash exits the process, hang sleeps forever, nan poisons the loss, overflow
+    makes the gradients overflow in fp16."""
 
-    def autocast():  # a fresh context each time: pipeline stages enter it in their own threads
-        return torch.autocast(device.type, dtype=precision) if precision else contextlib.nullcontext()
+    def __init__(self, spec: str, rank: int, attempt: int):
+        kind, fault_rank, step, *fault_attempt = spec.split(":")
+        self.kind, self.step = kind, int(step)
+        self.active = int(fault_rank) == rank and (not fault_attempt or int(fault_attempt[0]) == attempt)
 
+    @classmethod
+    def from_spec(cls, spec: str | None, rank: int, attempt: int):
+        return cls(spec, rank, attempt) if spec else NO_FAULTS
+
+    def at(self, opt_step: int) -> Fault | None:
+        if not self.active or opt_step != self.step:
+            return None
+        if self.kind == "crash":
+            os._exit(17)
+        if self.kind == "hang":
+            time.sleep(10**6)
+        return Fault(poison_loss=self.kind == "nan", backward_factor=1e38 if self.kind == "overflow" else 1.0)
+
+
+def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: torch.optim.Optimizer, task,
+        train_reader, val_reader, device: torch.device, checkpoint_dir: str, *, heartbeat: Heartbeat,
+        faults=NO_FAULTS, on_epoch=None) -> LoopState:
+    """Train until train.epochs or early stopping; rank 0 keeps the best epoch's weights (`save_best`)."""
+    trainer = _Trainer(cfg, engine, model, optimizer, task, device, checkpoint_dir, faults)
+    trainer.resume()
+    state = trainer.state
     steps = (train_reader.plan.steps_per_epoch // cfg.grad_accumulation) * cfg.grad_accumulation
     progress = _Progress(engine.rank, cfg.epochs, steps)
-
-    def checkpoint() -> None:
-        if engine.rank == 0:
-            save_checkpoint(checkpoint_dir, state.opt_step, {
-                "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "grad_scaler": scaler.state_dict() if scaler is not None else None,
-                "epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "opt_step": state.opt_step,
-                "best_val_loss": state.best_val_loss, "bad_epochs": state.bad_epochs,
-                "skipped_steps": state.skipped_steps, "overflow_steps": state.overflow_steps,
-                "history": state.history})
-
     while state.epoch < cfg.epochs and not state.stopped_early:
-        model.train()
-        epoch_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed over applied steps
-        step_loss = torch.zeros((), dtype=torch.float64, device=device)
-        epoch_steps = 0
+        trainer.start_epoch()
         batches = prefetch(train_reader.epoch(state.epoch, skip=state.step_in_epoch), device)
-        epoch_started = time.perf_counter()
+        started = time.perf_counter()
         for batch in batches:
             if state.step_in_epoch >= steps:
                 break
-            hooks.beat()
-            fault = hooks.fault_at(state.opt_step)
-            if fault == "crash":
-                os._exit(17)
-            if fault == "hang":
-                time.sleep(10**6)
-            torch.manual_seed(cfg.seed * 1_000_003 + state.opt_step * 4099 + engine.rank * 7 + state.step_in_epoch)
-            last_micro = (state.step_in_epoch + 1) % cfg.grad_accumulation == 0
-            factor = loss_scale / cfg.grad_accumulation  # what backward() starts from
-            if fault == "overflow":  # gradients overflow on this rank only (tests of the fp16 loss scaler)
-                factor *= 1e38
-            if pipe is not None:  # forward and backward run stage by stage, micro-batch by micro-batch
-                loss = pipe.forward_backward(batch["num"], batch["cat"], batch["label"],
-                                             F.binary_cross_entropy_with_logits, scale=factor,
-                                             autocast=autocast, poison=fault == "nan")
-            else:
-                with (contextlib.nullcontext() if last_micro else engine.no_sync(model)), autocast():
-                    logits = model(batch["num"], batch["cat"]).float()
-                    loss = F.binary_cross_entropy_with_logits(logits, batch["label"])
-                    if fault == "nan":
-                        loss = loss * float("nan")
-                (loss * factor).backward()
-            step_loss += loss.detach().double().to(device)
-            state.step_in_epoch += 1
-            state.batches_run += 1
-            state.train_samples += batch["label"].shape[0]
-            if not last_micro:
-                continue
-            engine.synchronize(optimizer)
-            if scaler is not None:
-                scaler.unscale_(optimizer)  # records whether the averaged gradients overflowed
-            # The gradients are averaged now, so they are bit-identical on every rank, and each rank's own
-            # check gives the same answer with no extra collective: a NaN loss on any rank made its
-            # gradients, and so the average, non-finite.
-            if not _grads_finite(model):
-                # Rare, and every rank is here: one more collective may say where it started.
-                bad_loss_ranks = int(engine.allreduce_sum((~torch.isfinite(step_loss)).double().reshape(1).cpu())[0])
-                optimizer.zero_grad()
-                if scaler is not None:
-                    scaler.update()  # lowers the scale: the unscale_ above found the overflow
-                    loss_scale = scaler.get_scale()
-                if scaler is not None and bad_loss_ranks == 0:
-                    # fp16 overflow: expected while the loss scale settles; every rank skips the step.
-                    state.overflow_steps += 1
-                    if engine.rank == 0:
-                        log.info("fp16 overflow at step %d: skipped, loss scale now %g", state.opt_step, loss_scale)
-                else:
-                    state.skipped_steps += 1
-                    what = (f"non-finite loss on {bad_loss_ranks} rank(s)" if bad_loss_ranks
-                            else "non-finite gradients")
-                    if cfg.on_nonfinite == "fail" or state.skipped_steps > cfg.max_nonfinite_steps:
-                        raise NonFiniteError(
-                            f"{what} at optimizer step {state.opt_step} (skipped so far: {state.skipped_steps}); "
-                            f"every rank stops. Lower train.lr or check the data")
-                    if engine.rank == 0:
-                        log.warning("%s at step %d: every rank skips it", what, state.opt_step)
-            else:
-                if cfg.grad_clip_norm:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
-                for group in optimizer.param_groups:
-                    group["lr"] = base_lr * min(1.0, (state.opt_step + 1) / max(1, cfg.warmup_steps))
-                engine.step(optimizer)
-                if scaler is not None:
-                    scaler.update()
-                    loss_scale = scaler.get_scale()
-                optimizer.zero_grad()
-                epoch_loss += step_loss
-                epoch_steps += 1
-            step_loss.zero_()
-            state.opt_step += 1
-            progress.update(state.epoch, state.step_in_epoch, batch["label"].shape[0] * engine.size)
-            if cfg.checkpoint_every_steps and state.opt_step % cfg.checkpoint_every_steps == 0:
-                checkpoint()
+            heartbeat.beat()
+            if trainer.micro_step(batch):
+                trainer.optimizer_step()
+                progress.update(state.epoch, state.step_in_epoch, batch["label"].shape[0] * engine.size)
         batches.close()
-        state.train_seconds += time.perf_counter() - epoch_started
-        # Every rank applied the same steps; one all-reduce per epoch gives the mean training loss.
-        train_loss = float(engine.allreduce_sum(epoch_loss.reshape(1).cpu())[0]) / max(
-            1, engine.size * cfg.grad_accumulation * epoch_steps)
-        val = evaluate(pipe if pipe is not None else unwrap(model), val_reader, engine, device, cfg,
-                       autocast())
-        val["epoch"] = state.epoch
-        val["train_loss"] = train_loss
-        state.history.append(val)
-        if engine.rank == 0:
-            log.info("epoch %d/%d: train_loss %.4f val_loss %.4f %s", state.epoch + 1, cfg.epochs,
-                     val["train_loss"], val["loss"], _headline(val))
-        if val["loss"] < state.best_val_loss - 1e-6:
-            state.best_val_loss, state.bad_epochs = val["loss"], 0
-        else:
-            state.bad_epochs += 1
-        # Every rank saw the same all-reduced metrics, so every rank takes the same decision.
-        if cfg.early_stopping_patience is not None and state.bad_epochs >= cfg.early_stopping_patience:
-            state.stopped_early = True
-        state.epoch, state.step_in_epoch = state.epoch + 1, 0
-        checkpoint()
+        state.train_seconds += time.perf_counter() - started
+        trainer.end_epoch(val_reader)
         if on_epoch and engine.rank == 0:
             on_epoch(state)
     return state
+
+
+class _Trainer:
+    """The steps of `fit`, sharing the model, optimizer, loss scaler and state."""
+
+    def __init__(self, cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 task, device: torch.device, checkpoint_dir: str, faults):
+        self.cfg, self.engine, self.model, self.optimizer, self.task = cfg, engine, model, optimizer, task
+        self.device, self.checkpoint_dir, self.faults = device, checkpoint_dir, faults
+        self.pipe = model if isinstance(model, PipelineModel) else None
+        self.precision = amp_dtype(cfg, device)
+        # fp16 needs loss scaling (bf16 has fp32's range and does not); the scaler is part of the checkpoint.
+        self.scaler = torch.amp.GradScaler(device.type) if self.precision == torch.float16 else None
+        self.loss_scale = 1.0  # the fp16 scale as a float; read once per optimizer step, not per batch (a sync)
+        self.base_lr = cfg.lr * (engine.size if cfg.scale_lr else 1)
+        self.state = LoopState()
+
+    def autocast(self):  # a fresh context each time: pipeline stages enter it in their own threads
+        return torch.autocast(self.device.type, dtype=self.precision) if self.precision else contextlib.nullcontext()
+
+    def resume(self) -> None:
+        """Load the newest checkpoint (if any), then wrap the model and optimizer for the engine."""
+        resumed = load_latest(self.checkpoint_dir)
+        if resumed:
+            unwrap(self.model).load_state_dict(resumed["model"])
+        self.model, self.optimizer = self.engine.wrap(self.model, self.optimizer, self.cfg.grad_accumulation,
+                                                      pipelined=self.pipe is not None)
+        if resumed:
+            self.optimizer.load_state_dict(resumed["optimizer"])
+            if self.scaler is not None and resumed.get("grad_scaler"):
+                self.scaler.load_state_dict(resumed["grad_scaler"])
+            for name in _RESUMED:
+                if name in resumed:
+                    setattr(self.state, name, resumed[name])
+            if self.engine.rank == 0:
+                log.info("resumed from checkpoint at epoch %d, batch %d (optimizer step %d)",
+                         self.state.epoch, self.state.step_in_epoch, self.state.opt_step)
+        if self.scaler is not None:  # also makes the scaler create its scale
+            self.loss_scale = float(self.scaler.scale(torch.ones((), device=self.device)))
+
+    def start_epoch(self) -> None:
+        self.model.train()
+        self.epoch_loss = torch.zeros((), dtype=torch.float64, device=self.device)  # summed over applied steps
+        self.step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.epoch_steps = 0
+
+    def micro_step(self, batch: dict) -> bool:
+        """Forward and backward of one batch; True when it completes an accumulation (time to step)."""
+        cfg, state = self.cfg, self.state
+        fault = self.faults.at(state.opt_step)
+        torch.manual_seed(cfg.seed * 1_000_003 + state.opt_step * 4099 + self.engine.rank * 7 + state.step_in_epoch)
+        last_micro = (state.step_in_epoch + 1) % cfg.grad_accumulation == 0
+        factor = self.loss_scale / cfg.grad_accumulation  # what backward() starts from
+        poison = False
+        if fault is not None:
+            factor *= fault.backward_factor
+            poison = fault.poison_loss
+        inputs, label = model_inputs(batch), batch["label"]
+        if self.pipe is not None:  # forward and backward run stage by stage, micro-batch by micro-batch
+            loss = self.pipe.forward_backward(inputs, label, self.task.loss, scale=factor, autocast=self.autocast,
+                                              poison=poison)
+        else:
+            with (contextlib.nullcontext() if last_micro else self.engine.no_sync(self.model)), self.autocast():
+                loss = self.task.loss(self.model(*inputs).float(), label)
+                if poison:
+                    loss = loss * float("nan")
+            (loss * factor).backward()
+        self.step_loss += loss.detach().double().to(self.device)
+        state.step_in_epoch += 1
+        state.batches_run += 1
+        state.train_samples += label.shape[0]
+        return last_micro
+
+    def optimizer_step(self) -> None:
+        """Averaged gradients: skip the step when they are not finite, else clip, set the LR and step."""
+        cfg, state, optimizer = self.cfg, self.state, self.optimizer
+        self.engine.synchronize(optimizer)
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)  # records whether the averaged gradients overflowed
+        # The gradients are averaged now, so they are bit-identical on every rank, and each rank's own
+        # check gives the same answer with no extra collective: a NaN loss on any rank made its
+        # gradients, and so the average, non-finite.
+        if not _grads_finite(self.model):
+            self._skip_step()
+        else:
+            if cfg.grad_clip_norm:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip_norm)
+            for group in optimizer.param_groups:
+                group["lr"] = self.base_lr * min(1.0, (state.opt_step + 1) / max(1, cfg.warmup_steps))
+            self.engine.step(optimizer)
+            if self.scaler is not None:
+                self.scaler.update()
+                self.loss_scale = self.scaler.get_scale()
+            optimizer.zero_grad()
+            self.epoch_loss += self.step_loss
+            self.epoch_steps += 1
+        self.step_loss.zero_()
+        state.opt_step += 1
+        if cfg.checkpoint_every_steps and state.opt_step % cfg.checkpoint_every_steps == 0:
+            self.checkpoint()
+
+    def _skip_step(self) -> None:
+        """Every rank is here (the averaged gradients are the same everywhere): skip, or stop."""
+        cfg, state = self.cfg, self.state
+        # Rare, and every rank is here: one more collective may say where it started.
+        bad_loss_ranks = int(self.engine.allreduce_sum((~torch.isfinite(self.step_loss)).double().reshape(1).cpu())[0])
+        self.optimizer.zero_grad()
+        if self.scaler is not None:
+            self.scaler.update()  # lowers the scale: the unscale_ above found the overflow
+            self.loss_scale = self.scaler.get_scale()
+        if self.scaler is not None and bad_loss_ranks == 0:
+            # fp16 overflow: expected while the loss scale settles; every rank skips the step.
+            state.overflow_steps += 1
+            if self.engine.rank == 0:
+                log.info("fp16 overflow at step %d: skipped, loss scale now %g", state.opt_step, self.loss_scale)
+            return
+        state.skipped_steps += 1
+        what = f"non-finite loss on {bad_loss_ranks} rank(s)" if bad_loss_ranks else "non-finite gradients"
+        if cfg.on_nonfinite == "fail" or state.skipped_steps > cfg.max_nonfinite_steps:
+            raise NonFiniteError(
+                f"{what} at optimizer step {state.opt_step} (skipped so far: {state.skipped_steps}); "
+                f"every rank stops. Lower train.lr or check the data")
+        if self.engine.rank == 0:
+            log.warning("%s at step %d: every rank skips it", what, state.opt_step)
+
+    def end_epoch(self, val_reader) -> None:
+        """Training loss and validation metrics (all-reduced), the best epoch, early stopping, checkpoint."""
+        cfg, state, engine = self.cfg, self.state, self.engine
+        # Every rank applied the same steps; one all-reduce per epoch gives the mean training loss.
+        train_loss = float(engine.allreduce_sum(self.epoch_loss.reshape(1).cpu())[0]) / max(
+            1, engine.size * cfg.grad_accumulation * self.epoch_steps)
+        net = self.pipe if self.pipe is not None else unwrap(self.model)
+        val = evaluate(net, val_reader, engine, self.device, self.task, self.autocast())
+        val["epoch"], val["train_loss"] = state.epoch, train_loss
+        state.history.append(val)
+        if engine.rank == 0:
+            log.info("epoch %d/%d: train_loss %.4f val_loss %.4f %s", state.epoch + 1, cfg.epochs,
+                     train_loss, val["loss"], self.task.headline(val))
+        # Every rank saw the same all-reduced metrics, so every rank takes the same decisions.
+        if is_better(val[cfg.monitor.metric], state.best_value, cfg.monitor.direction()):
+            state.best_value, state.best_epoch, state.bad_epochs = val[cfg.monitor.metric], state.epoch, 0
+            if engine.rank == 0:
+                save_best(self.checkpoint_dir, unwrap(self.model).state_dict(), state.epoch)
+        else:
+            state.bad_epochs += 1
+        if cfg.early_stopping_patience is not None and state.bad_epochs >= cfg.early_stopping_patience:
+            state.stopped_early = True
+        state.epoch, state.step_in_epoch = state.epoch + 1, 0
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        if self.engine.rank == 0:
+            s = self.state
+            save_checkpoint(self.checkpoint_dir, s.opt_step, {
+                "model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                **{name: getattr(s, name) for name in _RESUMED}})
+
+
+def is_better(value: float, best: float | None, direction: str) -> bool:
+    """Whether `value` improves on `best` by more than a rounding error (NaN never does)."""
+    if value is None or math.isnan(value):
+        return False
+    if best is None:
+        return True
+    return value < best - 1e-6 if direction == "min" else value > best + 1e-6
 
 
 def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
@@ -251,52 +329,16 @@ def _grads_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.stack(flags).all()) for flags in by_device.values())
 
 
-_BINS = 200
-
-
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, reader, engine: Engine, device: torch.device, cfg: TrainConfig,
-             amp) -> dict:
-    """Loss, accuracy and AUC over the whole split, summed across ranks, plus trivial baselines."""
+def evaluate(model: torch.nn.Module, reader, engine: Engine, device: torch.device, task, amp) -> dict:
+    """The task's metrics over the whole split: per-batch sums, all-reduced once, then finalized."""
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64)           # loss, correct, rows, positives
-    hist = torch.zeros(2, _BINS, dtype=torch.float64)    # score histograms of negatives, positives
+    sums = task.zero_sums()
     for batch in prefetch(reader.all_rows(), device):
         with amp:
-            logits = model(batch["num"], batch["cat"]).float()
-        label = batch["label"]
-        loss = F.binary_cross_entropy_with_logits(logits, label, reduction="sum")
-        prob = torch.sigmoid(logits)
-        sums += torch.stack([loss.double().cpu(), ((prob > 0.5).float() == label).sum().double().cpu(),
-                             torch.tensor(float(label.numel()), dtype=torch.float64), label.sum().double().cpu()])
-        bins = (prob.clamp(0, 1 - 1e-9) * _BINS).long().cpu()
-        for cls in (0, 1):
-            hist[cls] += torch.bincount(bins[label.cpu() == cls], minlength=_BINS).double()
-    total = engine.allreduce_sum(torch.cat([sums, hist.flatten()]))
-    loss_sum, correct, rows, positives = total[:4].tolist()
-    neg, pos = total[4:].view(2, _BINS)
-    prior = positives / max(rows, 1)
-    return {
-        "loss": loss_sum / max(rows, 1),
-        "accuracy": correct / max(rows, 1),
-        "auc": _auc_from_histograms(neg, pos),
-        "rows": int(rows),
-        "baseline_accuracy": max(prior, 1 - prior),
-        "baseline_loss": -(prior * math.log(max(prior, 1e-12)) + (1 - prior) * math.log(max(1 - prior, 1e-12))),
-    }
-
-
-def _auc_from_histograms(neg: torch.Tensor, pos: torch.Tensor) -> float:
-    """P(score_pos > score_neg), ties within a bin counted half (exact up to the bin width)."""
-    if neg.sum() == 0 or pos.sum() == 0:
-        return float("nan")
-    neg_below = torch.cumsum(neg, 0) - neg
-    wins = (pos * (neg_below + 0.5 * neg)).sum()
-    return float(wins / (pos.sum() * neg.sum()))
-
-
-def _headline(val: dict) -> str:
-    return (f"accuracy {val['accuracy']:.4f} (baseline {val['baseline_accuracy']:.4f}) auc {val['auc']:.4f}")
+            outputs = model(*model_inputs(batch)).float()
+        sums += task.metric_sums(outputs, batch["label"])
+    return task.finalize(engine.allreduce_sum(sums))
 
 
 class _Progress:

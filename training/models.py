@@ -1,7 +1,9 @@
 """Built-in models for tabular data, and loading a user model by import path.
 
-Every model takes `(num, cat)`: float features [B, N] and category indices [B, C], and returns
-one logit (or regression value) per row. Models also expose `layers()`, an ordered list of
+Every model takes `(num, cat)`: float features [B, N] and category indices [B, C], and, when the
+dataset has role 'array' columns, a third argument `arr`: float32 [B, sum of array_length], the array
+columns side by side in the manifest's order (`model_inputs`). It returns one output per row ([B] or
+[B, 1]: a logit, or a regression value), or [B, K] logits for a K-class task. Models also expose `layers()`, an ordered list of
 modules whose composition is the forward pass: that list is what layer splitting cuts into
 pipeline stages.
 """
@@ -13,22 +15,27 @@ import torch
 from torch import nn
 
 
-class _Embed(nn.Module):
-    """Category embeddings concatenated with the numeric features."""
+def model_inputs(batch: dict) -> tuple[torch.Tensor, ...]:
+    """The model's positional inputs from a batch: (num, cat), plus arr when the dataset has array columns."""
+    return (batch["num"], batch["cat"], batch["arr"]) if "arr" in batch else (batch["num"], batch["cat"])
 
-    def __init__(self, num_numeric: int, cardinalities: list[int], dim: int):
+
+class _Embed(nn.Module):
+    """Category embeddings concatenated with the numeric features and the array features."""
+
+    def __init__(self, num_numeric: int, cardinalities: list[int], dim: int, array_width: int = 0):
         super().__init__()
         self.tables = nn.ModuleList(nn.Embedding(card, dim) for card in cardinalities)
-        self.out_features = num_numeric + dim * len(cardinalities)
+        self.out_features = num_numeric + array_width + dim * len(cardinalities)
 
-    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        num, cat = inputs
-        parts = [num] + [table(cat[:, i]) for i, table in enumerate(self.tables)]
+    def forward(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        num, cat, *arr = inputs
+        parts = [num, *arr] + [table(cat[:, i]) for i, table in enumerate(self.tables)]
         return torch.cat(parts, dim=1)
 
 
 class _Sequential(nn.Module):
-    """forward = layers applied in order; the first takes the (num, cat) pair."""
+    """forward = layers applied in order; the first takes the tuple (num, cat[, arr])."""
 
     def __init__(self, layers: list[nn.Module]):
         super().__init__()
@@ -37,8 +44,8 @@ class _Sequential(nn.Module):
     def layers(self) -> list[nn.Module]:
         return list(self.body)
 
-    def forward(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
-        x = (num, cat)
+    def forward(self, num: torch.Tensor, cat: torch.Tensor, arr: torch.Tensor | None = None) -> torch.Tensor:
+        x = (num, cat) if arr is None else (num, cat, arr)
         for layer in self.body:
             x = layer(x)
         return x.squeeze(-1)
@@ -46,14 +53,15 @@ class _Sequential(nn.Module):
 
 class TabularMLP(_Sequential):
     def __init__(self, num_numeric: int, cardinalities: list[int], *, embedding_dim: int = 8,
-                 hidden: list[int] = (128, 64), dropout: float = 0.0, **_: object):
-        embed = _Embed(num_numeric, cardinalities, embedding_dim)
+                 hidden: list[int] = (128, 64), dropout: float = 0.0, array_width: int = 0, num_outputs: int = 1,
+                 **_: object):
+        embed = _Embed(num_numeric, cardinalities, embedding_dim, array_width)
         layers: list[nn.Module] = [embed]
         width = embed.out_features
         for h in hidden:
             layers.append(nn.Sequential(nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)))
             width = h
-        layers.append(nn.Linear(width, 1))
+        layers.append(nn.Linear(width, num_outputs))
         super().__init__(layers)
 
 
@@ -71,23 +79,34 @@ class ResidualMLP(_Sequential):
     """A deeper model: embeddings, then `num_blocks` pre-norm residual feed-forward blocks."""
 
     def __init__(self, num_numeric: int, cardinalities: list[int], *, embedding_dim: int = 8,
-                 width: int = 256, num_blocks: int = 4, dropout: float = 0.0, **_: object):
-        embed = _Embed(num_numeric, cardinalities, embedding_dim)
+                 width: int = 256, num_blocks: int = 4, dropout: float = 0.0, array_width: int = 0,
+                 num_outputs: int = 1, **_: object):
+        embed = _Embed(num_numeric, cardinalities, embedding_dim, array_width)
         layers: list[nn.Module] = [nn.Sequential(embed, nn.Linear(embed.out_features, width))]
         layers += [_ResidualBlock(width, dropout) for _ in range(num_blocks)]
-        layers.append(nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 1)))
+        layers.append(nn.Sequential(nn.LayerNorm(width), nn.Linear(width, num_outputs)))
         super().__init__(layers)
 
 
 BUILT_IN = {"tabular_mlp": TabularMLP, "residual_mlp": ResidualMLP}
 
 
-def build_model(model_cfg: dict, num_numeric: int, cardinalities: list[int]) -> nn.Module:
-    """`model_cfg` is the plain `train.model` section; name is built in or 'package.module:factory'."""
+def build_model(model_cfg: dict, num_numeric: int, cardinalities: list[int], *, array_width: int = 0,
+                num_outputs: int = 1) -> nn.Module:
+    """`model_cfg` is the plain `train.model` section; name is built in or 'package.module:factory'.
+
+    A user factory is called as factory(num_numeric=, cardinalities=, **model keys), plus
+    array_width= (the width of `arr`) when the dataset has array columns and num_outputs= (the number
+    of classes) for multiclass: factories written for numeric and categorical binary data keep working."""
     name = model_cfg["name"]
     params = {k: v for k, v in model_cfg.items() if k != "name"}
     if name in BUILT_IN:
-        return BUILT_IN[name](num_numeric, cardinalities, **params)
+        return BUILT_IN[name](num_numeric, cardinalities, array_width=array_width, num_outputs=num_outputs,
+                              **params)
+    if array_width:
+        params["array_width"] = array_width
+    if num_outputs != 1:
+        params["num_outputs"] = num_outputs
     if ":" not in name:
         raise ValueError(f"train.model.name {name!r} is neither built in ({', '.join(BUILT_IN)}) "
                          f"nor an import path 'package.module:factory'")

@@ -19,8 +19,8 @@ fraction (K-1)/(M+K-1) of the step (the "bubble"); `trace=True` measures the rea
 Data parallelism across ranks is unchanged: the engine averages the accumulated gradients once
 per optimizer step (`Engine.wrap(..., pipelined=True)`).
 
-Contract for a model: `model.layers()` returns modules whose composition, applied to the pair
-`(num, cat)`, gives the logits as [B, 1] (the model's own forward squeezes the last dim).
+Contract for a model: `model.layers()` returns modules whose composition, applied to the tuple
+`(num, cat)` (or `(num, cat, arr)`, see training.models), gives the outputs as [B, 1] or [B, K] (the model's own forward squeezes the last dim).
 Autocast and the RNG are per thread, so each stage enters autocast itself; with dropout on a
 shared CPU device the order in which stage threads draw masks is not fixed (on GPUs each stage
 has its own device generator).
@@ -115,26 +115,26 @@ class PipelineModel(nn.Module):
     def num_stages(self) -> int:
         return len(self.stages)
 
-    def forward(self, num: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         """Plain sequential forward across the stages' devices (validation, export)."""
-        x = (num.to(self.devices[0]), cat.to(self.devices[0]))
+        x = tuple(t.to(self.devices[0]) for t in inputs)
         for stage, device in zip(self.stages, self.devices):
             x = stage(_to(x, device))
         return x.squeeze(-1)
 
-    def forward_backward(self, num: torch.Tensor, cat: torch.Tensor, label: torch.Tensor,
+    def forward_backward(self, inputs: tuple[torch.Tensor, ...], label: torch.Tensor,
                          loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, scale: float = 1.0,
                          autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                          poison: bool = False, trace: bool = False) -> torch.Tensor:
         """One GPipe step: forward and backward of every micro-batch; gradients accumulate in .grad.
 
-        Returns the batch's mean loss (detached, on CPU). `loss_fn(logits, label)` is a mean over
+        `inputs` are the model's inputs (num, cat[, arr]). Returns the batch's mean loss (detached, on CPU). `loss_fn(logits, label)` is a mean over
         its rows; micro-batch m's loss is weighted by rows_m / rows, then by `scale` (1 / the
         gradient-accumulation count) before backward. `poison` multiplies the loss by NaN (tests).
         """
         k, rows = self.num_stages, label.shape[0]
         m = min(self.micro_batches, rows)
-        chunks = list(zip(torch.tensor_split(num, m), torch.tensor_split(cat, m), torch.tensor_split(label, m)))
+        chunks = list(zip(*[torch.tensor_split(t, m) for t in (*inputs, label)]))
         fwd = [queue.Queue() for _ in range(k)]   # fwd[i]: inputs of stage i
         bwd = [queue.Queue() for _ in range(k)]   # bwd[i]: gradients of stage i's outputs
         abort = threading.Event()
@@ -159,7 +159,7 @@ class PipelineModel(nn.Module):
                     with autocast():
                         out = stage(x_in)
                     if last:
-                        target = chunks[micro][2].to(device)
+                        target = chunks[micro][-1].to(device)
                         loss = loss_fn(out.squeeze(-1).float(), target) * (target.shape[0] / rows)
                         if poison:
                             loss = loss * float("nan")
@@ -191,8 +191,8 @@ class PipelineModel(nn.Module):
                    for i in range(k)]
         for t in threads:
             t.start()
-        for x_num, x_cat, _ in chunks:
-            fwd[0].put((x_num, x_cat))
+        for *x, _ in chunks:
+            fwd[0].put(tuple(x))
         for t in threads:
             t.join()
         if errors:

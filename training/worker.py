@@ -30,8 +30,10 @@ from ringtrain.schema import build, to_dict
 from ringtrain.training.artifact import publish_model, write_metrics
 from ringtrain.training.data import Columns, open_reader, plan_reading
 from ringtrain.training.engines import make_engine, unwrap
-from ringtrain.training.loop import Hooks, fit
+from ringtrain.training.checkpoint import load_best
+from ringtrain.training.loop import FaultInjector, Heartbeat, fit
 from ringtrain.training.models import build_model
+from ringtrain.training.tasks import make_task
 from ringtrain.training.pipeline import PipelineModel, stage_devices
 
 RESULT_PREFIX = "RINGTRAIN_RESULT "
@@ -78,9 +80,12 @@ def _train(cfg: TrainConfig, spec: dict, engine, device: torch.device) -> dict:
     train_reader = open_reader(cfg.reader, train_plan, cols, cfg.batch_size, cfg.seed, engine.rank)
     val_reader = open_reader(cfg.reader, val_plan, cols, 4096, cfg.seed, engine.rank)
 
+    task = make_task(manifest["features"], cfg)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank, before any broadcast
     cards = list(manifest["features"]["categorical_cardinalities"].values())
-    model = build_model(to_dict(cfg.model), len(cols.numeric), cards).to(device)
+    model = build_model(to_dict(cfg.model), len(cols.numeric), cards,
+                        array_width=sum(length for _, length in cols.arrays),
+                        num_outputs=task.num_outputs).to(device)
     if cfg.pipeline.stages > 1:  # layer splitting inside this rank; data parallelism across ranks
         devices = stage_devices(device, cfg.pipeline.stages, engine.local_rank,
                                 bool(os.environ.get("RINGTRAIN_TASK_GPUS")))
@@ -93,24 +98,30 @@ def _train(cfg: TrainConfig, spec: dict, engine, device: torch.device) -> dict:
     optimizer = (torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw"
                  else torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay))
     # A fault (tests only) travels in the spec: Spark's Python workers do not see the driver's environment.
-    hooks = Hooks(os.environ.get("RINGTRAIN_HEARTBEAT"), spec.get("fault") or os.environ.get("RINGTRAIN_FAULT"), engine.rank,
-                  int(spec.get("attempt", 0)))
+    faults = FaultInjector.from_spec(spec.get("fault") or os.environ.get("RINGTRAIN_FAULT"), engine.rank,
+                                     int(spec.get("attempt", 0)))
     on_epoch = (lambda state: write_metrics(paths, state.history)) if paths.get("metrics_path") else None
-    state = fit(cfg, engine, model, optimizer, train_reader, val_reader, device, paths["checkpoint_dir"], hooks,
-                on_epoch=on_epoch)
+    state = fit(cfg, engine, model, optimizer, task, train_reader, val_reader, device, paths["checkpoint_dir"],
+                heartbeat=Heartbeat(os.environ.get("RINGTRAIN_HEARTBEAT")), faults=faults, on_epoch=on_epoch)
     final = unwrap(model)
+    best = state.history[state.best_epoch] if state.history else {}
     result = {
         "rank": engine.rank, "size": engine.size, "engine": cfg.engine, "device": str(device),
         "param_sha256": param_digest(final), "epochs_run": state.epoch, "opt_steps": state.opt_step,
         "batches_run": state.batches_run, "steps_per_epoch": train_plan.steps_per_epoch,
         "skipped_steps": state.skipped_steps,
         "overflow_steps": state.overflow_steps, "stopped_early": state.stopped_early,
-        "metrics": state.history[-1] if state.history else {}, "seconds": round(time.time() - started, 2),
+        # The best epoch's (train.monitor): the artifact holds its weights.
+        "metrics": best, "best_epoch": state.best_epoch, "monitor": to_dict(cfg.monitor),
+        "seconds": round(time.time() - started, 2),
         "train_seconds": round(state.train_seconds, 3), "train_samples": state.train_samples,
     }
     if engine.rank == 0 and paths.get("model_dir"):
         example = next(iter(val_reader.all_rows()))
-        publish_model(paths, final, example, manifest, spec, state.history)
+        kept = load_best(paths["checkpoint_dir"])
+        if kept is not None:
+            final.load_state_dict(kept["model"])  # after param_sha256: that one proves the ranks agree
+        publish_model(paths, final, example, manifest, spec, state, task)
     return result
 
 
