@@ -7,9 +7,10 @@ good row. Reasons, first match wins, in this order:
   derived:<col>      a derived column (etl.derived) whose value does not cast to its type, or is null
                      where the column is not nullable (its expression failed, or an input was null)
   null:<col>         a null in a column declared nullable: false (the label and key are never nullable)
-  nonfinite:<col>    NaN or +-inf in a numeric or array feature
+  nonfinite:<col>    NaN or +-inf in a numeric or array feature, or in a regression label
   bad_length:<col>   an array whose length differs from array_length
   bad_label          a label outside etl.label.values
+  (later, in etl.pipeline: unseen_label, a class the train split lacks, when multiclass classes are fitted)
 """
 from __future__ import annotations
 
@@ -57,9 +58,8 @@ def parse_and_validate(df: DataFrame, columns: list[ColumnSpec], label: LabelCon
     nulls, values = [], []
     for spec in columns:
         col = F.col(spec.name)
-        if spec.name in derived_names:
-            continue  # its nulls are reported as derived:<name> (below)
-        if not spec.nullable or spec.name in (label.column, key):
+        # A derived column's nulls are reported as derived:<name> (see _with_derived).
+        if spec.name not in derived_names and (not spec.nullable or spec.name in (label.column, key)):
             nulls.append((col.isNull(), F.lit(f"null:{spec.name}")))
         if spec.role in ("numeric", "array") and spec.type in _NUMERIC + ("array<float>",):
             if spec.type == "array<float>":
@@ -68,7 +68,10 @@ def parse_and_validate(df: DataFrame, columns: list[ColumnSpec], label: LabelCon
                 values.append((col.isNotNull() & (F.size(col) != spec.array_length),
                                F.lit(f"bad_length:{spec.name}")))
             elif spec.type in ("double", "float"):
-                values.append((F.isnan(col) | (F.abs(col) == float("inf")), F.lit(f"nonfinite:{spec.name}")))
+                values.append((_nonfinite(col), F.lit(f"nonfinite:{spec.name}")))
+        elif spec.name == label.column and label.task == "regression" and spec.type in ("double", "float"):
+            # A NaN target would make the loss NaN on every step that reads it.
+            values.append((_nonfinite(col), F.lit(f"nonfinite:{spec.name}")))
     if label.values is not None:
         values.append((F.col(label.column).isNotNull() & ~F.col(label.column).cast("string").isin(*label.values),
                        F.lit("bad_label")))
@@ -108,6 +111,10 @@ def _with_derived(typed: DataFrame, columns: list[ColumnSpec], derived: list[Der
     # The checks read the source columns, so they are evaluated in the same select as the values.
     checked = typed.select(*out, F.col(CORRUPT), F.col(REASON), _first_reason(checks).alias(_DERIVED_REASON))
     return checked, [(F.col(_DERIVED_REASON).isNotNull(), F.col(_DERIVED_REASON))]
+
+
+def _nonfinite(col: Column) -> Column:
+    return F.isnan(col) | (F.abs(col) == float("inf"))
 
 
 def _first_reason(checks: list[tuple[Column, Column]]) -> Column:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ringtrain.config import TrainConfig
+from ringtrain.errors import DatasetError
 
 _BINS = 200  # score histogram bins for the binary AUC (exact up to the bin width)
 
@@ -227,6 +228,9 @@ def make_task(features: dict, train: TrainConfig):
     stats = features.get("label_stats") or {}
     weights = None
     if train.class_weight == "balanced":
+        if "counts" not in stats:
+            raise DatasetError("train.class_weight: balanced needs the per-class row counts that the ETL records "
+                               "since etl.label.task exists; rebuild the dataset (ringtrain etl --force)")
         weights = balanced_weights(stats["counts"])
     if name == "binary":
         return BinaryTask(class_weights=weights, label_values=features.get("label_values"))
