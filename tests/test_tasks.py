@@ -193,6 +193,7 @@ def cli_run(tmp_path, task):
     with open(os.path.join(train["model_dir"], "artifact.json")) as f:
         artifact = json.load(f)
     assert artifact["inputs"]["arr"] == {"columns": ["emb"], "lengths": [4], "dtype": "float32"}
+    print(task, "validation metrics:", ranks[0]["metrics"])  # shown by pytest -rA
     return etl, ranks[0]["metrics"], artifact, train
 
 
@@ -219,7 +220,8 @@ def test_regression_run_through_the_cli_beats_the_train_mean_and_uses_the_array_
     assert artifact["output"]["standardized"] is True
     # The array feature reached the model: changing only it changes the exported model's predictions.
     program = torch.export.load(os.path.join(train["model_dir"], "model.pt2")).module()
-    num, cat = torch.zeros(4, 3), torch.full((4, 1), 2, dtype=torch.long)
+    num = torch.zeros(4, len(artifact["inputs"]["num"]["columns"]))  # x1..x3 and their __missing flags
+    cat = torch.full((4, 1), 2, dtype=torch.long)
     arr = torch.zeros(4, 4)
     shifted = arr.clone()
     shifted[:, 2] = 1.0  # emb[2] carries 2 * label units of signal
