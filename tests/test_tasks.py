@@ -1,9 +1,18 @@
 """Tasks (binary, multiclass, regression), the best epoch, array features: pure logic first, then real runs."""
+import dataclasses
+import json
 import math
+import os
+import subprocess
+import sys
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
+import yaml
 
+from conftest import ROOT, demo_config
 from ringtrain.config import Config, MonitorConfig
 from ringtrain.errors import ConfigError
 from ringtrain.schema import build
@@ -114,18 +123,6 @@ def test_config_errors_name_the_key(data, message):
 # ---------------------------------------------------------------------------------------------------------
 # Real runs: Spark ETL, the CLI, the launcher.
 
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-
-from conftest import ROOT, demo_config  # noqa: E402
-
 BIN = os.path.dirname(sys.executable)
 COLORS = ["red", "green", "blue", "black"]
 
@@ -148,7 +145,7 @@ def write_tabular(folder: str, rows: int, seed: int) -> None:
 
 
 def tabular_config(root: str, task: str) -> str:
-    label_column, other = ("cls", "target") if task == "multiclass" else ("target", "cls")
+    label_column = "cls" if task == "multiclass" else "target"
     label = {"column": label_column, "task": task}
     if task == "regression":
         label["standardize"] = True
@@ -168,7 +165,6 @@ def tabular_config(root: str, task: str) -> str:
         "train": {"engine": "horovod", "num_workers": 2, "epochs": 4, "batch_size": 64, "lr": 0.003,
                   "model": {"hidden": [32, 16]}},
     }
-    del other
     path = os.path.join(root, f"{task}.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(cfg, f)

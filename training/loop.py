@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from ringtrain.config import TrainConfig
 from ringtrain.training.checkpoint import load_latest, save_best, save_checkpoint
