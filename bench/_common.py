@@ -53,19 +53,12 @@ def warn_if_busy(info: dict) -> None:
 
 def spark_session(cores: int = 2):
     """A local[cores] session like the tests' (UI off, scratch dirs under bench/.data)."""
-    from pyspark.sql import SparkSession
+    from ringtrain.config import SparkConfig
+    from ringtrain.spark import get_spark, scratch_conf
     tmp = os.path.join(DATA, "spark")
     os.makedirs(tmp, exist_ok=True)
-    session = (SparkSession.builder.master(f"local[{cores}]").appName("ringtrain-bench")
-               .config("spark.ui.enabled", "false")
-               .config("spark.ui.showConsoleProgress", "false")
-               .config("spark.sql.shuffle.partitions", "8")
-               .config("spark.dynamicAllocation.enabled", "false")
-               .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-               .config("spark.sql.warehouse.dir", os.path.join(tmp, "warehouse"))
-               .config("spark.local.dir", os.path.join(tmp, "local"))
-               .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={tmp}")
-               .getOrCreate())
+    conf = {**scratch_conf(tmp), "spark.sql.shuffle.partitions": "8"}
+    session = get_spark(SparkConfig(master=f"local[{cores}]", app_name="ringtrain-bench", conf=conf))
     session.sparkContext.setLogLevel("ERROR")
     return session
 

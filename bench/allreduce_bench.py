@@ -111,16 +111,19 @@ def rank_main(args) -> None:
 # ----------------------------------------------------------------------------- the parent
 
 def run_ranks(args, argv: list[str]) -> list[dict]:
-    from ringtrain.training.launcher import _free_port, _placement, _start_rendezvous, _worker_env
+    from ringtrain.training.environment import RankEnvironment, free_port
+    from ringtrain.training.launcher import _placement, _rendezvous_env, _start_rendezvous
     host = "127.0.0.1"
     hosts = [host, host]
     placement = _placement(hosts)
     server, hvd_port = _start_rendezvous(host, hosts, placement)
-    torch_port = _free_port(host)
+    torch_port = free_port(host)
     procs = []
     try:
         for rank in range(2):
-            env = {**os.environ, **_worker_env("horovod", rank, 2, hosts, placement, {"addr": host, "port": hvd_port}),
+            rank_env = RankEnvironment(rank=rank, size=2, local_rank=placement[rank][0], local_size=placement[rank][1])
+            rendezvous = _rendezvous_env("horovod", rank_env, hosts, placement, {"addr": host, "port": hvd_port})
+            env = {**os.environ, **rank_env.to_environ(), **rendezvous,
                    "MASTER_ADDR": host, "MASTER_PORT": str(torch_port), "PYTHONUNBUFFERED": "1"}
             cmd = [sys.executable, os.path.abspath(__file__), "--rank-child"] + argv
             procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True))

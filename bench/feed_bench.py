@@ -50,6 +50,7 @@ def main(argv=None) -> int:
     from ringtrain.schema import to_dict
     from ringtrain.training.data import Columns, open_reader, plan_reading, prefetch
     from ringtrain.training.models import build_model
+    from ringtrain.training.optimizer import make_optimizer
 
     torch.set_num_threads(1)
     cpu = torch.device("cpu")
@@ -74,8 +75,7 @@ def main(argv=None) -> int:
     cards = list(manifest["features"]["categorical_cardinalities"].values())
     model = build_model(to_dict(cfg.train.model), len(cols.numeric), cards)
     t = cfg.train
-    optimizer = (torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay) if t.optimizer == "adamw"
-                 else torch.optim.SGD(model.parameters(), lr=t.lr, momentum=0.9, weight_decay=t.weight_decay))
+    optimizer = make_optimizer(t, model.parameters())
     model.train()
 
     def train(steps) -> tuple[int, float]:

@@ -37,10 +37,9 @@ def parse_args(argv=None):
 
 
 def one_launch(sc, cfg, dataset_dir: str, engine: str, workers: int, args, tag: str) -> dict:
-    from ringtrain.schema import to_dict
     from ringtrain.store import RunStore
     from ringtrain.training.launcher import launch
-    from ringtrain.training.worker import make_spec
+    from ringtrain.training.spec import WorkerSpec
     run_cfg = bench_config(cfg.store.root, cfg.demo.rows, [
         f"train.engine={engine}", f"train.num_workers={workers}", "train.threads_per_worker=1",
         f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}", f"train.reader={args.reader}",
@@ -49,11 +48,10 @@ def one_launch(sc, cfg, dataset_dir: str, engine: str, workers: int, args, tag: 
     # No model artifact and no metrics file: rank 0 would export the model after the timed part anyway,
     # but it only adds wall time. A fresh run folder each launch, so nothing resumes.
     paths = {**store.paths(), "model_dir": None, "metrics_path": None}
-    spec = make_spec(to_dict(run_cfg.train), dataset_dir, paths)
+    spec = WorkerSpec(train=run_cfg.train, dataset_dir=dataset_dir, paths=paths, run_id=store.run_id)
     started = time.time()
     try:
-        results = launch(sc, spec, num_workers=workers, engine=engine, gpus_per_worker=0, max_attempts=1,
-                         hang_timeout_s=600.0)
+        results = launch(sc, spec)
     finally:
         wall = time.time() - started
         shutil.rmtree(store.run_dir, ignore_errors=True)

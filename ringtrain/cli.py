@@ -1,7 +1,8 @@
 """`ringtrain etl|train|demo --config FILE [--set key=value ...]`.
 
 The same jobs run under spark-submit through jobs/*.py; this is the door for local use and schedulers.
-Exit codes: 0 done, 2 bad configuration or input (the message says what to fix), 1 anything else.
+Exit codes: 0 done, 2 bad configuration, model or input (the message says what to fix), 130 interrupted
+by the user (Ctrl-C, or the job cancelled in the Spark UI; the message says how to resume), 1 anything else.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import os
 import sys
 
 from ringtrain.config import load_config
-from ringtrain.errors import TrainingFailed, UserError
+from ringtrain.errors import TrainingFailed, TrainingInterrupted, UserError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -52,6 +53,9 @@ def run(command: str, args: argparse.Namespace) -> int:
             summary = jobs.demo_job(cfg)
     except UserError as exc:
         print(f"ringtrain {command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except TrainingInterrupted as exc:
+        print(f"ringtrain {command}: {exc}", file=sys.stderr)
         return exc.exit_code
     except TrainingFailed as exc:
         print(f"ringtrain {command}: {exc}", file=sys.stderr)

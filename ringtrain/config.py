@@ -17,6 +17,8 @@ import yaml
 from ringtrain.schema import ConfigError, build, check
 
 ColumnType = Literal["double", "float", "int", "long", "string", "boolean", "array<float>"]
+BUILT_IN_MODELS = ("tabular_mlp", "residual_mlp")
+"""The models of ringtrain.training.models, by `train.model.name` (listed here: the core imports no torch)."""
 ColumnRole = Literal["numeric", "categorical", "hashed", "array", "label", "key", "ignore"]
 
 
@@ -252,8 +254,8 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        check(self.name in ("tabular_mlp", "residual_mlp") or re.fullmatch(r"[\w.]+:\w+", self.name) is not None,
-              "train.model.name", f"{self.name!r} is neither built in (tabular_mlp, residual_mlp) nor an "
+        check(self.name in BUILT_IN_MODELS or re.fullmatch(r"[\w.]+:\w+", self.name) is not None,
+              "train.model.name", f"{self.name!r} is neither built in ({', '.join(BUILT_IN_MODELS)}) nor an "
               f"import path 'package.module:factory'")
         check(0.0 <= self.dropout < 1.0, "train.model.dropout", "must be in [0, 1)")
 
@@ -315,6 +317,9 @@ class TrainConfig:
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     """auto: bf16 autocast on GPUs that support it, fp16 with loss scaling on older ones (V100, T4), off on CPU."""
     reader: Literal["petastorm", "arrow"] = "petastorm"
+    verify_shards: Literal["footer", "full"] = "footer"
+    """What each rank checks of its shards against the manifest when it opens them. footer: the file size and
+    the Parquet footer (rows, row groups); full: also the sha256 of every byte (reads each shard once more)."""
     seed: int = 0
     checkpoint_every_steps: int = 0
     """0: checkpoint at the end of every epoch only."""

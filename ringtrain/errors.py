@@ -2,7 +2,8 @@
 
 `UserError` and its subclasses are problems the user must fix (a config value, the data, the cluster's
 size): the doors print the message, which names the problem and the fix, and exit 2. Retrying cannot
-help, so the training launcher never retries them. Anything else is a failure (exit 1).
+help, so the training launcher never retries them. A user's interrupt is `TrainingInterrupted` (exit 130,
+never retried). Anything else is a failure (exit 1).
 """
 from __future__ import annotations
 
@@ -37,5 +38,21 @@ class NotEnoughSlots(UserError, RuntimeError):
     """The cluster cannot run all barrier tasks at once."""
 
 
+class ModelContractError(UserError, ValueError):
+    """The model cannot be built, or its output or `layers()` breaks the contract the loop relies on."""
+
+
+class RankRefused(UserError):
+    """A rank stopped on a problem the user must fix (configuration, model contract, data). Retrying the
+    same spec would fail the same way, so the launcher does not retry."""
+
+
 class TrainingFailed(RuntimeError):
     """Every launch attempt failed; the message holds the root cause and where the logs are. Exit 1."""
+
+
+class TrainingInterrupted(Exception):
+    """The user stopped the run (Ctrl-C, or the job cancelled in the Spark UI): not a failure, never retried.
+    The message says how to resume. Exit 130, the shell's code for SIGINT."""
+
+    exit_code = 130

@@ -15,9 +15,10 @@ from ringtrain.config import Config, MonitorConfig
 from ringtrain.schema import ConfigError, to_dict
 from ringtrain.spark import get_spark
 from ringtrain.store import RunStore
+from ringtrain.training.contract import dry_run
 from ringtrain.training.launcher import launch
+from ringtrain.training.spec import WorkerSpec
 from ringtrain.training.tasks import task_for_metrics
-from ringtrain.training.worker import make_spec
 
 log = logging.getLogger("ringtrain")
 
@@ -40,16 +41,15 @@ def train_job(cfg: Config, *, dataset_dir: str | None = None) -> dict:
     if dataset_dir is None:
         raise DatasetError(f"no published version of dataset {cfg.etl.dataset!r} under {store.root}/datasets; "
                            f"run `ringtrain etl --config ...` first")
-    load_manifest(dataset_dir)  # refuse an unpublished folder before any executor starts
+    # Refuse an unpublished folder, and a model that breaks the contract, in seconds and before any executor starts.
+    dry_run(cfg.train, dataset_dir, load_manifest(dataset_dir))
+    spec = WorkerSpec(train=cfg.train, dataset_dir=dataset_dir, paths=store.paths(), run_id=store.run_id,
+                      config=to_dict(cfg))
     started = time.time()
     spark = get_spark(cfg.spark, barrier_slots=cfg.train.num_workers)
     try:
         spark_s = time.time() - started
-        spec = make_spec(to_dict(cfg.train), dataset_dir, store.paths(), config=to_dict(cfg))
-        t = cfg.train
-        results = launch(spark.sparkContext, spec, num_workers=t.num_workers, engine=t.engine,
-                         gpus_per_worker=t.gpus_per_worker, max_attempts=t.max_attempts,
-                         hang_timeout_s=t.hang_timeout_s)
+        results = launch(spark.sparkContext, spec)
     finally:
         spark.stop()
     return {"run_dir": store.run_dir, "model_dir": store.model_dir, "dataset_dir": dataset_dir,

@@ -28,3 +28,11 @@ def get_spark(cfg: SparkConfig, *, barrier_slots: int = 0) -> SparkSession:
     for key, value in {**defaults, **cfg.conf}.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
+
+
+def scratch_conf(folder: str) -> dict[str, str]:
+    """Settings for a throwaway session (tests, benchmarks): no UI, and Spark's scratch folders under `folder`."""
+    return {"spark.ui.enabled": "false", "spark.ui.showConsoleProgress": "false",
+            "spark.sql.warehouse.dir": os.path.join(folder, "warehouse"),
+            "spark.local.dir": os.path.join(folder, "local"),
+            "spark.driver.extraJavaOptions": f"-Dderby.system.home={folder}"}

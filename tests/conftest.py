@@ -1,6 +1,7 @@
 """Hermetic fixtures: one local[2] Spark session (UI off, temp dirs) and one small published dataset."""
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import sys
@@ -13,16 +14,10 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
-    from pyspark.sql import SparkSession
-    tmp = tmp_path_factory.mktemp("spark")
-    session = (SparkSession.builder.master("local[2]").appName("ringtrain-tests")
-               .config("spark.ui.enabled", "false")
-               .config("spark.sql.shuffle.partitions", "4")
-               .config("spark.sql.warehouse.dir", str(tmp / "warehouse"))
-               .config("spark.local.dir", str(tmp / "local"))
-               .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={tmp}")
-               .config("spark.ui.showConsoleProgress", "false")
-               .getOrCreate())
+    from ringtrain.config import SparkConfig
+    from ringtrain.spark import get_spark, scratch_conf
+    conf = {**scratch_conf(str(tmp_path_factory.mktemp("spark"))), "spark.sql.shuffle.partitions": "4"}
+    session = get_spark(SparkConfig(master="local[2]", app_name="ringtrain-tests", conf=conf))
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
@@ -49,34 +44,66 @@ def small_dataset(spark, tmp_path_factory):
     return cfg, summary["dataset_dir"]
 
 
+def _become_subreaper() -> str | None:
+    """Make this test process the reaper of orphans in its tree (Linux prctl PR_SET_CHILD_SUBREAPER), so a
+    worker left behind by a dead Spark task or CLI is still our descendant and the leak checks see it."""
+    try:
+        if ctypes.CDLL("libc.so.6", use_errno=True).prctl(36, 1) != 0:
+            return f"prctl(PR_SET_CHILD_SUBREAPER) failed, errno {ctypes.get_errno()}"
+    except OSError as exc:
+        return f"no prctl ({exc})"
+    return None
+
+
+_CANNOT_REAP = _become_subreaper()
+
+
+def _own_tree() -> list:
+    """The live processes of this test's tree: itself and all descendants, orphans included."""
+    import psutil
+    if _CANNOT_REAP:
+        raise RuntimeError(f"cannot check for leaked processes: {_CANNOT_REAP}")
+    me = psutil.Process()
+    alive = []
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.NoSuchProcess:  # ended while we looked: not a leak
+            pass
+    return alive
+
+
 def worker_processes() -> list:
-    """Live `training.worker` processes (to prove that failures leave none behind)."""
+    """Live `ringtrain.training.worker` processes in this test's tree (to prove that failures leave none)."""
     import psutil
     found = []
-    for p in psutil.process_iter(["cmdline"]):
+    for p in _own_tree():
         try:
-            if "ringtrain.training.worker" in " ".join(p.info["cmdline"] or []):
+            if "ringtrain.training.worker" in " ".join(p.cmdline()):
                 found.append(p)
-        except psutil.Error:
+        except psutil.NoSuchProcess:
             pass
     return found
 
 
 def listening_ports() -> set:
-    """TCP ports listening in this process tree: the tests, the Spark JVM, its Python workers and their
+    """TCP ports listening in this test's tree: the tests, the Spark JVM, its Python workers and their
     children (to prove that failures leave no rendezvous server or TCPStore behind). Spark's own
     `pyspark.daemon` processes (which fork the Python workers, and which Spark may restart after a
-    failed task) are left out; the workers they fork are not."""
+    failed task) are left out; the workers they fork are not. A process we may not inspect fails the
+    check instead of passing it."""
     import psutil
-    me = psutil.Process()
     ports = set()
-    for p in [me, *me.children(recursive=True)]:
+    for p in _own_tree():
         try:
             if "pyspark.daemon" in " ".join(p.cmdline()) and "pyspark.daemon" not in " ".join(p.parent().cmdline()):
                 continue
             ports |= {c.laddr.port for c in p.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
-        except psutil.Error:
+        except psutil.NoSuchProcess:
             pass
+        except psutil.AccessDenied as exc:
+            raise RuntimeError(f"cannot check the listening ports of {p}: {exc}") from exc
     return ports
 
 

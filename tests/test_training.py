@@ -10,23 +10,23 @@ import pytest
 import torch
 
 from conftest import ROOT, demo_config, listening_ports, worker_processes
-from ringtrain.schema import to_dict
+from ringtrain.errors import NotEnoughSlots, TrainingFailed
 from ringtrain.store import RunStore
-from ringtrain.training.launcher import NotEnoughSlots, TrainingFailed, launch
-from ringtrain.training.worker import make_spec
+from ringtrain.training.launcher import launch
+from ringtrain.training.spec import WorkerSpec
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
-def train(spark, small_dataset, tmp_path, run_id, overrides=(), fault=None, **launch_args):
+def worker_spec(small_dataset, store, overrides=(), fault=None):
     cfg, dataset_dir = small_dataset
     cfg = demo_config(cfg.store.root, list(overrides))
+    return WorkerSpec(train=cfg.train, dataset_dir=dataset_dir, paths=store.paths(), run_id=store.run_id, fault=fault)
+
+
+def train(spark, small_dataset, tmp_path, run_id, overrides=(), fault=None):
     store = RunStore.create(str(tmp_path), run_id).prepare()
-    spec = {**make_spec(to_dict(cfg.train), dataset_dir, store.paths()), "fault": fault}
-    t = cfg.train
-    args = dict(num_workers=t.num_workers, engine=t.engine, gpus_per_worker=0,
-                max_attempts=t.max_attempts, hang_timeout_s=t.hang_timeout_s)
-    return launch(spark.sparkContext, spec, **{**args, **launch_args}), store
+    return launch(spark.sparkContext, worker_spec(small_dataset, store, overrides, fault)), store
 
 
 def state_dict(store):
@@ -85,14 +85,13 @@ def test_hung_rank_fails_within_the_timeout_and_leaves_no_process(spark, small_d
 
 def test_too_few_slots_is_a_clear_error(spark, small_dataset, tmp_path):
     with pytest.raises(NotEnoughSlots, match="train.num_workers=3 barrier tasks need 3 task slots"):
-        train(spark, small_dataset, tmp_path, "slots", num_workers=3)
+        train(spark, small_dataset, tmp_path, "slots", ["train.num_workers=3"])
 
 
 def test_worker_runs_alone_outside_spark_with_world_size_1(small_dataset, tmp_path):
-    cfg, dataset_dir = small_dataset
     store = RunStore.create(str(tmp_path), "alone").prepare()
     spec_path = tmp_path / "spec.json"
-    spec_path.write_text(json.dumps(make_spec(to_dict(cfg.train), dataset_dir, store.paths())))
+    spec_path.write_text(worker_spec(small_dataset, store).to_json())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HOROVOD_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
     out = subprocess.run([sys.executable, "-m", "ringtrain.training.worker", str(spec_path)], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=300)

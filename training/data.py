@@ -14,6 +14,7 @@ Two readers sit behind `open_reader`: petastorm (the default) and a native pyarr
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import threading
@@ -21,9 +22,11 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from ringtrain import store
 from ringtrain.manifest import DatasetError, shard_paths
 
 
@@ -55,6 +58,43 @@ def plan_reading(dataset_dir: str, manifest: dict, split: str, rank: int, size: 
         f"split {split!r} has {len(files)} shards and {num_row_groups} row groups, fewer than {size} ranks: "
         f"some ranks would get no data. Rerun the ETL with etl.shards.max_world_size >= {size} "
         f"(or a smaller etl.shards.row_group_rows)")
+
+
+def verify_shards(dataset_dir: str, manifest: dict, split: str, files: list[str], *, checksum: bool) -> None:
+    """Check the shards this rank will read against the manifest: size and Parquet footer, and the sha256
+    when `checksum` (train.verify_shards: full). A damaged or replaced file fails here, naming itself,
+    instead of as a read error deep in an epoch (or not at all, when its bytes still parse)."""
+    expected = dict(zip(shard_paths(dataset_dir, manifest, split), manifest["splits"][split]["shards"]))
+    for path in files:
+        _verify_shard(path, expected[path], checksum)
+
+
+def _verify_shard(path: str, shard: dict, checksum: bool) -> None:
+    def mismatch(what: str) -> DatasetError:
+        return DatasetError(f"shard {path} does not match the dataset's manifest: {what}. The published version is "
+                            f"damaged; publish a fresh one (`ringtrain etl --force`) or train on another (--dataset)")
+
+    try:
+        with store.open_input(path) as f:
+            size = f.seek(0, os.SEEK_END)
+            if size != shard["bytes"]:
+                raise mismatch(f"{size} bytes, the manifest says {shard['bytes']}")
+            f.seek(0)
+            meta = pq.ParquetFile(f).metadata
+            if (meta.num_rows, meta.num_row_groups) != (shard["rows"], shard["row_groups"]):
+                raise mismatch(f"{meta.num_rows} rows in {meta.num_row_groups} row groups, the manifest says "
+                               f"{shard['rows']} in {shard['row_groups']}")
+            if checksum:
+                f.seek(0)
+                digest = hashlib.sha256()
+                while block := f.read(1 << 20):
+                    digest.update(block)
+                if digest.hexdigest() != shard["sha256"]:
+                    raise mismatch(f"sha256 {digest.hexdigest()}, the manifest says {shard['sha256']}")
+    except DatasetError:
+        raise
+    except (OSError, pa.ArrowException) as exc:
+        raise mismatch(f"unreadable ({type(exc).__name__}: {' '.join(str(exc).split())})") from exc
 
 
 @dataclass(frozen=True)

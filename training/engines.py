@@ -1,8 +1,8 @@
 """Horovod and torch.distributed behind one small interface; the loop never knows which it has.
 
-Both read rank and world size from the environment their launcher set (HOROVOD_RANK/SIZE from
-ringtrain's Spark launcher or horovodrun; RANK/WORLD_SIZE from ringtrain or torchrun). With no
-such variables they run alone, as a world of one.
+Both take their rank and world size from the `RankEnvironment` their launcher set (ringtrain's Spark
+launcher, torchrun or horovodrun; nothing: a world of one). Horovod also reads its rendezvous from
+HOROVOD_* and torch.distributed from MASTER_ADDR/PORT, which only the launchers set.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from datetime import timedelta
 from typing import Protocol
 
 import torch
+
+from ringtrain.training.environment import RankEnvironment, free_port
 
 
 class Engine(Protocol):
@@ -45,21 +47,17 @@ class Engine(Protocol):
     def shutdown(self) -> None: ...
 
 
-def _env_int(*names: str, default: int) -> int:
-    for name in names:
-        if os.environ.get(name):
-            return int(os.environ[name])
-    return default
-
-
 class HorovodEngine:
     name = "horovod"
 
-    def __init__(self) -> None:
+    def __init__(self, env: RankEnvironment) -> None:
         import horovod.torch as hvd  # imported here: DDP users need no Horovod build
         self.hvd = hvd
         hvd.init()
-        self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
+        self.rank, self.size, self.local_rank = env.rank, env.size, env.local_rank
+        if (hvd.rank(), hvd.size(), hvd.local_rank()) != (env.rank, env.size, env.local_rank):
+            raise RuntimeError(f"Horovod's rendezvous placed this process as rank {hvd.rank()}/{hvd.size()}, "
+                               f"local rank {hvd.local_rank()}, but its environment says {env}")
 
     manual: list | None = None  # parameters averaged explicitly (pipelined models)
 
@@ -107,15 +105,13 @@ class HorovodEngine:
 class TorchDDPEngine:
     name = "ddp"
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, env: RankEnvironment) -> None:
         import torch.distributed as dist
         self.dist, self.device = dist, device
-        self.rank = _env_int("RANK", default=0)
-        self.size = _env_int("WORLD_SIZE", default=1)
-        self.local_rank = _env_int("LOCAL_RANK", default=0)
+        self.rank, self.size, self.local_rank = env.rank, env.size, env.local_rank
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if self.size == 1:
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        if self.size == 1:  # alone: a store of its own on a free port
+            os.environ.setdefault("MASTER_PORT", str(free_port()))
         backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = timedelta(seconds=float(os.environ.get("RINGTRAIN_COLLECTIVE_TIMEOUT_S", "1800")))
         dist.init_process_group(backend, rank=self.rank, world_size=self.size, timeout=timeout)
@@ -178,21 +174,14 @@ def _grad(p: torch.Tensor) -> torch.Tensor:
     return p.grad
 
 
-def make_engine(name: str, device: torch.device) -> Engine:
+def make_engine(name: str, device: torch.device, env: RankEnvironment) -> Engine:
     if name == "horovod":
-        return HorovodEngine()
+        return HorovodEngine(env)
     if name == "ddp":
-        return TorchDDPEngine(device)
+        return TorchDDPEngine(device, env)
     raise ValueError(f"train.engine: unknown engine {name!r}; use 'horovod' or 'ddp'")
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
-
-
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 

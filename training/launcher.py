@@ -1,26 +1,30 @@
 """Run the training worker in Spark barrier tasks: set each task's environment, then get out of the way.
 
-Per attempt, one barrier stage of `num_workers` tasks:
+Per attempt, one barrier stage of `train.num_workers` tasks:
   1. every task shares its host address (allGather);
   2. task 0 starts the rendezvous: Horovod's HTTP rendezvous server bound to its cluster address
      (not all interfaces), or a free port for torch.distributed's TCPStore;
-  3. every task sets HOROVOD_* or RANK/WORLD_SIZE/MASTER_*, and CUDA_VISIBLE_DEVICES from its
-     Spark GPU resources, and runs `python -m ringtrain.training.worker` as a child process;
+  3. every task sets its `RankEnvironment` (rank, world size, local rank and size, its Spark GPUs)
+     and the engine's rendezvous variables, and runs `python -m ringtrain.training.worker` as a child;
   4. a watchdog kills the child when it stops reporting progress for `hang_timeout_s`; the child
      also dies with its parent (PR_SET_PDEATHSIG), so a killed task leaves no process behind.
 
 Spark does not retry a failed barrier result stage, so `launch` retries the whole stage up to
-`max_attempts` times; the workers resume from the run's last checkpoint.
+`max_attempts` times; the workers resume from the run's last checkpoint. Not every failure is
+retried: after a failed stage the driver reads the ranks' failure records (training.failure) and
+names the root cause. A user error on a rank (configuration, model contract, data) fails at once
+(`RankRefused`, exit 2), and a user's interrupt (Ctrl-C, a job cancelled in the Spark UI) stops the
+run (`TrainingInterrupted`, exit 130). Lost ranks or executors, hangs and other errors are retried.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,35 +34,99 @@ from collections import deque
 
 from pyspark import BarrierTaskContext, SparkContext
 
-from ringtrain.errors import ConfigError, NotEnoughSlots, TrainingFailed
+from ringtrain import store
+from ringtrain.errors import ConfigError, NotEnoughSlots, RankRefused, TrainingFailed, TrainingInterrupted
+from ringtrain.training import failure
+from ringtrain.training.environment import RankEnvironment, free_port
+from ringtrain.training.spec import WorkerSpec
 from ringtrain.training.worker import ERROR_PREFIX, RESULT_PREFIX
 
 log = logging.getLogger("ringtrain.launcher")
+_RECORD_WAIT_S = 3.0  # how long the driver waits for a failed rank's record written by its Spark task
+_CANCELLED = re.compile(r"Job \d+ cancelled")  # Spark's words for cancelAllJobs, the UI's kill, sc.stop()
 
 
-def launch(sc: SparkContext, spec: dict, *, num_workers: int, engine: str, gpus_per_worker: int,
-           max_attempts: int, hang_timeout_s: float) -> list[dict]:
-    """Run the worker on `num_workers` barrier tasks; return each rank's result, ordered by rank."""
-    check_slots(sc, num_workers)
-    check_gpus(sc, gpus_per_worker)
-    last_error = None
-    for attempt in range(max_attempts):
-        task_spec = json.dumps({**spec, "attempt": attempt})
-        settings = {"engine": engine, "gpus": gpus_per_worker, "hang_timeout_s": hang_timeout_s,
-                    "log_dir": spec["paths"]["log_dir"], "attempt": attempt}
-        started = time.time()
-        try:
-            rdd = sc.parallelize(range(num_workers), num_workers)
-            raw = rdd.barrier().mapPartitions(lambda _: _run_task(task_spec, settings)).collect()
-            results = sorted((json.loads(r) for r in raw), key=lambda r: r["rank"])
-            log.info("attempt %d finished in %.1fs", attempt + 1, time.time() - started)
-            return results
-        except Exception as exc:  # a failed barrier stage: Spark will not retry it, so we do
-            last_error = _short_error(exc)
-            log.warning("training attempt %d/%d failed after %.1fs: %s", attempt + 1, max_attempts,
-                        time.time() - started, last_error)
-    raise TrainingFailed(f"training failed in all {max_attempts} attempt(s); last error: {last_error}. "
-                         f"Per-rank logs: {spec['paths']['log_dir']}")
+def launch(sc: SparkContext, spec: WorkerSpec) -> list[dict]:
+    """Run the worker on `spec.train.num_workers` barrier tasks; return each rank's result, ordered by rank."""
+    t = spec.train
+    check_slots(sc, t.num_workers)
+    check_gpus(sc, t.gpus_per_worker)
+    log_dir = spec.paths["log_dir"]
+    failure.clear_records(log_dir)  # records of an earlier launch of this run_id are not about this one
+    last = None
+    with _interrupt_cancels_jobs(sc) as interrupted:
+        for attempt in range(t.max_attempts):
+            started = time.time()
+            try:
+                results = _run_attempt(sc, spec.for_attempt(attempt))
+                log.info("attempt %d finished in %.1fs", attempt + 1, time.time() - started)
+                return results
+            except KeyboardInterrupt:  # a second Ctrl-C while the first one's cancel was under way
+                raise _interrupted(spec, attempt) from None
+            except Exception as exc:  # a failed barrier stage: Spark will not retry it, so we may
+                cause = _root_cause(exc, log_dir, attempt)
+                if interrupted.is_set() or _CANCELLED.search(str(exc)) or cause.kind == "interrupted":
+                    raise _interrupted(spec, attempt) from None
+                log.warning("training attempt %d/%d failed after %.1fs: %s", attempt + 1, t.max_attempts,
+                            time.time() - started, cause.describe())
+                if cause.kind == "user":
+                    raise RankRefused(f"{cause.describe()}. Not retried: the same settings would fail the same "
+                                      f"way") from None
+                last = cause
+    raise TrainingFailed(f"training failed in all {t.max_attempts} attempt(s); last root cause: {last.describe()}. "
+                         f"Per-rank logs: {log_dir}")
+
+
+def _run_attempt(sc: SparkContext, spec: WorkerSpec) -> list[dict]:
+    task_spec = spec.to_json()
+    num_workers = spec.train.num_workers
+    rdd = sc.parallelize(range(num_workers), num_workers)
+    raw = rdd.barrier().mapPartitions(lambda _: _run_task(task_spec)).collect()
+    return sorted((json.loads(r) for r in raw), key=lambda r: r["rank"])
+
+
+def _root_cause(exc: Exception, log_dir: str, attempt: int) -> failure.Failure:
+    """The first rank to fail on its own, from the records; what Spark said when no rank left one."""
+    deadline = time.time() + _RECORD_WAIT_S
+    while True:
+        cause = failure.root_cause(failure.read_records(log_dir, attempt))
+        # A rank that died without a word gets its record from its Spark task, which may lag behind the
+        # records of the peers it left alone (kind "ring"): give it a moment.
+        if (cause is not None and cause.kind != "ring") or time.time() > deadline:
+            break
+        time.sleep(0.2)
+    if cause is None:  # no rank failed: a lost executor, a Spark or cluster error
+        return failure.Failure(rank=None, attempt=attempt, kind="error", message=_short_error(exc),
+                               failed_at=time.time())
+    return cause
+
+
+def _interrupted(spec: WorkerSpec, attempt: int) -> TrainingInterrupted:
+    return TrainingInterrupted(f"interrupted during attempt {attempt + 1}: stopped, not retried. Resume from the "
+                               f"last checkpoint with --set store.run_id={spec.run_id}")
+
+
+@contextlib.contextmanager
+def _interrupt_cancels_jobs(sc: SparkContext):
+    """Ctrl-C cancels the running Spark job and marks the run interrupted (so the failed stage that follows
+    is not retried); a second Ctrl-C raises KeyboardInterrupt at once. Signals reach the main thread only."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def on_sigint(signum, frame):
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+        log.warning("interrupted: cancelling the training job")
+        sc.cancelAllJobs()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def check_slots(sc: SparkContext, num_workers: int) -> None:
@@ -108,31 +176,31 @@ class RankFailed(RuntimeError):
     pass
 
 
-def _run_task(task_spec: str, settings: dict):
+def _run_task(task_spec: str):
+    spec = WorkerSpec.from_json(task_spec)
+    engine = spec.train.engine
     ctx = BarrierTaskContext.get()
     pid = ctx.partitionId()
     host = ctx.getTaskInfos()[pid].address.rsplit(":", 1)[0]
     hosts = [json.loads(x)["host"] for x in ctx.allGather(json.dumps({"host": host}))]
-    size = len(hosts)
     placement = _placement(hosts)
     server = None
     try:
         if pid == 0:
-            if settings["engine"] == "horovod":
+            if engine == "horovod":
                 server, port = _start_rendezvous(host, hosts, placement)
             else:
-                port = _free_port(host)
+                port = free_port(host)
             message = json.dumps({"addr": host, "port": port})
         else:
             message = ""
         rendezvous = json.loads(ctx.allGather(message)[0])
-        env = _worker_env(settings["engine"], pid, size, hosts, placement, rendezvous)
         gpus = ctx.resources().get("gpu")
-        if gpus is not None:
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus.addresses)
-            env["RINGTRAIN_TASK_GPUS"] = env["CUDA_VISIBLE_DEVICES"]
-        result = run_worker_process(task_spec, env, rank=pid, log_dir=settings["log_dir"],
-                                    attempt=settings["attempt"], hang_timeout_s=settings["hang_timeout_s"])
+        local_rank, local_size, _, _ = placement[pid]
+        rank_env = RankEnvironment(rank=pid, size=len(hosts), local_rank=local_rank, local_size=local_size,
+                                   task_gpus=tuple(gpus.addresses) if gpus is not None else None)
+        env = {**rank_env.to_environ(), **_rendezvous_env(engine, rank_env, hosts, placement, rendezvous)}
+        result = run_worker_process(task_spec, env, spec=spec, rank=pid)
         ctx.barrier()  # rank 0 keeps the rendezvous up until every rank is done with it
     finally:
         if server is not None:
@@ -168,44 +236,47 @@ def _start_rendezvous(host: str, hosts: list[str], placement):
     return server, server.server_address[1]
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def _rendezvous_env(engine: str, rank_env: RankEnvironment, hosts: list[str], placement,
+                    rendezvous: dict) -> dict:
+    """What the engine's own library reads to join the ring (the rank environment is set apart)."""
+    if engine != "horovod":
+        return {"MASTER_ADDR": rendezvous["addr"], "MASTER_PORT": str(rendezvous["port"])}
+    rank = rank_env.rank
+    _, _, cross_rank, cross_size = placement[rank]
+    return {
+        "HOROVOD_GLOO_RENDEZVOUS_ADDR": rendezvous["addr"], "HOROVOD_GLOO_RENDEZVOUS_PORT": str(rendezvous["port"]),
+        "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_HOSTNAME": hosts[rank],
+        "HOROVOD_RANK": str(rank), "HOROVOD_SIZE": str(rank_env.size), "HOROVOD_LOCAL_RANK": str(rank_env.local_rank),
+        "HOROVOD_LOCAL_SIZE": str(rank_env.local_size), "HOROVOD_CROSS_RANK": str(cross_rank),
+        "HOROVOD_CROSS_SIZE": str(cross_size),
+    }
 
 
-def _worker_env(engine: str, rank: int, size: int, hosts: list[str], placement, rendezvous: dict) -> dict:
-    local_rank, local_size, cross_rank, cross_size = placement[rank]
-    env = {"RANK": str(rank), "WORLD_SIZE": str(size), "LOCAL_RANK": str(local_rank),
-           "LOCAL_WORLD_SIZE": str(local_size)}
-    if engine == "horovod":
-        env.update({
-            "HOROVOD_GLOO_RENDEZVOUS_ADDR": rendezvous["addr"], "HOROVOD_GLOO_RENDEZVOUS_PORT": str(rendezvous["port"]),
-            "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_HOSTNAME": hosts[rank],
-            "HOROVOD_RANK": str(rank), "HOROVOD_SIZE": str(size), "HOROVOD_LOCAL_RANK": str(local_rank),
-            "HOROVOD_LOCAL_SIZE": str(local_size), "HOROVOD_CROSS_RANK": str(cross_rank),
-            "HOROVOD_CROSS_SIZE": str(cross_size),
-        })
-    else:
-        env.update({"MASTER_ADDR": rendezvous["addr"], "MASTER_PORT": str(rendezvous["port"])})
-    return env
+def run_worker_process(task_spec: str, env: dict, *, spec: WorkerSpec, rank: int) -> dict:
+    """Run `python -m ringtrain.training.worker` with `env`; return its result or raise RankFailed.
 
+    When the worker fails without writing its own failure record (it crashed, was killed, hung, or
+    could not write), this writes one from what the task saw."""
+    log_dir, attempt, hang_timeout_s = spec.paths["log_dir"], spec.attempt, spec.train.hang_timeout_s
+    store.makedirs(log_dir)
+    log_path = failure.log_path(log_dir, attempt, rank)
 
-def run_worker_process(task_spec: str, env: dict, *, rank: int, log_dir: str, attempt: int,
-                       hang_timeout_s: float) -> dict:
-    """Run `python -m ringtrain.training.worker` with `env`; return its result or raise RankFailed."""
-    os.makedirs(log_dir, exist_ok=True)
-    log_path = os.path.join(log_dir, f"attempt{attempt}-rank{rank}.log")
+    def fail(kind: str, message: str) -> RankFailed:
+        failure.write_record(log_dir, failure.Failure(rank=rank, attempt=attempt, kind=kind, message=message,
+                                                      failed_at=time.time(), log=log_path))
+        return RankFailed(f"rank {rank} failed: {message}. Log: {log_path}")
+
     with tempfile.TemporaryDirectory(prefix="ringtrain-") as tmp:
         heartbeat = os.path.join(tmp, "heartbeat")
         open(heartbeat, "w").close()
         child_env = {**os.environ, **env, "RINGTRAIN_SPEC": task_spec, "RINGTRAIN_HEARTBEAT": heartbeat,
                      "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "ringtrain.training.worker"], env=child_env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+        proc = subprocess.Popen([sys.executable, "-m", "ringtrain.training.worker"], env=child_env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_parent)
         tail: deque[str] = deque(maxlen=40)
         result: list[dict] = []
-        errors: list[str] = []
+        errors: list[dict] = []
         pump = threading.Thread(target=_pump, args=(proc, log_path, tail, result, errors), daemon=True)
         pump.start()
         try:
@@ -213,17 +284,21 @@ def run_worker_process(task_spec: str, env: dict, *, rank: int, log_dir: str, at
                 idle = time.time() - os.path.getmtime(heartbeat)
                 if idle > hang_timeout_s:
                     _kill_group(proc)
-                    raise RankFailed(f"rank {rank} made no progress for {idle:.0f}s (train.hang_timeout_s="
-                                     f"{hang_timeout_s:g}): killed. Log: {log_path}")
-                time.sleep(0.2)
+                    raise fail("hang", f"no progress for {idle:.0f}s (train.hang_timeout_s={hang_timeout_s:g}): "
+                                       f"killed")
+                time.sleep(0.1)
             pump.join(timeout=10)
+        except KeyboardInterrupt:  # a Ctrl-C reached this Spark worker too (the terminal's process group)
+            raise fail("interrupted", "interrupted by the user") from None
         finally:
             _kill_group(proc)  # no-op after a clean exit; otherwise no orphan survives the task
         if proc.returncode != 0 or not result:
             if errors:
-                raise RankFailed(f"rank {rank} failed: {errors[0]}. Log: {log_path}")
+                raise fail(errors[0]["kind"], errors[0]["message"])
             last = " | ".join(line.strip() for line in list(tail)[-6:])
-            raise RankFailed(f"rank {rank} exited with code {proc.returncode}. Log: {log_path}. Last lines: {last}")
+            code = proc.returncode
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            raise fail("exit", f"{how} without an error line; last lines: {last}")
         return result[0]
 
 

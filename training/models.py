@@ -14,6 +14,9 @@ import importlib
 import torch
 from torch import nn
 
+from ringtrain.config import BUILT_IN_MODELS
+from ringtrain.errors import ModelContractError
+
 
 def model_inputs(batch: dict) -> tuple[torch.Tensor, ...]:
     """The model's positional inputs from a batch: (num, cat), plus arr when the dataset has array columns."""
@@ -52,6 +55,8 @@ class _Sequential(nn.Module):
 
 
 class TabularMLP(_Sequential):
+    name = "tabular_mlp"
+
     def __init__(self, num_numeric: int, cardinalities: list[int], *, embedding_dim: int = 8,
                  hidden: list[int] = (128, 64), dropout: float = 0.0, array_width: int = 0, num_outputs: int = 1,
                  **_: object):
@@ -78,6 +83,8 @@ class _ResidualBlock(nn.Module):
 class ResidualMLP(_Sequential):
     """A deeper model: embeddings, then `num_blocks` pre-norm residual feed-forward blocks."""
 
+    name = "residual_mlp"
+
     def __init__(self, num_numeric: int, cardinalities: list[int], *, embedding_dim: int = 8,
                  width: int = 256, num_blocks: int = 4, dropout: float = 0.0, array_width: int = 0,
                  num_outputs: int = 1, **_: object):
@@ -88,7 +95,8 @@ class ResidualMLP(_Sequential):
         super().__init__(layers)
 
 
-BUILT_IN = {"tabular_mlp": TabularMLP, "residual_mlp": ResidualMLP}
+BUILT_IN = {cls.name: cls for cls in (TabularMLP, ResidualMLP)}
+assert tuple(BUILT_IN) == BUILT_IN_MODELS, "ringtrain.config.BUILT_IN_MODELS names the classes above"
 
 
 def build_model(model_cfg: dict, num_numeric: int, cardinalities: list[int], *, array_width: int = 0,
@@ -107,12 +115,21 @@ def build_model(model_cfg: dict, num_numeric: int, cardinalities: list[int], *, 
         params["array_width"] = array_width
     if num_outputs != 1:
         params["num_outputs"] = num_outputs
-    if ":" not in name:
-        raise ValueError(f"train.model.name {name!r} is neither built in ({', '.join(BUILT_IN)}) "
-                         f"nor an import path 'package.module:factory'")
-    module_name, factory_name = name.split(":", 1)
+    module_name, factory_name = name.split(":", 1)  # the config checked the form
     try:
         factory = getattr(importlib.import_module(module_name), factory_name)
     except (ImportError, AttributeError) as exc:
-        raise ValueError(f"train.model.name {name!r}: cannot import it ({exc})") from exc
-    return factory(num_numeric=num_numeric, cardinalities=cardinalities, **params)
+        raise ModelContractError(
+            f"train.model.name {name!r}: cannot import it ({exc}). The module must be importable on the driver "
+            f"and on every executor (e.g. spark-submit --py-files, or installed in the shipped environment)") from exc
+    try:
+        model = factory(num_numeric=num_numeric, cardinalities=cardinalities, **params)
+    except Exception as exc:
+        raise ModelContractError(
+            f"train.model.name {name!r}: the factory failed ({type(exc).__name__}: {exc}). It is called as "
+            f"factory(num_numeric=int, cardinalities=list[int], **train.model settings) (plus array_width and "
+            f"num_outputs when the dataset needs them) and returns an nn.Module") from exc
+    if not isinstance(model, nn.Module):
+        raise ModelContractError(f"train.model.name {name!r}: the factory returned a {type(model).__name__}, "
+                                 f"not a torch.nn.Module")
+    return model

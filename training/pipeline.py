@@ -36,6 +36,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ringtrain.errors import ConfigError
+
 _POLL_S = 0.05
 
 
@@ -47,11 +49,11 @@ def partition(layers: list[nn.Module], stages: int, balance: list[int] | None = 
     """Contiguous layer indices per stage: the given counts, or about equal parameter counts."""
     n = len(layers)
     if stages > n:
-        raise ValueError(f"train.pipeline.stages={stages} but the model has only {n} layers to split; "
+        raise ConfigError(f"train.pipeline.stages={stages} but the model has only {n} layers to split; "
                          f"lower the stage count or use a deeper model (e.g. residual_mlp with more num_blocks)")
     if balance is not None:
         if sum(balance) != n:
-            raise ValueError(f"train.pipeline.balance={balance} covers {sum(balance)} layers, the model has {n}")
+            raise ConfigError(f"train.pipeline.balance={balance} covers {sum(balance)} layers, the model has {n}")
         bounds, start = [], 0
         for count in balance:
             bounds.append(list(range(start, start + count)))
@@ -97,7 +99,7 @@ class PipelineModel(nn.Module):
                  balance: list[int] | None = None):
         super().__init__()
         if not callable(getattr(module, "layers", None)):
-            raise ValueError(f"train.pipeline.stages={stages} needs a model with a layers() method (the ordered "
+            raise ConfigError(f"train.pipeline.stages={stages} needs a model with a layers() method (the ordered "
                              f"modules of its forward pass); {type(module).__name__} has none. Built-in models "
                              f"have it; add it to your model or set train.pipeline.stages=1")
         self.module = module

@@ -1,16 +1,19 @@
 """The training worker: a plain function that reads its rank and world size from the environment.
 
-The same function runs in every setting; only who sets the environment differs:
+The same function runs in every setting; only who sets the environment differs
+(`training.environment.RankEnvironment` reads it):
 
-    # alone, world size 1 (spec: a JSON file, see `make_spec`)
+    # alone, world size 1 (spec: a JSON file, `WorkerSpec.to_json()`, see training/spec.py)
     python -m ringtrain.training.worker spec.json
     # under torchrun (DDP engine) or horovodrun (Horovod engine)
     torchrun --nproc_per_node 2 -m ringtrain.training.worker spec.json
     horovodrun -np 2 python -m ringtrain.training.worker spec.json
-    # under Spark: training.launcher sets HOROVOD_* / RANK, WORLD_SIZE and CUDA_VISIBLE_DEVICES per barrier task
+    # under Spark: training.launcher sets the rank environment and the task's GPUs per barrier task
 
-It prints one line `RINGTRAIN_RESULT {json}` at the end, which the Spark launcher collects (or, when it
-fails, one line `RINGTRAIN_ERROR "<type>: <message>"` before the traceback).
+It prints one line `RINGTRAIN_RESULT {json}` at the end, which the Spark launcher collects. When it
+fails it prints one line `RINGTRAIN_ERROR "<type>: <message>"` and writes its failure record
+(training.failure) before it leaves the ring, so that the driver can tell its failure from the ones
+it causes on other ranks.
 """
 from __future__ import annotations
 
@@ -25,58 +28,59 @@ import warnings
 import torch
 
 from ringtrain.manifest import load_manifest
-from ringtrain.config import TrainConfig
-from ringtrain.schema import build, to_dict
+from ringtrain.schema import to_dict
+from ringtrain.training import failure
 from ringtrain.training.artifact import publish_model, write_metrics
-from ringtrain.training.data import Columns, open_reader, plan_reading
+from ringtrain.training.data import Columns, open_reader, plan_reading, verify_shards
 from ringtrain.training.engines import make_engine, unwrap
 from ringtrain.training.checkpoint import load_best
+from ringtrain.training.environment import RankEnvironment
 from ringtrain.training.loop import FaultInjector, Heartbeat, fit
 from ringtrain.training.models import build_model
+from ringtrain.training.optimizer import make_optimizer
 from ringtrain.training.tasks import make_task
 from ringtrain.training.pipeline import PipelineModel, stage_devices
+from ringtrain.training.spec import WorkerSpec
 
 RESULT_PREFIX = "RINGTRAIN_RESULT "
 ERROR_PREFIX = "RINGTRAIN_ERROR "
 log = logging.getLogger("ringtrain.worker")
 
 
-def make_spec(train: dict, dataset_dir: str, paths: dict, *, attempt: int = 0, config: dict | None = None) -> dict:
-    """Everything a worker needs, as plain JSON values (workers never receive driver objects)."""
-    return {"train": train, "dataset_dir": dataset_dir, "paths": paths, "attempt": attempt, "config": config or {}}
-
-
-def pick_device(gpus_per_worker: int, local_rank: int) -> torch.device:
+def pick_device(gpus_per_worker: int, env: RankEnvironment) -> torch.device:
     if gpus_per_worker > 0 and torch.cuda.is_available():
-        # Under Spark CUDA_VISIBLE_DEVICES holds only this task's GPUs; under torchrun all of them.
-        index = 0 if os.environ.get("RINGTRAIN_TASK_GPUS") else local_rank % torch.cuda.device_count()
+        index = env.cuda_index(torch.cuda.device_count())
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return torch.device("cpu")
 
 
-def train_worker(spec: dict) -> dict:
-    cfg = build(TrainConfig, spec["train"], "train")
+def train_worker(spec: WorkerSpec, env: RankEnvironment) -> dict:
+    cfg = spec.train
     torch.set_num_threads(cfg.threads_per_worker)
-    local_rank = int(os.environ.get("LOCAL_RANK") or os.environ.get("HOROVOD_LOCAL_RANK") or 0)
-    device = pick_device(cfg.gpus_per_worker, local_rank)
+    device = pick_device(cfg.gpus_per_worker, env)
     ring_started = time.time()
-    engine = make_engine(cfg.engine, device)
+    engine = make_engine(cfg.engine, device, env)
     ring_init_s = round(time.time() - ring_started, 2)
     try:
-        return {**_train(cfg, spec, engine, device), "ring_init_s": ring_init_s}
+        return {**_train(spec, env, engine, device), "ring_init_s": ring_init_s}
+    except Exception as exc:
+        report_failure(exc, spec, env)  # now, before shutdown() leaves the ring and fails the other ranks
+        raise
     finally:
         engine.shutdown()
 
 
-def _train(cfg: TrainConfig, spec: dict, engine, device: torch.device) -> dict:
+def _train(spec: WorkerSpec, env: RankEnvironment, engine, device: torch.device) -> dict:
     started = time.time()
-    paths = spec["paths"]
-    manifest = load_manifest(spec["dataset_dir"])
+    cfg, paths = spec.train, spec.paths
+    manifest = load_manifest(spec.dataset_dir)
     cols = Columns.from_manifest(manifest, with_key=bool(os.environ.get("RINGTRAIN_RECORD_KEYS")))
-    train_plan = plan_reading(spec["dataset_dir"], manifest, "train", engine.rank, engine.size, cfg.batch_size)
-    val_plan = plan_reading(spec["dataset_dir"], manifest, "val", engine.rank, engine.size, cfg.batch_size,
+    train_plan = plan_reading(spec.dataset_dir, manifest, "train", engine.rank, engine.size, cfg.batch_size)
+    val_plan = plan_reading(spec.dataset_dir, manifest, "val", engine.rank, engine.size, cfg.batch_size,
                             drop_last=False)
+    for split, plan in (("train", train_plan), ("val", val_plan)):
+        verify_shards(spec.dataset_dir, manifest, split, plan.files, checksum=cfg.verify_shards == "full")
     train_reader = open_reader(cfg.reader, train_plan, cols, cfg.batch_size, cfg.seed, engine.rank)
     val_reader = open_reader(cfg.reader, val_plan, cols, 4096, cfg.seed, engine.rank)
 
@@ -87,19 +91,15 @@ def _train(cfg: TrainConfig, spec: dict, engine, device: torch.device) -> dict:
                         array_width=sum(length for _, length in cols.arrays),
                         num_outputs=task.num_outputs).to(device)
     if cfg.pipeline.stages > 1:  # layer splitting inside this rank; data parallelism across ranks
-        devices = stage_devices(device, cfg.pipeline.stages, engine.local_rank,
-                                bool(os.environ.get("RINGTRAIN_TASK_GPUS")))
+        devices = stage_devices(device, cfg.pipeline.stages, env.local_rank, env.task_gpus is not None)
         model = PipelineModel(model, cfg.pipeline.stages, cfg.pipeline.micro_batches, devices,
                               cfg.pipeline.balance)
         if engine.rank == 0:
             log.info("pipeline: %d stages over layers %s on %s, %d micro-batches", model.num_stages,
                      model.bounds, [str(d) for d in model.devices], cfg.pipeline.micro_batches)
-    params = model.parameters()
-    optimizer = (torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.optimizer == "adamw"
-                 else torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay))
+    optimizer = make_optimizer(cfg, model.parameters())
     # A fault (tests only) travels in the spec: Spark's Python workers do not see the driver's environment.
-    faults = FaultInjector.from_spec(spec.get("fault") or os.environ.get("RINGTRAIN_FAULT"), engine.rank,
-                                     int(spec.get("attempt", 0)))
+    faults = FaultInjector.from_spec(spec.fault or os.environ.get("RINGTRAIN_FAULT"), engine.rank, spec.attempt)
     on_epoch = (lambda state: write_metrics(paths, state.history)) if paths.get("metrics_path") else None
     state = fit(cfg, engine, model, optimizer, task, train_reader, val_reader, device, paths["checkpoint_dir"],
                 heartbeat=Heartbeat(os.environ.get("RINGTRAIN_HEARTBEAT")), faults=faults, on_epoch=on_epoch)
@@ -121,8 +121,24 @@ def _train(cfg: TrainConfig, spec: dict, engine, device: torch.device) -> dict:
         kept = load_best(paths["checkpoint_dir"])
         if kept is not None:
             final.load_state_dict(kept["model"])  # after param_sha256: that one proves the ranks agree
-        publish_model(paths, final, example, manifest, spec, state, task)
+        publish_model(paths, final, example, manifest, to_dict(spec), state, task)
     return result
+
+
+def report_failure(exc: BaseException, spec: WorkerSpec | None, env: RankEnvironment) -> None:
+    """Once per failure: the error line the launcher quotes, and the record the driver ranks."""
+    if getattr(exc, "_ringtrain_reported", False):
+        return
+    exc._ringtrain_reported = True
+    log_dir, attempt = (spec.paths.get("log_dir"), spec.attempt) if spec else (None, 0)
+    found = failure.from_exception(exc, rank=env.rank, attempt=attempt,
+                                   log=failure.log_path(log_dir, attempt, env.rank) if log_dir else "")
+    print(ERROR_PREFIX + json.dumps({"kind": found.kind, "message": found.message}), flush=True)
+    if log_dir:
+        try:
+            failure.write_record(log_dir, found)
+        except OSError as write_error:  # the error line above still reaches the launcher, which records it
+            log.warning("could not write the failure record: %s", write_error)
 
 
 def param_digest(model: torch.nn.Module) -> str:
@@ -138,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s rank%(rank)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    rank = os.environ.get("HOROVOD_RANK") or os.environ.get("RANK") or "0"
+    rank = RankEnvironment.from_environ().rank
     old_factory = logging.getLogRecordFactory()
 
     def factory(*args, **kwargs):
@@ -151,16 +167,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("petastorm").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    if argv:
-        with open(argv[0]) as f:
-            spec = json.load(f)
-    else:
-        spec = json.loads(os.environ["RINGTRAIN_SPEC"])
+    env, spec = RankEnvironment.from_environ(), None
     try:
-        result = train_worker(spec)
+        if argv:
+            with open(argv[0]) as f:
+                spec = WorkerSpec.from_json(f.read())
+        else:
+            spec = WorkerSpec.from_json(os.environ["RINGTRAIN_SPEC"])
+        result = train_worker(spec, env)
     except Exception as exc:
-        # One line the launcher can quote, whatever else the process prints while it shuts down.
-        print(ERROR_PREFIX + json.dumps(f"{type(exc).__name__}: {exc}"), flush=True)
+        report_failure(exc, spec, env)  # a failure before the ring started (the spec, the engine, the device)
         raise
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
