@@ -57,6 +57,9 @@ def run(command: str, args: argparse.Namespace) -> int:
     except TrainingInterrupted as exc:
         print(f"ringtrain {command}: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:  # before training started (Spark start-up, ETL): nothing to resume
+        print(f"ringtrain {command}: interrupted", file=sys.stderr)
+        return TrainingInterrupted.exit_code
     except TrainingFailed as exc:
         print(f"ringtrain {command}: {exc}", file=sys.stderr)
         return 1

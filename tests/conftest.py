@@ -107,6 +107,16 @@ def listening_ports() -> set:
     return ports
 
 
+def assert_balanced(manifest: dict) -> None:
+    """What the ETL promises: within each split (and each partition, incremental), shard sizes differ by at most
+    one row."""
+    groups = [manifest["splits"], *[p["splits"] for p in manifest.get("partitions", [])]]
+    for splits in groups:
+        for split, info in splits.items():
+            rows = [s["rows"] for s in info["shards"]]
+            assert max(rows) - min(rows) <= 1, (split, rows)
+
+
 def read_json(path):
     with open(path) as f:
         return json.load(f)

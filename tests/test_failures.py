@@ -205,6 +205,13 @@ def _logs(root, run_id):
     return sorted(os.listdir(folder)) if os.path.isdir(folder) else []
 
 
+def _our_line(err: str) -> str:
+    """The one line the CLI prints about the outcome (Spark's own logging may interleave with it)."""
+    lines = [line for line in err.splitlines() if line.startswith("ringtrain train: ")]
+    assert len(lines) == 1, err[-5000:]
+    return lines[0]
+
+
 def _no_worker_left(deadline_s=30):
     """The workers of a stopped run die with their Spark tasks; give the tasks' processes a moment to end."""
     deadline = time.time() + deadline_s
@@ -245,11 +252,12 @@ def test_cli_corrupted_shard_fails_in_one_attempt_with_exit_2_naming_the_file_an
     shutil.copytree(dataset_dir, copy)
     manifest = json.load(open(os.path.join(copy, "manifest.json")))
     shard = os.path.join(copy, "train", manifest["splits"]["train"]["shards"][0]["file"])  # read by rank 0
-    open(shard, "wb").write(bytes(_damage_footer(bytearray(open(shard, "rb").read()))))
+    damaged = _damage_footer(bytearray(open(shard, "rb").read()))
+    open(shard, "wb").write(bytes(damaged))
     proc = _run_cli(str(tmp_path), copy, ["store.run_id=corrupt", "train.max_attempts=2"])
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 2, err[-3000:]
-    last = err.strip().splitlines()[-1]
+    last = _our_line(err)
     assert last.startswith(f"ringtrain train: error: rank 0 failed first: DatasetError: shard {shard} does not "
                            f"match the dataset's manifest: unreadable (OSError: Couldn't deserialize thrift"), last
     assert last.endswith(f"Log: {tmp_path}/runs/corrupt/logs/attempt0-rank0.log. Not retried: the same settings "
@@ -301,7 +309,7 @@ def test_ctrl_c_stops_the_run_in_one_attempt_with_exit_130_and_the_run_resumes(s
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground process group
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-3000:]
-    assert err.strip().splitlines()[-1] == ("ringtrain train: interrupted during attempt 1: stopped, not retried. "
+    assert _our_line(err) == ("ringtrain train: interrupted during attempt 1: stopped, not retried. "
                                             "Resume from the last checkpoint with --set store.run_id=sigint")
     assert not [name for name in _logs(root, "sigint") if name.startswith("attempt1")]
     assert _no_worker_left()
@@ -338,3 +346,22 @@ def test_a_job_killed_in_the_spark_ui_stops_the_run_without_a_retry(spark, small
     killer.join(timeout=10)
     assert not [name for name in os.listdir(store.log_dir) if name.startswith("attempt1")]
     assert _no_worker_left()
+
+
+@pytest.mark.slow
+def test_a_user_model_with_one_logit_column_trains(small_dataset, tmp_path):
+    """[B, 1] is one logit per row: the worker (alone, world size 1) trains it through the real loop."""
+    from ringtrain.store import RunStore
+    from ringtrain.training.spec import WorkerSpec
+    cfg, dataset_dir = small_dataset
+    cfg = demo_config(cfg.store.root, ["train.model.name=user_models:one_logit_column", "train.epochs=1"])
+    store = RunStore.create(str(tmp_path), "column").prepare()
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(WorkerSpec(train=cfg.train, dataset_dir=dataset_dir, paths=store.paths(),
+                                    run_id=store.run_id).to_json())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOROVOD_", "RANK", "WORLD_SIZE", "LOCAL_"))}
+    out = subprocess.run([sys.executable, "-m", "ringtrain.training.worker", str(spec_path)], cwd=ROOT,
+                         env={**env, "PYTHONPATH": TESTS}, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    result = json.loads(out.stdout.split("RINGTRAIN_RESULT ", 1)[1])
+    assert result["epochs_run"] == 1 and result["metrics"]["loss"] < result["metrics"]["baseline_loss"]

@@ -11,7 +11,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, demo_config
+from conftest import ROOT, assert_balanced, demo_config
 from ringtrain.etl.incremental import partition_tag
 from ringtrain.etl.manifest import verify_staging
 from ringtrain.manifest import load_manifest, shard_paths
@@ -100,8 +100,9 @@ def test_partitions_append_as_versions_with_frozen_features_and_stable_splits(sp
         assert v2["splits"][split]["rows"] == sum(p["splits"][split]["rows"] for p in v2["partitions"])
         for p in v2["partitions"]:
             rows = [x["rows"] for x in p["splits"][split]["shards"]]
-            assert len(rows) % cfg.etl.shards.max_world_size == 0 and max(rows) / min(rows) <= 1.05
-    assert v2["rows_good"] == 5000 and v2["balance_max_min"] <= 1.05
+            assert len(rows) % cfg.etl.shards.max_world_size == 0
+    assert_balanced(v2)
+    assert v2["rows_good"] == 5000
     keys = key_splits(second["dataset_dir"], v2)
     assert len(keys) == 5000
 

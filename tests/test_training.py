@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, demo_config, listening_ports, worker_processes
+from conftest import ROOT, demo_config, listening_ports, read_json, worker_processes
 from ringtrain.errors import NotEnoughSlots, TrainingFailed
 from ringtrain.store import RunStore
 from ringtrain.training.launcher import launch
@@ -41,7 +41,27 @@ def test_two_ranks_end_with_identical_parameters(spark, small_dataset, tmp_path,
     assert [r["rank"] for r in results] == [0, 1] and all(r["size"] == 2 for r in results)
     assert results[0]["param_sha256"] == results[1]["param_sha256"]
     assert results[0]["batches_run"] == results[1]["batches_run"] == 2 * results[0]["steps_per_epoch"]
-    assert os.path.exists(os.path.join(store.model_dir, "artifact.json"))
+    assert_exported_model_gives_the_eager_logits(store, small_dataset[1])
+
+
+def assert_exported_model_gives_the_eager_logits(store, dataset_dir):
+    from ringtrain.manifest import load_manifest
+    from ringtrain.training.data import Columns, open_reader, plan_reading
+    from ringtrain.training.models import build_model
+    artifact = read_json(os.path.join(store.model_dir, "artifact.json"))
+    assert artifact["program"] == "model.pt2"
+    manifest = load_manifest(dataset_dir)
+    cols = Columns.from_manifest(manifest)
+    plan = plan_reading(dataset_dir, manifest, "val", 0, 1, 64, drop_last=False)
+    batch = next(iter(open_reader("arrow", plan, cols, 64, 0, 0).all_rows()))
+    num, cat = torch.from_numpy(batch["num"]), torch.from_numpy(batch["cat"])
+    eager = build_model(artifact["train_config"]["model"], len(cols.numeric),
+                        list(manifest["features"]["categorical_cardinalities"].values()))
+    eager.load_state_dict(state_dict(store))
+    eager.eval()
+    exported = torch.export.load(os.path.join(store.model_dir, "model.pt2")).module()
+    with torch.no_grad():
+        assert torch.allclose(exported(num, cat), eager(num, cat), rtol=0, atol=1e-6)
 
 
 def test_killed_rank_is_retried_from_checkpoint_and_matches_uninterrupted_run(spark, small_dataset, tmp_path):

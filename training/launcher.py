@@ -64,8 +64,10 @@ def launch(sc: SparkContext, spec: WorkerSpec) -> list[dict]:
             except KeyboardInterrupt:  # a second Ctrl-C while the first one's cancel was under way
                 raise _interrupted(spec, attempt) from None
             except Exception as exc:  # a failed barrier stage: Spark will not retry it, so we may
+                if interrupted.is_set() or _CANCELLED.search(str(exc)):
+                    raise _interrupted(spec, attempt) from None
                 cause = _root_cause(exc, log_dir, attempt)
-                if interrupted.is_set() or _CANCELLED.search(str(exc)) or cause.kind == "interrupted":
+                if cause.kind == "interrupted":  # a Ctrl-C that reached the Spark workers first
                     raise _interrupted(spec, attempt) from None
                 log.warning("training attempt %d/%d failed after %.1fs: %s", attempt + 1, t.max_attempts,
                             time.time() - started, cause.describe())
