@@ -87,6 +87,16 @@ def worker_processes() -> list:
     return found
 
 
+def no_worker_left(grace_s: float = 30.0) -> bool:
+    """After a failed or cancelled stage: Spark kills the surviving tasks' Python workers a few seconds later
+    (spark.python.task.killTimeout), and their training workers die with them (PR_SET_PDEATHSIG)."""
+    import time
+    deadline = time.time() + grace_s
+    while worker_processes() and time.time() < deadline:
+        time.sleep(0.5)
+    return not worker_processes()
+
+
 def listening_ports() -> set:
     """TCP ports listening in this test's tree: the tests, the Spark JVM, its Python workers and their
     children (to prove that failures leave no rendezvous server or TCPStore behind). Spark's own

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, demo_config, worker_processes
+from conftest import ROOT, demo_config, no_worker_left
 from ringtrain.config import TrainConfig, load_config
 from ringtrain.errors import ConfigError, DatasetError, ModelContractError, RankRefused, TrainingInterrupted
 from ringtrain.schema import build
@@ -212,14 +212,6 @@ def _our_line(err: str) -> str:
     return lines[0]
 
 
-def _no_worker_left(deadline_s=30):
-    """The workers of a stopped run die with their Spark tasks; give the tasks' processes a moment to end."""
-    deadline = time.time() + deadline_s
-    while worker_processes() and time.time() < deadline:
-        time.sleep(0.5)
-    return not worker_processes()
-
-
 @pytest.mark.spark
 def test_cli_bad_user_model_fails_in_seconds_with_exit_2_before_any_attempt(small_dataset, tmp_path):
     _, dataset_dir = small_dataset
@@ -263,7 +255,7 @@ def test_cli_corrupted_shard_fails_in_one_attempt_with_exit_2_naming_the_file_an
     assert last.endswith(f"Log: {tmp_path}/runs/corrupt/logs/attempt0-rank0.log. Not retried: the same settings "
                          f"would fail the same way"), last
     assert not [name for name in _logs(str(tmp_path), "corrupt") if name.startswith("attempt1")]
-    assert _no_worker_left()
+    assert no_worker_left()
 
 
 @pytest.mark.spark
@@ -312,7 +304,7 @@ def test_ctrl_c_stops_the_run_in_one_attempt_with_exit_130_and_the_run_resumes(s
     assert _our_line(err) == ("ringtrain train: interrupted during attempt 1: stopped, not retried. "
                                             "Resume from the last checkpoint with --set store.run_id=sigint")
     assert not [name for name in _logs(root, "sigint") if name.startswith("attempt1")]
-    assert _no_worker_left()
+    assert no_worker_left()
 
     proc = _run_cli(root, dataset_dir, sets)
     out, err = proc.communicate(timeout=600)
@@ -345,7 +337,7 @@ def test_a_job_killed_in_the_spark_ui_stops_the_run_without_a_retry(spark, small
         launch(sc, spec)
     killer.join(timeout=10)
     assert not [name for name in os.listdir(store.log_dir) if name.startswith("attempt1")]
-    assert _no_worker_left()
+    assert no_worker_left()
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, demo_config, listening_ports, read_json, worker_processes
+from conftest import ROOT, demo_config, listening_ports, no_worker_left, read_json, worker_processes
 from ringtrain.errors import NotEnoughSlots, TrainingFailed
 from ringtrain.store import RunStore
 from ringtrain.training.launcher import launch
@@ -88,7 +88,7 @@ def test_nan_with_on_nonfinite_fail_stops_every_rank(spark, small_dataset, tmp_p
     with pytest.raises(TrainingFailed, match="non-finite loss on 1 rank.* every rank stops"):
         train(spark, small_dataset, tmp_path, "nanfail", ["train.on_nonfinite=fail", "train.max_attempts=1"],
               fault="nan:1:10")
-    assert not worker_processes()
+    assert no_worker_left()
 
 
 def test_hung_rank_fails_within_the_timeout_and_leaves_no_process(spark, small_dataset, tmp_path):
@@ -98,8 +98,7 @@ def test_hung_rank_fails_within_the_timeout_and_leaves_no_process(spark, small_d
         train(spark, small_dataset, tmp_path, "hang", ["train.max_attempts=1", "train.hang_timeout_s=8"],
               fault="hang:0:5")
     assert time.time() - started < 8 + 60  # the timeout, plus start-up and the steps before the hang
-    time.sleep(1)
-    assert not worker_processes()
+    assert no_worker_left()
     assert not listening_ports() - ports_before  # no rendezvous server or TCPStore left listening
 
 
@@ -131,3 +130,23 @@ def test_fp16_overflow_on_one_rank_is_skipped_by_every_rank_and_lowers_the_loss_
     assert m["accuracy"] > m["baseline_accuracy"], m
     ckpt = torch.load(sorted(glob.glob(os.path.join(store.checkpoint_dir, "ckpt-*.pt")))[-1], weights_only=False)
     assert ckpt["grad_scaler"]["scale"] == 2.0 ** 15  # GradScaler starts at 2**16 and halved once
+
+
+@pytest.mark.parametrize("launcher, engine", [("torchrun", "ddp"), ("horovodrun", "horovod")])
+def test_the_same_worker_runs_under_torchrun_and_horovodrun(small_dataset, tmp_path, launcher, engine):
+    """Outside Spark, the launcher's own variables make the rank environment: two ranks, identical parameters."""
+    store = RunStore.create(str(tmp_path), launcher).prepare()
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(worker_spec(small_dataset, store, [f"train.engine={engine}", "train.epochs=1"]).to_json())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOROVOD_", "RANK", "WORLD_SIZE", "LOCAL_"))}
+    bin_dir = os.path.dirname(sys.executable)
+    worker = ["-m", "ringtrain.training.worker", str(spec_path)]
+    cmd = ([f"{bin_dir}/torchrun", "--nproc_per_node", "2", *worker] if launcher == "torchrun" else
+           [f"{bin_dir}/horovodrun", "-np", "2", "--gloo", sys.executable, *worker])
+    out = subprocess.run(cmd, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    results = sorted((json.loads(line.split("RINGTRAIN_RESULT ", 1)[1]) for line in out.stdout.splitlines()
+                      if "RINGTRAIN_RESULT " in line), key=lambda r: r["rank"])
+    assert [(r["rank"], r["size"]) for r in results] == [(0, 2), (1, 2)]
+    assert results[0]["param_sha256"] == results[1]["param_sha256"]

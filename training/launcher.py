@@ -286,7 +286,7 @@ def run_worker_process(task_spec: str, env: dict, *, spec: WorkerSpec, rank: int
                 idle = time.time() - os.path.getmtime(heartbeat)
                 if idle > hang_timeout_s:
                     _kill_group(proc)
-                    raise fail("hang", f"no progress for {idle:.0f}s (train.hang_timeout_s={hang_timeout_s:g}): "
+                    raise fail("hang", f"made no progress for {idle:.0f}s (train.hang_timeout_s={hang_timeout_s:g}): "
                                        f"killed")
                 time.sleep(0.1)
             pump.join(timeout=10)
