@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, demo_config, no_worker_left
-from ringtrain.config import TrainConfig, load_config
+from ringtrain.config import TrainConfig
 from ringtrain.errors import ConfigError, DatasetError, ModelContractError, RankRefused, TrainingInterrupted
 from ringtrain.schema import build
 from ringtrain.training import failure

@@ -56,6 +56,8 @@ def launch(sc: SparkContext, spec: WorkerSpec) -> list[dict]:
     last = None
     with _interrupt_cancels_jobs(sc) as interrupted:
         for attempt in range(t.max_attempts):
+            if interrupted.is_set():  # a Ctrl-C between two attempts
+                raise _interrupted(spec, attempt)
             started = time.time()
             try:
                 results = _run_attempt(sc, spec.for_attempt(attempt))
