@@ -310,19 +310,18 @@ def test_incremental_mode_freezes_derived_columns(tmp_path):
 @pytest.mark.slow
 def test_early_stopped_run_keeps_the_best_epoch(spark, small_dataset, tmp_path):
     from ringtrain.jobs import format_summary
-    from ringtrain.schema import to_dict
     from ringtrain.store import RunStore
     from ringtrain.training.checkpoint import list_checkpoints
     from ringtrain.training.launcher import launch
-    from ringtrain.training.worker import make_spec
+    from ringtrain.training.spec import WorkerSpec
     cfg, dataset_dir = small_dataset
     # A learning rate high enough that validation loss gets worse after a few epochs; patience 1.
     cfg = demo_config(cfg.store.root, ["train.epochs=8", "train.lr=0.03", "train.early_stopping_patience=1",
-                                       "train.checkpoint_every_steps=0"])
+                                       "train.checkpoint_every_steps=0", "train.num_workers=2",
+                                       "train.engine=horovod", "train.max_attempts=1"])
     store = RunStore.create(str(tmp_path), "early").prepare()
-    spec = make_spec(to_dict(cfg.train), dataset_dir, store.paths())
-    results = launch(spark.sparkContext, spec, num_workers=2, engine="horovod", gpus_per_worker=0,
-                     max_attempts=1, hang_timeout_s=600)
+    spec = WorkerSpec(train=cfg.train, dataset_dir=dataset_dir, paths=store.paths(), run_id=store.run_id)
+    results = launch(spark.sparkContext, spec)
     r0 = results[0]
     assert r0["stopped_early"] and r0["epochs_run"] == r0["best_epoch"] + 2  # patience 1: one worse epoch
     with open(os.path.join(store.model_dir, "artifact.json")) as f:

@@ -33,7 +33,7 @@ class WorkerSpec:
     config: dict[str, Any] = field(default_factory=dict)
     """The whole config as plain values, recorded in the model artifact (not read by the worker)."""
     fault: str | None = None
-    """Tests only: 'kind:rank:opt_step[:attempt]', a fault the loop injects (see training.loop.Hooks)."""
+    """Tests only: 'kind:rank:opt_step[:attempt]', a fault the loop injects (see training.loop.FaultInjector)."""
 
     def for_attempt(self, attempt: int) -> "WorkerSpec":
         return dataclasses.replace(self, attempt=attempt)
