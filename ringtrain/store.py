@@ -74,6 +74,11 @@ def _is_object_store(path: str) -> bool:
 
 # --- Filesystems: one per process per (scheme, authority, settings).
 
+def filesystem(path: str):
+    """(pyarrow.fs FileSystem, path on it): for libraries that take a filesystem object (readers)."""
+    return _resolve(path)
+
+
 def _resolve(path: str):
     """(pyarrow FileSystem, path on it) for a local path or URI."""
     import pyarrow.fs as pafs
@@ -141,7 +146,12 @@ def _hadoop_fs(scheme: str, netloc: str):
 # way: that is what lets the store live on any filesystem.
 
 def join(base: str, *parts: str) -> str:
-    return posixpath.join(base, *parts) if "://" in base else os.path.join(base, *parts)
+    """`base`/`parts`, normalized ("v000002/../_data/x" is "_data/x": manifests on object stores point
+    from a version folder to the shards' folder)."""
+    if "://" in base:
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://{posixpath.normpath(posixpath.join(rest, *parts))}"
+    return os.path.normpath(os.path.join(base, *parts))
 
 
 def _info(path: str):
@@ -249,6 +259,37 @@ def upload_file(local: str, path: str) -> None:
         shutil.copyfileobj(src, dst, 1 << 20)
 
 
+def publish_folder(local: str, path: str, *, marker: str) -> None:
+    """Publish the files of the local folder `local` as the folder `path`, replacing what was there; readers
+    take it as complete only once `marker` (one of the files) exists in it. POSIX: copied beside `path`,
+    then renamed into place whole. Elsewhere: the old marker is removed first, then the old folder, then
+    every file is uploaded, the marker last."""
+    names = sorted(os.path.relpath(os.path.join(d, n), local) for d, _, files in os.walk(local) for n in files)
+    if marker not in names:
+        raise ValueError(f"{local} has no {marker}: nothing would mark the published folder complete")
+    if is_posix(path):
+        target = _resolve(path)[1]
+        parent = os.path.dirname(target)
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=".publish-", dir=parent)
+        try:
+            shutil.copytree(local, staging, dirs_exist_ok=True)
+            if os.path.exists(target):
+                shutil.rmtree(target)
+            os.rename(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return
+    remove(join(path, marker))
+    rmtree(path)
+    for name in names:
+        if name != marker:
+            upload_file(os.path.join(local, name), join(path, name))
+    with open(os.path.join(local, marker), "rb") as f:
+        atomic_write_bytes(join(path, marker), f.read())
+
+
 def share_or_copy(src: str, dst: str) -> None:
     """Make `dst` hold the bytes of the immutable file `src`: a hard link on POSIX (no bytes copied), else a
     copy (server-side on S3). Dataset shards are never copied this way: manifests reference them."""
@@ -332,7 +373,8 @@ def create_exclusive(path: str, data: bytes) -> bool:
     for attempt in range(8):
         if exists(path):
             return False
-        won = _claim(path)
+        owner = uuid.uuid4().hex
+        won = _claim(path, owner)
         if won is None:  # another writer is claiming at the same moment: back off, look again
             time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
             continue
@@ -342,7 +384,7 @@ def create_exclusive(path: str, data: bytes) -> bool:
             atomic_write_bytes(path, data)
             return True
         finally:
-            remove(_claim_path(path, _CLAIM_ID))
+            remove(_claim_path(path, owner))
     raise RuntimeError(f"{path}: could not create it exclusively after 8 tries (other writers keep claiming it)")
 
 
@@ -359,7 +401,6 @@ def _posix_create_exclusive(path: str, data: bytes) -> bool:
     return True
 
 
-_CLAIM_ID = uuid.uuid4().hex  # this process's claims
 # A claim lives for one small PUT; an older one was left by a killed writer and no longer counts.
 _CLAIM_TTL_S = 120.0
 _CLAIM = re.compile(r"^\.claim-(.+)-([0-9a-f]{32})$")
@@ -369,18 +410,18 @@ def _claim_path(path: str, owner: str) -> str:
     return join(posixpath.dirname(path), f".claim-{posixpath.basename(path)}-{owner}")
 
 
-def _claim(path: str) -> bool | None:
+def _claim(path: str, owner: str) -> bool | None:
     """Write our claim on `path`, then list the claims: True = ours is the only one and `path` is still
     absent (we may create it); False = `path` exists; None = another claim is there (both back off).
 
     Why at most one writer wins: a writer that sees only its own claim listed after its claim was stored;
     any other writer stores its claim later, so its own listing shows ours (or, once we removed ours after
     creating `path`, its check of `path` finds it)."""
-    mine = _claim_path(path, _CLAIM_ID)
+    mine = _claim_path(path, owner)
     atomic_write_bytes(mine, b"")
     folder, name = posixpath.dirname(path), posixpath.basename(path)
     others = [n for n in listdir(folder)
-              if (m := _CLAIM.match(n)) and m.group(1) == name and m.group(2) != _CLAIM_ID
+              if (m := _CLAIM.match(n)) and m.group(1) == name and m.group(2) != owner
               and time.time() - mtime(join(folder, n)) < _CLAIM_TTL_S]
     if others or exists(path):
         remove(mine)
@@ -418,6 +459,10 @@ class DatasetStore:
         """What a manifest records as the shards' folder (relative to the dataset root), or None when they
         sit in the version folder itself (POSIX)."""
         return None if self.renames else staging[len(self.root) + 1:]
+
+    def version_relative(self, staging: str, name: str) -> str:
+        """A manifest's path (relative to the version folder) for `name` written in `staging`."""
+        return name if self.renames else f"../{self.shard_dir(staging)}/{name}"
 
     def versions(self) -> list[str]:
         """Published versions, oldest first: folders named vNNNNNN that hold a manifest."""

@@ -31,6 +31,7 @@ from collections import deque
 from pyspark import BarrierTaskContext, SparkContext
 
 from ringtrain.errors import ConfigError, NotEnoughSlots, TrainingFailed
+from ringtrain.store import is_posix, join, makedirs, upload_file
 from ringtrain.training.worker import ERROR_PREFIX, RESULT_PREFIX
 
 log = logging.getLogger("ringtrain.launcher")
@@ -193,9 +194,31 @@ def _worker_env(engine: str, rank: int, size: int, hosts: list[str], placement, 
 
 def run_worker_process(task_spec: str, env: dict, *, rank: int, log_dir: str, attempt: int,
                        hang_timeout_s: float) -> dict:
-    """Run `python -m ringtrain.training.worker` with `env`; return its result or raise RankFailed."""
-    os.makedirs(log_dir, exist_ok=True)
-    log_path = os.path.join(log_dir, f"attempt{attempt}-rank{rank}.log")
+    """Run `python -m ringtrain.training.worker` with `env`; return its result or raise RankFailed.
+
+    The worker's output goes to a local log file as it comes; on a store that is not POSIX (S3, HDFS:
+    no appends) that local copy is uploaded to `log_dir` when the worker ends, whatever the outcome."""
+    name = f"attempt{attempt}-rank{rank}.log"
+    log_path = join(log_dir, name)
+    local_log = log_path if is_posix(log_dir) else _local_log_path(log_dir, name)
+    makedirs(log_dir)
+    try:
+        return _run_worker(task_spec, env, rank, log_path, local_log, hang_timeout_s)
+    finally:
+        if local_log != log_path and os.path.exists(local_log):
+            upload_file(local_log, log_path)
+
+
+def _local_log_path(log_dir: str, name: str) -> str:
+    """The executor's own copy of a log bound for a remote store: <tmp>/ringtrain-logs/<run_id>/<name>."""
+    run_id = os.path.basename(os.path.dirname(log_dir.rstrip("/")))
+    folder = os.path.join(tempfile.gettempdir(), "ringtrain-logs", run_id)
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, name)
+
+
+def _run_worker(task_spec: str, env: dict, rank: int, log_path: str, local_log: str,
+                hang_timeout_s: float) -> dict:
     with tempfile.TemporaryDirectory(prefix="ringtrain-") as tmp:
         heartbeat = os.path.join(tmp, "heartbeat")
         open(heartbeat, "w").close()
@@ -206,7 +229,7 @@ def run_worker_process(task_spec: str, env: dict, *, rank: int, log_dir: str, at
         tail: deque[str] = deque(maxlen=40)
         result: list[dict] = []
         errors: list[str] = []
-        pump = threading.Thread(target=_pump, args=(proc, log_path, tail, result, errors), daemon=True)
+        pump = threading.Thread(target=_pump, args=(proc, local_log, tail, result, errors), daemon=True)
         pump.start()
         try:
             while proc.poll() is None:
