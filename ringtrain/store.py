@@ -116,6 +116,26 @@ def _s3_settings() -> tuple:
             env.get("AWS_SESSION_TOKEN") or "")
 
 
+_S3A_TO_AWS = {"fs.s3a.access.key": "AWS_ACCESS_KEY_ID", "fs.s3a.secret.key": "AWS_SECRET_ACCESS_KEY",
+               "fs.s3a.session.token": "AWS_SESSION_TOKEN", "fs.s3a.endpoint.region": "AWS_REGION"}
+
+
+def s3_env_from_hadoop(conf: dict[str, str]) -> dict[str, str]:
+    """The AWS_* variables that Spark's `spark.hadoop.fs.s3a.*` settings (or Hadoop's `fs.s3a.*`) stand for,
+    so that a cluster configured for s3a needs nothing more for ringtrain's store."""
+    def get(key: str) -> str | None:
+        return conf.get(f"spark.hadoop.{key}") or conf.get(key)
+
+    env = {name: get(key) for key, name in _S3A_TO_AWS.items() if get(key)}
+    endpoint = get("fs.s3a.endpoint")
+    if endpoint:
+        if "://" not in endpoint:
+            secure = (get("fs.s3a.connection.ssl.enabled") or "true").lower() != "false"
+            endpoint = ("https://" if secure else "http://") + endpoint
+        env["AWS_ENDPOINT_URL"] = endpoint
+    return env
+
+
 @functools.lru_cache(maxsize=None)
 def _s3_fs(endpoint: str, region: str, key: str, secret: str, token: str):
     import pyarrow.fs as pafs

@@ -79,6 +79,19 @@ def small_dataset(spark, tmp_path_factory):
     return cfg, summary["dataset_dir"]
 
 
+@pytest.fixture(scope="session")
+def s3_dataset(spark, s3_server, small_dataset):
+    """The small_dataset config (same local source), published to the S3 server: (config, dataset_dir)."""
+    from ringtrain.etl.pipeline import run_etl
+    from ringtrain.store import RunStore
+    spark.sparkContext.environment.update(s3_server.env)
+    local_cfg, _ = small_dataset
+    root = s3_server.fresh_uri("demo")
+    cfg = demo_config(root, [f"etl.source.path={local_cfg.etl.source.path}"])
+    summary = run_etl(spark, cfg.etl, RunStore.create(root).dataset(cfg.etl.dataset))
+    return cfg, summary["dataset_dir"]
+
+
 def worker_processes() -> list:
     """Live `training.worker` processes (to prove that failures leave none behind)."""
     import psutil

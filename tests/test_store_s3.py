@@ -7,7 +7,6 @@ import os
 
 import pytest
 
-from conftest import demo_config
 from ringtrain import store
 from ringtrain.manifest import load_manifest, shard_paths
 from ringtrain.store import ConcurrentPublish, DatasetStore, RunStore
@@ -88,18 +87,6 @@ def test_publish_without_rename_references_shards_and_trusts_only_manifests(s3_s
     assert ds.latest() == store.join(ds.root, "v000002")
 
 
-@pytest.fixture(scope="session")
-def s3_dataset(spark, s3_server, small_dataset):
-    """The small_dataset config (same local source), published to the S3 server: (config, dataset_dir)."""
-    from ringtrain.etl.pipeline import run_etl
-    spark.sparkContext.environment.update(s3_server.env)
-    local_cfg, _ = small_dataset
-    root = s3_server.fresh_uri("demo")
-    cfg = demo_config(root, [f"etl.source.path={local_cfg.etl.source.path}"])
-    summary = run_etl(spark, cfg.etl, RunStore.create(root).dataset(cfg.etl.dataset))
-    return cfg, summary["dataset_dir"]
-
-
 @pytest.mark.spark
 def test_etl_publishes_to_s3_with_the_checksums_of_a_local_run(s3_server, s3_dataset, small_dataset):
     cfg, dataset_dir = s3_dataset
@@ -116,3 +103,13 @@ def test_etl_publishes_to_s3_with_the_checksums_of_a_local_run(s3_server, s3_dat
     assert data == expected  # executors wrote every shard to the object store, nothing else
     assert store.read_json(store.join(dataset_dir, remote["features"]["path"])) == \
            store.read_json(os.path.join(local_dir, local["features"]["path"]))
+
+
+def test_spark_s3a_settings_become_the_aws_environment():
+    conf = {"spark.hadoop.fs.s3a.endpoint": "minio.local:9000", "spark.hadoop.fs.s3a.connection.ssl.enabled": "false",
+            "spark.hadoop.fs.s3a.access.key": "AK", "spark.hadoop.fs.s3a.secret.key": "SK", "spark.app.name": "x"}
+    assert store.s3_env_from_hadoop(conf) == {"AWS_ENDPOINT_URL": "http://minio.local:9000",
+                                              "AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK"}
+    assert store.s3_env_from_hadoop({"fs.s3a.endpoint": "https://s3.example"}) == \
+           {"AWS_ENDPOINT_URL": "https://s3.example"}
+    assert store.s3_env_from_hadoop({}) == {}

@@ -1,5 +1,6 @@
 """Training through the real launcher: Spark barrier tasks, real Horovod / torch.distributed rings."""
 import glob
+import io
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from conftest import ROOT, demo_config, listening_ports, worker_processes
+from ringtrain import store as rstore
 from ringtrain.schema import to_dict
 from ringtrain.store import RunStore
 from ringtrain.training.launcher import NotEnoughSlots, TrainingFailed, launch
@@ -18,10 +20,11 @@ from ringtrain.training.worker import make_spec
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
-def train(spark, small_dataset, tmp_path, run_id, overrides=(), fault=None, **launch_args):
+def train(spark, small_dataset, tmp_path, run_id, overrides=(), fault=None, *, root=None, **launch_args):
+    """Train on `small_dataset` (config, dataset_dir); the run's store is `root` (default: tmp_path)."""
     cfg, dataset_dir = small_dataset
     cfg = demo_config(cfg.store.root, list(overrides))
-    store = RunStore.create(str(tmp_path), run_id).prepare()
+    store = RunStore.create(root or str(tmp_path), run_id).prepare()
     spec = {**make_spec(to_dict(cfg.train), dataset_dir, store.paths()), "fault": fault}
     t = cfg.train
     args = dict(num_workers=t.num_workers, engine=t.engine, gpus_per_worker=0,
@@ -30,7 +33,7 @@ def train(spark, small_dataset, tmp_path, run_id, overrides=(), fault=None, **la
 
 
 def state_dict(store):
-    return torch.load(os.path.join(store.model_dir, "state_dict.pt"))
+    return torch.load(io.BytesIO(rstore.read_bytes(rstore.join(store.model_dir, "state_dict.pt"))))
 
 
 @pytest.mark.parametrize("engine", ["horovod", "ddp"])
@@ -44,12 +47,26 @@ def test_two_ranks_end_with_identical_parameters(spark, small_dataset, tmp_path,
     assert os.path.exists(os.path.join(store.model_dir, "artifact.json"))
 
 
-def test_killed_rank_is_retried_from_checkpoint_and_matches_uninterrupted_run(spark, small_dataset, tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_killed_rank_is_retried_from_checkpoint_and_matches_uninterrupted_run(spark, small_dataset, tmp_path, where,
+                                                                               request):
+    """With `s3`, the dataset, checkpoints, logs and model are objects on the S3 server (listed with its own
+    client), and the resumed rank reads its checkpoint from there."""
+    dataset, root = small_dataset, None
+    if where == "s3":
+        server, dataset = request.getfixturevalue("s3_server"), request.getfixturevalue("s3_dataset")
+        root = server.fresh_uri("train")
     opts = ["train.checkpoint_every_steps=20", "train.max_attempts=2"]
-    clean, clean_store = train(spark, small_dataset, tmp_path, "clean", opts)
+    clean, clean_store = train(spark, dataset, tmp_path, "clean", opts, root=root)
     # rank 1 dies at optimizer step 50 of attempt 0 (after the checkpoint at step 40)
-    resumed, resumed_store = train(spark, small_dataset, tmp_path, "killed", opts, fault="crash:1:50:0")
-    assert os.path.exists(os.path.join(resumed_store.log_dir, "attempt1-rank1.log"))  # a second attempt ran
+    resumed, resumed_store = train(spark, dataset, tmp_path, "killed", opts, fault="crash:1:50:0", root=root)
+    assert rstore.exists(rstore.join(resumed_store.log_dir, "attempt1-rank1.log"))  # a second attempt ran
+    if where == "s3":
+        keys = server.keys(resumed_store.run_dir)
+        assert {"logs/attempt0-rank0.log", "logs/attempt0-rank1.log", "logs/attempt1-rank0.log",
+                "logs/attempt1-rank1.log", "model/artifact.json", "model/state_dict.pt", "metrics.json",
+                "metrics.png"} <= set(keys), keys
+        assert len([k for k in keys if k.startswith("checkpoints/ckpt-")]) == 2, keys  # the newest two kept
     assert resumed[0]["batches_run"] < clean[0]["batches_run"]  # it resumed, it did not restart
     a, b = state_dict(clean_store), state_dict(resumed_store)
     for name in a:
