@@ -6,11 +6,11 @@
   vocabularies (train split only). They are frozen: every later partition is encoded with the base's
   `features.json` (a category never seen in the base goes to the unknown bucket), so the shards already
   published never need rewriting.
-- A new version = the previous version's shards + the new partition's shards. On POSIX the previous
-  shards are hard-linked into the staging folder (copied where linking fails); on object stores and
-  HDFS the new manifest references them where they are (no byte is copied), balanced within the partition, their count a multiple
-  of max_world_size. Shard files are named `part-<partition tag>-NNNNN.parquet`, so partitions never
-  collide. The manifest lists the partitions (name, identity, rows per split, quarantine, shards) and
+- A new version = the previous version's shards + the new partition's shards (balanced within the
+  partition, their count a multiple of max_world_size). On POSIX the previous shards are hard-linked
+  into the staging folder (copied where linking fails); on object stores and HDFS the new manifest
+  references them where they are (no byte is copied). Shard files are named
+  `part-<partition tag>-NNNNN.parquet`, so partitions never collide. The manifest lists the partitions (name, identity, rows per split, quarantine, shards) and
   the totals per split, in the same `splits` layout as a full version: readers need nothing new.
 - The split of a row is a hash of its key (as in full mode), and the row order across a partition's
   shards is seeded with etl.seed + the partition name: the same input gives byte-identical shards,

@@ -89,7 +89,7 @@ def _resolve(path: str):
     if scheme == "file":
         return _local_fs(), os.path.abspath(path[len("file://"):])
     if scheme in ("s3", "s3a"):
-        return _s3_fs(*_s3_settings()), parts.netloc + parts.path
+        return _s3_fs(parts.netloc, *_s3_settings()), parts.netloc + parts.path
     if scheme in ("hdfs", "viewfs"):
         return _hadoop_fs(scheme, parts.netloc), parts.path or "/"
     try:
@@ -137,12 +137,15 @@ def s3_env_from_hadoop(conf: dict[str, str]) -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=None)
-def _s3_fs(endpoint: str, region: str, key: str, secret: str, token: str):
+def _s3_fs(bucket: str, endpoint: str, region: str, key: str, secret: str, token: str):
+    """One client per bucket and settings: on AWS, a bucket without AWS_REGION is asked for its region."""
     import pyarrow.fs as pafs
-    options: dict[str, Any] = {"region": region or "us-east-1"}
+    options: dict[str, Any] = {}
     if endpoint:  # an S3-compatible server (MinIO, Ceph, a test server): http(s)://host:port
         url = urlsplit(endpoint if "://" in endpoint else "https://" + endpoint)
-        options.update(endpoint_override=url.netloc, scheme=url.scheme)
+        options.update(endpoint_override=url.netloc, scheme=url.scheme, region=region or "us-east-1")
+    else:
+        options["region"] = region or pafs.resolve_s3_region(bucket)
     if key and secret:  # otherwise the AWS SDK's own chain: profile, instance or pod role
         options.update(access_key=key, secret_key=secret, session_token=token or None)
     return pafs.S3FileSystem(**options)
@@ -151,7 +154,7 @@ def _s3_fs(endpoint: str, region: str, key: str, secret: str, token: str):
 @functools.lru_cache(maxsize=None)
 def _hadoop_fs(scheme: str, netloc: str):
     """libhdfs through JNI: needs HADOOP_HOME, CLASSPATH (`hadoop classpath --glob`), ARROW_LIBHDFS_DIR and
-    JAVA_HOME in this process's environment (on executors: spark.executorEnv.*); `ringtrain doctor` checks."""
+    JAVA_HOME in this process's environment (on executors: spark.executorEnv.*)."""
     import pyarrow.fs as pafs
     try:
         return pafs.HadoopFileSystem.from_uri(f"{scheme}://{netloc or 'default'}")
