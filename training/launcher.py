@@ -35,6 +35,7 @@ from ringtrain.store import is_posix, join, makedirs, upload_file
 from ringtrain.training.worker import ERROR_PREFIX, RESULT_PREFIX
 
 log = logging.getLogger("ringtrain.launcher")
+LOG_SYNC_S = 10.0  # how often a log bound for a non-POSIX store is uploaded while its worker runs
 
 
 def launch(sc: SparkContext, spec: dict, *, num_workers: int, engine: str, gpus_per_worker: int,
@@ -197,16 +198,24 @@ def run_worker_process(task_spec: str, env: dict, *, rank: int, log_dir: str, at
     """Run `python -m ringtrain.training.worker` with `env`; return its result or raise RankFailed.
 
     The worker's output goes to a local log file as it comes; on a store that is not POSIX (S3, HDFS:
-    no appends) that local copy is uploaded to `log_dir` when the worker ends, whatever the outcome."""
+    no appends) that local copy is uploaded to `log_dir` when the worker starts, every LOG_SYNC_S while it
+    runs (Spark may kill this task when another rank fails, before it can upload), and when it ends."""
     name = f"attempt{attempt}-rank{rank}.log"
     log_path = join(log_dir, name)
-    local_log = log_path if is_posix(log_dir) else _local_log_path(log_dir, name)
     makedirs(log_dir)
-    try:
-        return _run_worker(task_spec, env, rank, log_path, local_log, hang_timeout_s)
-    finally:
-        if local_log != log_path and os.path.exists(local_log):
+    if is_posix(log_dir):
+        return _run_worker(task_spec, env, rank, log_path, log_path, hang_timeout_s, lambda: None)
+    local_log = _local_log_path(log_dir, name)
+    open(local_log, "a").close()  # so that the first upload, at start, makes the log visible at once
+
+    def sync_log() -> None:
+        if os.path.exists(local_log):
             upload_file(local_log, log_path)
+
+    try:
+        return _run_worker(task_spec, env, rank, log_path, local_log, hang_timeout_s, sync_log)
+    finally:
+        sync_log()
 
 
 def _local_log_path(log_dir: str, name: str) -> str:
@@ -218,7 +227,7 @@ def _local_log_path(log_dir: str, name: str) -> str:
 
 
 def _run_worker(task_spec: str, env: dict, rank: int, log_path: str, local_log: str,
-                hang_timeout_s: float) -> dict:
+                hang_timeout_s: float, sync_log) -> dict:
     with tempfile.TemporaryDirectory(prefix="ringtrain-") as tmp:
         heartbeat = os.path.join(tmp, "heartbeat")
         open(heartbeat, "w").close()
@@ -231,8 +240,12 @@ def _run_worker(task_spec: str, env: dict, rank: int, log_path: str, local_log: 
         errors: list[str] = []
         pump = threading.Thread(target=_pump, args=(proc, local_log, tail, result, errors), daemon=True)
         pump.start()
+        synced = 0.0
         try:
             while proc.poll() is None:
+                if time.time() - synced > LOG_SYNC_S:
+                    sync_log()
+                    synced = time.time()
                 idle = time.time() - os.path.getmtime(heartbeat)
                 if idle > hang_timeout_s:
                     _kill_group(proc)
