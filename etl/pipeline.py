@@ -18,7 +18,7 @@ from ringtrain.etl.features import (
 )
 from ringtrain.errors import BadDataError
 from ringtrain.etl.manifest import verify_staging
-from ringtrain.manifest import FORMAT_VERSION, MANIFEST, load_manifest
+from ringtrain.manifest import FORMAT_VERSION, load_manifest
 from ringtrain.etl.shards import assign_shards, shard_count, write_quarantine, write_shards
 from ringtrain.etl.sources import CORRUPT, read_source
 from ringtrain.etl.validate import REASON, parse_and_validate

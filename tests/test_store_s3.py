@@ -9,7 +9,7 @@ import pytest
 
 from ringtrain import store
 from ringtrain.manifest import load_manifest, shard_paths
-from ringtrain.store import ConcurrentPublish, DatasetStore, RunStore
+from ringtrain.store import ConcurrentPublish, DatasetStore
 
 SPLITS = ("train", "val", "test")
 
