@@ -9,8 +9,8 @@ the speed of AWS S3.
 - Data: the demo's churn table, `--rows` rows, written once as CSV under bench/.data/store-<rows>/raw
   (a local source for both: Spark reads the source, the store is what differs).
 - ETL: `run_etl(..., force=True)` on conf/demo.yaml's columns and shards, into a local store and into
-  s3://<bucket>/bench, alternated per repeat (drift on a noisy machine hits both alike); one Spark
-  session (start-up excluded).
+  s3://<bucket>/bench, alternated per repeat (drift on a noisy machine hits both alike), after one
+  untimed warm-up ETL; one Spark session (start-up excluded).
 - Readers: `open_reader(kind, ...)` for petastorm and arrow, one epoch of rank 0 of 1 (every train shard),
   from each store's published version, alternated per repeat. Rows/s = rows yielded / seconds.
 - Ratios: `s3 rows/s / local rows/s`, medians over repeats.
@@ -94,6 +94,7 @@ def measure(args, server: S3Server) -> dict:
     spark.sparkContext.setLogLevel("ERROR")
     etl_runs, published = {s: [] for s in STORES}, {}
     try:
+        run_etl(spark, cfg.etl, datasets["local"], force=True)  # warm-up, not timed: JVM JIT, Python workers
         for rep in range(args.repeats):
             for store in STORES:
                 t = time.perf_counter()
