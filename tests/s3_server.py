@@ -46,7 +46,7 @@ class S3Server:
                                     start_new_session=True)
         server = cls(proc, port, bucket, log_path)
         deadline = time.time() + timeout_s
-        while not server._answers():
+        while not server.answers():
             if proc.poll() is not None or time.time() > deadline:
                 server.stop()
                 raise RuntimeError(f"moto_server did not start on port {port}: " + open(log_path).read()[-2000:])
@@ -54,7 +54,7 @@ class S3Server:
         server.filesystem().create_dir(bucket)
         return server
 
-    def _answers(self) -> bool:
+    def answers(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                 return True

@@ -198,9 +198,10 @@ def written_shards(ds, marker, server=None):
 def test_killed_mid_write_leaves_latest_intact_and_rerun_matches_an_unkilled_run(spark, tmp_path, where, request):
     """SIGKILL an ETL once it has written a shard. With `s3` the store is on the S3 server, where nothing is
     renamed: the shards are immutable objects that only a manifest written last can make part of a version."""
-    server = request.getfixturevalue("s3_server") if where == "s3" else None
-    if server is not None:
-        spark.sparkContext.environment.update(server.env)
+    server = None
+    if where == "s3":
+        request.getfixturevalue("s3_spark")  # the executors reach the server too
+        server = request.getfixturevalue("s3_server")
     raw = str(tmp_path / "raw")
     write_partitions(raw, {P1: 2000, P2: 10000})
     root = server.fresh_uri("killed") if server else str(tmp_path / "killed")

@@ -36,6 +36,18 @@ def test_store_functions_on_s3(s3_server):
     assert store.normalize_root(f"s3a://{s3_server.bucket}/x/") == f"s3://{s3_server.bucket}/x"
 
 
+def test_the_server_helper_leaves_no_process_or_port(tmp_path):
+    import psutil
+
+    from s3_server import S3Server
+    server = S3Server.start(str(tmp_path), bucket="short-lived")
+    pid, port = server.proc.pid, server.port
+    assert server.keys("") == []  # the bucket exists and answers
+    server.stop()
+    assert not psutil.pid_exists(pid) and not server.answers()
+    assert port not in {c.laddr.port for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+
+
 def _race(args):
     path, value = args
     return store.create_exclusive(path, value.encode())
