@@ -93,12 +93,14 @@ def s3_dataset(spark, s3_server, small_dataset):
 
 
 def worker_processes() -> list:
-    """Live `training.worker` processes (to prove that failures leave none behind)."""
+    """Live `training.worker` processes of this interpreter (to prove that failures leave none behind; other
+    checkouts' test runs on the same machine have their own interpreter)."""
     import psutil
     found = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if "ringtrain.training.worker" in " ".join(p.info["cmdline"] or []):
+            cmdline = p.info["cmdline"] or []
+            if "ringtrain.training.worker" in " ".join(cmdline) and cmdline[0] == sys.executable:
                 found.append(p)
         except psutil.Error:
             pass
