@@ -443,9 +443,10 @@ def _claim(path: str, owner: str) -> bool | None:
     mine = _claim_path(path, owner)
     atomic_write_bytes(mine, b"")
     folder, name = posixpath.dirname(path), posixpath.basename(path)
-    others = [n for n in listdir(folder)
-              if (m := _CLAIM.match(n)) and m.group(1) == name and m.group(2) != owner
-              and time.time() - mtime(join(folder, n)) < _CLAIM_TTL_S]
+    found, _ = _entries(folder)  # with their times: a claim may be gone before a second look
+    others = [i for i in found
+              if (m := _CLAIM.match(posixpath.basename(i.path))) and m.group(1) == name and m.group(2) != owner
+              and (i.mtime is None or time.time() - i.mtime.timestamp() < _CLAIM_TTL_S)]
     if others or exists(path):
         remove(mine)
         return False if exists(path) else None
