@@ -3,7 +3,7 @@
     .venv/bin/python bench/render.py                      # print the tables of every result found
     .venv/bin/python bench/render.py --write BENCHMARKS.md
         # also put each table in place of the `RESULTS: pending` line of its section
-        # (## Training: scaling / feed / all-reduce bandwidth); other sections are left alone
+        # (## Training: scaling / feed / all-reduce bandwidth, ## Store); other sections are left alone
 """
 from __future__ import annotations
 
@@ -90,10 +90,21 @@ def render_allreduce(result: dict) -> str:
     return "\n".join(lines)
 
 
+def render_store(r: dict) -> str:
+    lines = [f"Store on moto's S3-compatible server vs a local store, {r['rows']:,} churn rows on {r['master']} "
+             f"({r['machine']['cores']} cores), medians of {r['repeats']} alternated runs:", "",
+             "| | local rows/s | S3 rows/s | S3 ÷ local |", "|---|---:|---:|---:|"]
+    for name, m in r["measured"].items():
+        lines.append(f"| {name} | {m['local']['rows_per_s']:,.0f} | {m['s3']['rows_per_s']:,.0f} | "
+                     f"**{m['ratio']:.3f}** |")
+    return "\n".join(lines)
+
+
 SECTIONS = {  # results name -> (section heading in BENCHMARKS.md, renderer)
     "scaling": ("## Training: scaling", render_scaling),
     "feed": ("## Training: feed", render_feed),
     "allreduce": ("## Training: all-reduce bandwidth", render_allreduce),
+    "store": ("## Store: S3-compatible server ÷ local", render_store),
 }
 
 

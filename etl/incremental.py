@@ -6,10 +6,11 @@
   vocabularies (train split only). They are frozen: every later partition is encoded with the base's
   `features.json` (a category never seen in the base goes to the unknown bucket), so the shards already
   published never need rewriting.
-- A new version = the previous version's shards, hard-linked into the staging folder (copied where
-  linking fails), + the new partition's shards, balanced within the partition, their count a multiple
-  of max_world_size. Shard files are named `part-<partition tag>-NNNNN.parquet`, so partitions never
-  collide. The manifest lists the partitions (name, identity, rows per split, quarantine, shards) and
+- A new version = the previous version's shards + the new partition's shards (balanced within the
+  partition, their count a multiple of max_world_size). On POSIX the previous shards are hard-linked
+  into the staging folder (copied where linking fails); on object stores and HDFS the new manifest
+  references them where they are (no byte is copied). Shard files are named
+  `part-<partition tag>-NNNNN.parquet`, so partitions never collide. The manifest lists the partitions (name, identity, rows per split, quarantine, shards) and
   the totals per split, in the same `splits` layout as a full version: readers need nothing new.
 - The split of a row is a hash of its key (as in full mode), and the row order across a partition's
   shards is seeded with etl.seed + the partition name: the same input gives byte-identical shards,
@@ -29,7 +30,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import time
 
 from pyspark import StorageLevel
@@ -44,7 +44,7 @@ from ringtrain.etl.pipeline import (
 from ringtrain.etl.sources import read_source
 from ringtrain.config import EtlConfig
 from ringtrain.schema import ConfigError, to_dict
-from ringtrain.store import DatasetStore, atomic_write_json, read_json
+from ringtrain.store import DatasetStore, atomic_write_json, join, list_files, read_json, share_or_copy
 
 log = logging.getLogger("ringtrain.etl")
 
@@ -109,33 +109,37 @@ def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore,
     try:
         reasons, rows_read, rows_good = count_reasons(checked, cfg, f" of partition {partition!r}")
         with staging_area(datasets) as staging:
-            stats = None
+            stats, features_path = None, datasets.version_relative(staging, FEATURES)
             if previous is not None:
-                stats = _frozen_stats(os.path.join(latest, FEATURES), cfg)
-                _link_or_copy(os.path.join(latest, FEATURES), os.path.join(staging, FEATURES))
-                for entry in entries:
-                    if entry["name"] != partition:
-                        _carry_over(latest, staging, entry)
+                features_path = previous["features"]["path"]
+                stats = _frozen_stats(join(latest, features_path), cfg)
+                if datasets.renames:  # elsewhere the manifest references the shards and features where they are
+                    share_or_copy(join(latest, features_path), join(staging, FEATURES))
+                    for entry in entries:
+                        if entry["name"] != partition:
+                            _carry_over(latest, staging, entry)
             tag = partition_tag(partition)
             seed = partition_seed(cfg.seed, partition)
-            quarantine = os.path.join("quarantine", tag)
+            quarantine = f"quarantine/{tag}"
             stats_used, splits = write_splits(cfg, checked, staging, reasons, seed=seed, prefix=f"part-{tag}",
-                                              quarantine=quarantine, stats=stats)
+                                              quarantine=quarantine, stats=stats,
+                                              shard_dir=datasets.shard_dir(staging))
             rows_good = sum(info["rows"] for info in splits.values())  # less any unseen classes quarantined
             if previous is None:  # the base: its features are frozen from now on
-                atomic_write_json(os.path.join(staging, FEATURES), stats_used.to_json())
+                atomic_write_json(join(staging, FEATURES), stats_used.to_json())
             entry = {
                 "name": partition, "tag": tag, "identity": identity, "seed": seed,
                 "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "rows_read": rows_read, "rows_good": rows_good,
-                "quarantine": {"path": quarantine if reasons else None, "counts": dict(sorted(reasons.items()))},
+                "quarantine": {"path": datasets.version_relative(staging, quarantine) if reasons else None,
+                               "counts": dict(sorted(reasons.items()))},
                 "splits": splits, "balance_max_min": balance(splits["train"]["shards"]),
             }
             if old is not None:
                 entries[entries.index(old)] = entry  # replaced in place: partition order stays
             else:
                 entries.append(entry)
-            manifest = _manifest(cfg, previous, latest, entries, stats_used, frozen, identity)
+            manifest = _manifest(cfg, previous, latest, entries, stats_used, frozen, identity, features_path)
             final = publish_version(datasets, staging, manifest,
                                     based_on=os.path.basename(latest) if latest else None, check_base=True)
     finally:
@@ -171,31 +175,22 @@ def _frozen_stats(path: str, cfg: EtlConfig) -> FeatureStats:
 
 
 def _carry_over(latest: str, staging: str, entry: dict) -> None:
-    """Bring one partition of the previous version into staging, unchanged."""
+    """POSIX: bring one partition of the previous version into staging, unchanged (hard links)."""
     for split, info in entry["splits"].items():
         for shard in info["shards"]:
-            _link_or_copy(os.path.join(latest, split, shard["file"]), os.path.join(staging, split, shard["file"]))
+            share_or_copy(join(latest, split, shard["file"]), join(staging, split, shard["file"]))
     q = entry["quarantine"]["path"]
     if q:
-        for folder, _, files in os.walk(os.path.join(latest, q)):
-            rel = os.path.relpath(folder, latest)
-            for name in files:
-                _link_or_copy(os.path.join(folder, name), os.path.join(staging, rel, name))
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:  # another filesystem, or links not supported (some FUSE mounts)
-        shutil.copy2(src, dst)
+        for rel in list_files(join(latest, q)):
+            share_or_copy(join(latest, q, rel), join(staging, q, rel))
 
 
 def _manifest(cfg: EtlConfig, previous: dict | None, latest: str | None, entries: list[dict],
-              stats: FeatureStats, frozen: dict, identity: dict) -> dict:
+              stats: FeatureStats, frozen: dict, identity: dict, features_path: str) -> dict:
     splits = {s: {"rows": sum(e["splits"][s]["rows"] for e in entries),
                   "shards": [shard for e in entries for shard in e["splits"][s]["shards"]]} for s in SPLITS}
     counts: dict[str, int] = {}
+    quarantines = [e["quarantine"]["path"] for e in entries if e["quarantine"]["path"]]
     for e in entries:
         for reason, n in e["quarantine"]["counts"].items():
             counts[reason] = counts.get(reason, 0) + n
@@ -212,11 +207,14 @@ def _manifest(cfg: EtlConfig, previous: dict | None, latest: str | None, entries
         "source": {"format": cfg.source.format, "path": cfg.source.path, "table": cfg.source.table,
                    "partition_column": cfg.source.partition_column, "fingerprint": identity["source"]},
         "schema": schema_entry(cfg),
-        "features": features_entry(cfg, stats),
+        "features": features_entry(cfg, stats, features_path),
         "partitions": entries,
         "rows_read": sum(e["rows_read"] for e in entries),
         "rows_good": sum(e["rows_good"] for e in entries),
-        "quarantine": {"path": "quarantine" if counts else None, "counts": dict(sorted(counts.items()))},
+        # Each partition's quarantine is at its own path (partitions[].quarantine.path); one folder holds
+        # them all only where they were carried into the version (POSIX).
+        "quarantine": {"path": "quarantine" if quarantines and all(q.startswith("quarantine/") for q in quarantines)
+                       else None, "counts": dict(sorted(counts.items()))},
         "splits": splits,
         "row_group_rows": cfg.shards.row_group_rows,
         "max_world_size": cfg.shards.max_world_size,

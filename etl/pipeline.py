@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import time
 
 from pyspark import StorageLevel
@@ -19,13 +18,13 @@ from ringtrain.etl.features import (
 )
 from ringtrain.errors import BadDataError
 from ringtrain.etl.manifest import verify_staging
-from ringtrain.manifest import FORMAT_VERSION, MANIFEST, load_manifest
-from ringtrain.etl.shards import assign_shards, shard_count, write_shards
+from ringtrain.manifest import FORMAT_VERSION, load_manifest
+from ringtrain.etl.shards import assign_shards, shard_count, write_quarantine, write_shards
 from ringtrain.etl.sources import CORRUPT, read_source
 from ringtrain.etl.validate import REASON, parse_and_validate
 from ringtrain.config import EtlConfig
 from ringtrain.schema import to_dict
-from ringtrain.store import DatasetStore, atomic_write_json
+from ringtrain.store import DatasetStore, atomic_write_json, join, rmtree
 
 log = logging.getLogger("ringtrain.etl")
 
@@ -55,7 +54,7 @@ def run_etl(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, partiti
     try:
         reasons, rows_read, rows_good = count_reasons(checked, cfg)
         with staging_area(datasets) as staging:
-            manifest = _write_version(cfg, checked, staging, reasons, rows_read, rows_good, identity)
+            manifest = _write_version(cfg, checked, datasets, staging, reasons, rows_read, rows_good, identity)
             final = publish_version(datasets, staging, manifest)
     finally:
         checked.unpersist()
@@ -69,16 +68,16 @@ def staging_area(datasets: DatasetStore):
     try:
         yield staging
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        rmtree(staging)
         raise
 
 
 def publish_version(datasets: DatasetStore, staging: str, manifest: dict, **publish_args) -> str:
-    """Verify the staged files against the manifest, write the manifest last (its presence makes a
-    version), then publish the folder as the next version."""
-    verify_staging(staging, manifest)
-    atomic_write_json(os.path.join(staging, MANIFEST), manifest)
-    return datasets.publish(staging, **publish_args)
+    """Verify the staged files against the manifest, then publish: the manifest is written last (its
+    presence makes a version), see `DatasetStore.publish`."""
+    verify_staging(staging, manifest, root=datasets.root)
+    data = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    return datasets.publish(staging, data, **publish_args)
 
 
 def validated(raw: DataFrame, cfg: EtlConfig) -> DataFrame:
@@ -120,22 +119,23 @@ def config_hash(cfg: EtlConfig) -> str:
 
 
 def write_splits(cfg: EtlConfig, checked: DataFrame, staging: str, reasons: dict, *, seed: int,
-                 prefix: str = "part", quarantine: str = "quarantine",
-                 stats: FeatureStats | None = None) -> tuple[FeatureStats, dict]:
+                 prefix: str = "part", quarantine: str = "quarantine", stats: FeatureStats | None = None,
+                 shard_dir: str | None = None) -> tuple[FeatureStats, dict]:
     """Quarantine, split, encode and shard the validated rows into `staging`.
 
     Features are fitted on the train split unless `stats` (frozen ones) are given. Shards are named
     <split>/<prefix>-NNNNN.parquet, rows are ordered across them by a hash seeded with `seed`.
+    `shard_dir` (stores without rename): the staging folder relative to the dataset root, recorded with
+    each shard so that the manifest references it (`DatasetStore.shard_dir`).
     """
     if reasons:  # keep the bad rows, with their reason, for people to look at
-        (checked.where(F.col(REASON).isNotNull()).select(*[F.col(c).cast("string") for c in checked.columns])
-         .coalesce(1).write.parquet("file://" + os.path.join(staging, quarantine)))
+        write_quarantine(checked.where(F.col(REASON).isNotNull()), join(staging, quarantine))
     good = assign_split(checked.where(F.col(REASON).isNull()).drop(REASON, CORRUPT), cfg.split)
     good = good.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         if stats is None:
             stats = fit_features(good.where(F.col(SPLIT) == "train"), cfg)
-        kept = _quarantine_unseen_classes(good, stats, os.path.join(staging, quarantine), reasons)
+        kept = _quarantine_unseen_classes(good, stats, join(staging, quarantine), reasons)
         encoded = apply_features(kept, stats)
         split_rows = {s: 0 for s in SPLITS}
         split_rows.update({r[SPLIT]: r["count"] for r in kept.groupBy(SPLIT).count().collect()})
@@ -144,7 +144,9 @@ def write_splits(cfg: EtlConfig, checked: DataFrame, staging: str, reasons: dict
             n = shard_count(split_rows[split], cfg.shards.rows_per_shard, cfg.shards.num_shards,
                             cfg.shards.max_world_size)
             part = assign_shards(encoded.where(F.col(SPLIT) == split).drop(SPLIT), stats.key, seed, n)
-            shards = write_shards(part, os.path.join(staging, split), n, cfg.shards.row_group_rows, prefix)
+            shards = write_shards(part, join(staging, split), n, cfg.shards.row_group_rows, prefix)
+            if shard_dir:
+                shards = [{**s, "dir": shard_dir} for s in shards]
             splits[split] = {"rows": split_rows[split], "shards": shards}
     finally:
         good.unpersist()
@@ -161,9 +163,8 @@ def _quarantine_unseen_classes(good: DataFrame, stats: FeatureStats, quarantine:
     count = unseen.count()
     if count:
         columns = [c for c in good.columns if c != SPLIT]
-        (unseen.select(*[F.col(c).cast("string") for c in columns], F.lit(None).cast("string").alias(CORRUPT),
-                       F.lit("unseen_label").alias(REASON))
-         .coalesce(1).write.mode("append").parquet("file://" + quarantine))
+        write_quarantine(unseen.select(*columns, F.lit(None).cast("string").alias(CORRUPT),
+                                       F.lit("unseen_label").alias(REASON)), quarantine, prefix="unseen")
         reasons["unseen_label"] = reasons.get("unseen_label", 0) + count
     return good.where(known_label(stats))
 
@@ -177,18 +178,20 @@ def schema_entry(cfg: EtlConfig) -> dict:
     return {"columns": [dict(name=c.name, type=c.type, role=c.role, nullable=c.nullable) for c in cfg.columns]}
 
 
-def features_entry(cfg: EtlConfig, stats: FeatureStats) -> dict:
-    return {"path": "features.json", "numeric_columns": stats.numeric_columns(),
+def features_entry(cfg: EtlConfig, stats: FeatureStats, path: str) -> dict:
+    """`path`: features.json, relative to the version folder."""
+    return {"path": path, "numeric_columns": stats.numeric_columns(),
             "categorical_cardinalities": stats.categorical_cardinalities(),
             "arrays": stats.arrays, "label": "label", "key": stats.key, "task": stats.task,
             "label_values": stats.label_values, "label_stats": stats.label_stats}
 
 
-def _write_version(cfg: EtlConfig, checked: DataFrame, staging: str, reasons: dict, rows_read: int,
-                   rows_good: int, identity: dict) -> dict:
-    stats, splits = write_splits(cfg, checked, staging, reasons, seed=cfg.seed)
+def _write_version(cfg: EtlConfig, checked: DataFrame, datasets: DatasetStore, staging: str, reasons: dict,
+                   rows_read: int, rows_good: int, identity: dict) -> dict:
+    stats, splits = write_splits(cfg, checked, staging, reasons, seed=cfg.seed,
+                                 shard_dir=datasets.shard_dir(staging))
     rows_good = sum(info["rows"] for info in splits.values())  # less any unseen classes write_splits quarantined
-    atomic_write_json(os.path.join(staging, "features.json"), stats.to_json())
+    atomic_write_json(join(staging, "features.json"), stats.to_json())
     return {
         "format_version": FORMAT_VERSION,
         "dataset": cfg.dataset,
@@ -199,9 +202,10 @@ def _write_version(cfg: EtlConfig, checked: DataFrame, staging: str, reasons: di
         "source": {"format": cfg.source.format, "path": cfg.source.path, "table": cfg.source.table,
                    "fingerprint": identity["source"]},
         "schema": schema_entry(cfg),
-        "features": features_entry(cfg, stats),
+        "features": features_entry(cfg, stats, datasets.version_relative(staging, "features.json")),
         "rows_read": rows_read, "rows_good": rows_good,
-        "quarantine": {"path": "quarantine" if reasons else None, "counts": dict(sorted(reasons.items()))},
+        "quarantine": {"path": datasets.version_relative(staging, "quarantine") if reasons else None,
+                       "counts": dict(sorted(reasons.items()))},
         "splits": splits,
         "row_group_rows": cfg.shards.row_group_rows,
         "max_world_size": cfg.shards.max_world_size,

@@ -6,19 +6,22 @@ and row i goes to shard i mod n. Shard sizes therefore differ by at most one row
 
 Each Spark task writes whole shards with pyarrow, so the row-group size is exact in rows and
 the bytes are a pure function of the rows and the seed: rerunning the same input gives
-identical files and checksums.
+identical files and checksums. Tasks write straight to the store (any `ringtrain.store` URI;
+nothing passes through the driver) and hash the bytes as they go out.
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
-import os
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
+
+from ringtrain.store import join, makedirs, open_output, remove
 
 ORDER, SHARD = "_order", "_shard"
 _BUCKETS = 64
@@ -49,7 +52,7 @@ def assign_shards(df: DataFrame, key: str, seed: int, num_shards: int) -> DataFr
 def write_shards(df: DataFrame, folder: str, num_shards: int, row_group_rows: int,
                  prefix: str = "part") -> list[dict]:
     """Write each shard as <folder>/<prefix>-NNNNN.parquet; return per-shard rows, bytes, row groups, sha256."""
-    os.makedirs(folder, exist_ok=True)
+    makedirs(folder)
     columns = [c for c in df.columns if c not in (ORDER, SHARD)]
 
     def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -78,6 +81,30 @@ def write_shards(df: DataFrame, folder: str, num_shards: int, row_group_rows: in
     return written
 
 
+def write_quarantine(bad: DataFrame, folder: str, prefix: str = "part") -> None:
+    """The rejected rows (every column as a string, with its reason) as Parquet files <prefix>-NNNNN.parquet
+    under `folder`, one per non-empty partition, written by the tasks straight to the store (Spark's own writer cannot reach every
+    store ringtrain supports: its s3a connector needs jars pyspark does not ship)."""
+    as_strings = bad.select(*[F.col(c).cast("string") for c in bad.columns])
+
+    def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+        batches = iter(batches)
+        first = next((b for b in batches if b.num_rows), None)
+        if first is None:
+            return
+        path = join(folder, f"{prefix}-{TaskContext.get().partitionId():05d}.parquet")
+        remove(path)  # a retried task: never truncate in place (see _ShardWriter.open)
+        rows = 0
+        with open_output(path) as out, pq.ParquetWriter(out, first.schema, compression="snappy") as writer:
+            for batch in itertools.chain([first], batches):
+                writer.write_batch(batch)
+                rows += batch.num_rows
+        yield pa.RecordBatch.from_pylist([{"rows": rows}])
+
+    as_strings.mapInArrow(write_partition, "rows long").collect()
+
+
 _RESULT = pa.schema([("shard", pa.int32()), ("rows", pa.int64()), ("bytes", pa.int64()),
                      ("row_groups", pa.int32()), ("sha256", pa.string()), ("file", pa.string())])
 
@@ -104,13 +131,14 @@ class _ShardWriter:
 
     def open(self, shard: int) -> None:
         self.shard = shard
-        self.path = os.path.join(self.folder, f"{self.prefix}-{shard:05d}.parquet")
-        if os.path.lexists(self.path):
-            # A retried task: unlink, never truncate in place (the name could be a hard link into a
-            # published version, whose bytes must never change).
-            os.unlink(self.path)
-        self.writer = pq.ParquetWriter(self.path, self.schema, compression="snappy")
-        self.rows = 0
+        self.name = f"{self.prefix}-{shard:05d}.parquet"
+        path = join(self.folder, self.name)
+        # A retried task: unlink, never truncate in place (on POSIX the name could be a hard link into a
+        # published version, whose bytes must never change).
+        remove(path)
+        self.sink = HashingSink(open_output(path))
+        self.writer = pq.ParquetWriter(self.sink, self.schema, compression="snappy")
+        self.rows, self.row_groups = 0, 0
 
     def add(self, shard: int, batch: pa.RecordBatch) -> None:
         if self.schema is None:
@@ -129,6 +157,7 @@ class _ShardWriter:
         rest = table.slice(rows)
         self.buffer, self.buffered = rest.to_batches(), rest.num_rows
         self.rows += rows
+        self.row_groups += 1
 
     def _finish(self) -> None:
         if self.writer is None:
@@ -136,15 +165,40 @@ class _ShardWriter:
         if self.buffered:
             self._flush(self.buffered)
         self.writer.close()
-        digest = hashlib.sha256()
-        with open(self.path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        self.results.append({"shard": self.shard, "rows": self.rows, "bytes": os.path.getsize(self.path),
-                             "row_groups": pq.ParquetFile(self.path).num_row_groups,
-                             "sha256": digest.hexdigest(), "file": os.path.basename(self.path)})
+        self.sink.close()  # on S3 the object appears here, whole
+        self.results.append({"shard": self.shard, "rows": self.rows, "bytes": self.sink.bytes,
+                             "row_groups": self.row_groups, "sha256": self.sink.digest.hexdigest(),
+                             "file": self.name})
         self.writer, self.shard = None, None
 
     def close(self) -> list[dict]:
         self._finish()
         return self.results
+
+
+class HashingSink:
+    """A write-only file that forwards to a store stream and hashes the bytes on their way out, so a shard's
+    checksum needs no second read (on an object store that would be a second download)."""
+
+    def __init__(self, stream):
+        self.stream, self.digest, self.bytes, self.closed = stream, hashlib.sha256(), 0, False
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.bytes += len(data)
+        self.stream.write(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.bytes
+
+    def flush(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.stream.close()
+            self.closed = True

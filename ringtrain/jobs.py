@@ -5,7 +5,6 @@ Each job: build Spark, run, stop Spark in `finally`, return a summary dict.
 from __future__ import annotations
 
 import logging
-import os
 import time
 
 from ringtrain.manifest import DatasetError, load_manifest
@@ -13,8 +12,8 @@ from ringtrain.etl.pipeline import run_etl
 from ringtrain.etl.sample_data import write_churn_csv
 from ringtrain.config import Config, MonitorConfig
 from ringtrain.schema import ConfigError, to_dict
-from ringtrain.spark import get_spark
-from ringtrain.store import RunStore
+from ringtrain.spark import export_store_settings, get_spark
+from ringtrain.store import RunStore, join
 from ringtrain.training.contract import dry_run
 from ringtrain.training.launcher import launch
 from ringtrain.training.spec import WorkerSpec
@@ -24,6 +23,7 @@ log = logging.getLogger("ringtrain")
 
 
 def etl_job(cfg: Config, *, partition: str | None = None, force: bool = False) -> dict:
+    export_store_settings(cfg.spark.conf)
     store = RunStore.create(cfg.store.root, cfg.store.run_id)
     started = time.time()
     spark = get_spark(cfg.spark)
@@ -36,6 +36,7 @@ def etl_job(cfg: Config, *, partition: str | None = None, force: bool = False) -
 
 
 def train_job(cfg: Config, *, dataset_dir: str | None = None) -> dict:
+    export_store_settings(cfg.spark.conf)  # the store is read before Spark starts
     store = RunStore.create(cfg.store.root, cfg.store.run_id).prepare()
     dataset_dir = dataset_dir or store.dataset(cfg.etl.dataset).latest()
     if dataset_dir is None:
@@ -104,7 +105,7 @@ def format_summary(kind: str, summary: dict) -> str:
                   f"          ranks' parameters identical: "
                   f"{len({r['param_sha256'] for r in train['ranks']}) == 1}",
                   f"          model {train['model_dir']}",
-                  f"          metrics {os.path.join(train['run_dir'], 'metrics.json')} (+ metrics.png)"]
+                  f"          metrics {join(train['run_dir'], 'metrics.json')} (+ metrics.png)"]
     if kind == "demo":
         lines.append(f"WALL      {summary['wall_s']}s end to end")
     return "\n".join(lines)

@@ -1,14 +1,16 @@
 """The dataset contract between the ETL (which writes it) and training (which reads it). Core.
 
 A published version is a folder with `manifest.json`, written last, after the shards were verified:
-its presence is what makes a version real. Training refuses a folder without one.
+its presence is what makes a version real. Training refuses a folder without one. (On object stores
+and HDFS the version folder holds only the manifest and features.json; the manifest references the
+shards where they were written, see `shard_paths`.)
 """
 from __future__ import annotations
 
-import os
+import posixpath
 
 from ringtrain.errors import DatasetError
-from ringtrain.store import read_json
+from ringtrain.store import exists, isdir, join, read_json
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -16,10 +18,10 @@ SPLITS = ("train", "val", "test")
 
 
 def load_manifest(dataset_dir: str) -> dict:
-    path = os.path.join(dataset_dir, MANIFEST)
-    if not os.path.isdir(dataset_dir):
+    path = join(dataset_dir, MANIFEST)
+    if not exists(path) and not isdir(dataset_dir):
         raise DatasetError(f"dataset {dataset_dir} does not exist; run `ringtrain etl --config ...` first")
-    if not os.path.exists(path):
+    if not exists(path):
         raise DatasetError(f"{dataset_dir} has no {MANIFEST}: it is not a published ringtrain dataset "
                            f"(an unfinished ETL, or another tool's output); run `ringtrain etl` to publish one")
     manifest = read_json(path)
@@ -28,5 +30,10 @@ def load_manifest(dataset_dir: str) -> dict:
     return manifest
 
 
-def shard_paths(dataset_dir: str, manifest: dict, split: str) -> list[str]:
-    return [os.path.join(dataset_dir, split, s["file"]) for s in manifest["splits"][split]["shards"]]
+def shard_paths(dataset_dir: str, manifest: dict, split: str, *, root: str | None = None) -> list[str]:
+    """Where a split's shards are. A shard is in <version>/<split>/ unless it has a `dir`: a folder relative
+    to the dataset root (`root`, by default the version folder's parent) that holds <split>/<file>; on
+    stores without atomic rename, manifests reference the shards where the executors wrote them."""
+    root = root or posixpath.dirname(dataset_dir.rstrip("/"))
+    return [join(root, s["dir"], split, s["file"]) if s.get("dir") else join(dataset_dir, split, s["file"])
+            for s in manifest["splits"][split]["shards"]]

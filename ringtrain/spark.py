@@ -7,6 +7,7 @@ import sys
 from pyspark.sql import SparkSession
 
 from ringtrain.config import SparkConfig
+from ringtrain.store import s3_env_from_hadoop
 
 
 def get_spark(cfg: SparkConfig, *, barrier_slots: int = 0) -> SparkSession:
@@ -27,7 +28,9 @@ def get_spark(cfg: SparkConfig, *, barrier_slots: int = 0) -> SparkSession:
     }
     for key, value in {**defaults, **cfg.conf}.items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    spark = builder.getOrCreate()
+    export_store_settings(dict(spark.sparkContext.getConf().getAll()), spark.sparkContext.environment)
+    return spark
 
 
 def scratch_conf(folder: str) -> dict[str, str]:
@@ -36,3 +39,12 @@ def scratch_conf(folder: str) -> dict[str, str]:
             "spark.sql.warehouse.dir": os.path.join(folder, "warehouse"),
             "spark.local.dir": os.path.join(folder, "local"),
             "spark.driver.extraJavaOptions": f"-Dderby.system.home={folder}"}
+
+
+def export_store_settings(conf: dict[str, str], executor_env: dict | None = None) -> None:
+    """Make `spark.hadoop.fs.s3a.*` settings (endpoint, keys) reach ringtrain's store on the driver and in the
+    executors' Python workers, as AWS_* variables; variables already set win (they are the usual place)."""
+    for name, value in s3_env_from_hadoop(conf).items():
+        os.environ.setdefault(name, value)
+        if executor_env is not None:
+            executor_env.setdefault(name, os.environ[name])

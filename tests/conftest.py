@@ -23,6 +23,36 @@ def spark(tmp_path_factory):
     session.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """An S3-compatible server (moto, its own process on 127.0.0.1) with one bucket, for the whole session.
+
+    Its AWS_* settings are set in this process's environment, which subprocesses and Spark JVMs started
+    later inherit; `s3_spark` also hands them to the executors of the session's running Spark. Stopped
+    (process group killed) at the end: no process or port is left."""
+    from s3_server import S3Server
+    server = S3Server.start(str(tmp_path_factory.mktemp("moto")))
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    try:
+        yield server
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def s3_spark(spark, s3_server):
+    """The session's Spark, its executors' Python given the S3 server's AWS_* settings (Python workers take
+    their environment from the SparkContext's, read whenever a job ships a Python function)."""
+    spark.sparkContext.environment.update(s3_server.env)
+    return spark
+
+
 def demo_config(root: str, overrides: list[str] | None = None):
     from ringtrain.config import load_config
     return load_config(os.path.join(ROOT, "conf", "demo.yaml"),
@@ -42,6 +72,20 @@ def small_dataset(spark, tmp_path_factory):
     write_churn_csv(cfg.etl.source.path, cfg.demo.rows, cfg.demo.seed)
     summary = run_etl(spark, cfg.etl, RunStore.create(root).dataset(cfg.etl.dataset))
     return cfg, summary["dataset_dir"]
+
+
+@pytest.fixture(scope="session")
+def s3_dataset(spark, s3_server, small_dataset):
+    """The small_dataset config (same local source), published to the S3 server: (config, dataset_dir)."""
+    from ringtrain.etl.pipeline import run_etl
+    from ringtrain.store import RunStore
+    spark.sparkContext.environment.update(s3_server.env)
+    local_cfg, _ = small_dataset
+    root = s3_server.fresh_uri("demo")
+    cfg = demo_config(root, [f"etl.source.path={local_cfg.etl.source.path}"])
+    summary = run_etl(spark, cfg.etl, RunStore.create(root).dataset(cfg.etl.dataset))
+    return cfg, summary["dataset_dir"]
+
 
 
 def _become_subreaper() -> str | None:

@@ -1,6 +1,7 @@
 """Incremental ETL on real Spark and real files: partitions appended as versions, frozen features,
 idempotent reruns, byte-identical rebuilds, and a SIGKILL in the middle of writing a version."""
 import hashlib
+import json
 import os
 import re
 import signal
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -19,7 +21,7 @@ from ringtrain.etl.pipeline import run_etl
 from ringtrain.etl.sample_data import generate_churn
 from ringtrain.config import load_config
 from ringtrain.schema import ConfigError
-from ringtrain.store import RunStore
+from ringtrain.store import RunStore, join
 
 pytestmark = pytest.mark.spark
 BIN = os.path.dirname(sys.executable)
@@ -177,11 +179,33 @@ def test_table_partitions_by_column(spark, tmp_path):
     assert run_etl(spark, cfg.etl, ds, partition=P2)["reused"]
 
 
+def content(path, server=None):
+    """The bytes of a file, or of an object read with the S3 server's own client."""
+    if server is not None:
+        return server.read(path)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def written_shards(ds, marker, server=None):
+    """Shard files of a partition that an ETL in progress has written so far."""
+    if server is not None:
+        return [k for k in server.keys(ds.root + "/_data") if os.path.basename(k).startswith(marker)]
+    return [f for _, _, files in os.walk(os.path.join(ds.root, "_staging")) for f in files if f.startswith(marker)]
+
+
 @pytest.mark.slow
-def test_killed_mid_write_leaves_latest_intact_and_rerun_matches_an_unkilled_run(spark, tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_killed_mid_write_leaves_latest_intact_and_rerun_matches_an_unkilled_run(spark, tmp_path, where, request):
+    """SIGKILL an ETL once it has written a shard. With `s3` the store is on the S3 server, where nothing is
+    renamed: the shards are immutable objects that only a manifest written last can make part of a version."""
+    server = None
+    if where == "s3":
+        request.getfixturevalue("s3_spark")  # the executors reach the server too
+        server = request.getfixturevalue("s3_server")
     raw = str(tmp_path / "raw")
     write_partitions(raw, {P1: 2000, P2: 10000})
-    root = str(tmp_path / "killed")
+    root = server.fresh_uri("killed") if server else str(tmp_path / "killed")
     cfg = incremental_config(root, raw)
     ds = RunStore.create(root).dataset("churn")
     run_etl(spark, cfg.etl, ds, partition=P1)
@@ -196,17 +220,13 @@ def test_killed_mid_write_leaves_latest_intact_and_rerun_matches_an_unkilled_run
                              "--partition", P2, *sets], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     import psutil
-    staging, marker = os.path.join(ds.root, "_staging"), f"part-{partition_tag(P2)}-"
-    deadline, seen = time.time() + 300, None
+    marker = f"part-{partition_tag(P2)}-"
+    deadline = time.time() + 300
     try:
-        while seen is None:
+        while not written_shards(ds, marker, server):
             assert proc.poll() is None, f"the ETL ended (rc {proc.returncode}) before it was killed: " + \
                 open(tmp_path / "killed.log").read()[-2000:]
             assert time.time() < deadline, "no shard of partition 2 appeared in staging"
-            for folder, _, files in os.walk(staging):
-                seen = next((os.path.join(folder, f) for f in files if f.startswith(marker)), None)
-                if seen:
-                    break
             time.sleep(0.01)
         family = psutil.Process(proc.pid).children(recursive=True)
         names = []
@@ -226,12 +246,22 @@ def test_killed_mid_write_leaves_latest_intact_and_rerun_matches_an_unkilled_run
 
     # Nothing new is visible; the previous version is LATEST, complete and readable.
     assert ds.versions() == versions and ds.latest() == latest
-    assert sorted(d for d in os.listdir(ds.root) if re.fullmatch(r"v\d{6}", d)) == versions
-    leftovers = os.listdir(staging)
-    assert leftovers and not any(os.path.exists(os.path.join(staging, d, "manifest.json")) for d in leftovers)
+    if server is None:
+        assert sorted(d for d in os.listdir(ds.root) if re.fullmatch(r"v\d{6}", d)) == versions
+        staging = os.path.join(ds.root, "_staging")
+        leftovers = os.listdir(staging)
+        assert leftovers and not any(os.path.exists(os.path.join(staging, d, "manifest.json")) for d in leftovers)
+    else:
+        keys = server.keys(ds.root)
+        assert sorted({k.split("/")[0] for k in keys if re.match(r"v\d{6}/", k)}) == versions
+        assert content(ds.root + "/LATEST", server).decode() == versions[-1]
+        assert written_shards(ds, marker, server)  # the killed run's shards: unreferenced by any manifest
+        assert not any(marker in json.dumps(load_manifest(f"{ds.root}/{v}")) for v in versions)
     for split in SPLITS:
         for shard, path in zip(published["splits"][split]["shards"], shard_paths(latest, published, split)):
-            assert pq.read_table(path).num_rows == shard["rows"] and sha(path) == shard["sha256"]
+            data = content(path, server)
+            assert pq.read_table(pa.BufferReader(data)).num_rows == shard["rows"]
+            assert hashlib.sha256(data).hexdigest() == shard["sha256"]
 
     # Rerun: publishes, byte-identical to a store that was never killed; one more rerun is a no-op.
     rerun = run_etl(spark, cfg.etl, ds, partition=P2)
@@ -241,7 +271,8 @@ def test_killed_mid_write_leaves_latest_intact_and_rerun_matches_an_unkilled_run
     run_etl(spark, ref_cfg.etl, ref_ds, partition=P1)
     reference = run_etl(spark, ref_cfg.etl, ref_ds, partition=P2)
     assert shard_table(load_manifest(rerun["dataset_dir"])) == shard_table(load_manifest(reference["dataset_dir"]))
-    assert sha(os.path.join(rerun["dataset_dir"], "features.json")) == \
-           sha(os.path.join(reference["dataset_dir"], "features.json"))
+    rerun_features = load_manifest(rerun["dataset_dir"])["features"]["path"]
+    assert content(join(rerun["dataset_dir"], rerun_features), server) == \
+           content(os.path.join(reference["dataset_dir"], "features.json"))
     again = run_etl(spark, cfg.etl, ds, partition=P2)
     assert again["reused"] and ds.versions() == ["v000001", "v000002"]

@@ -1,5 +1,6 @@
 """Training through the real launcher: Spark barrier tasks, real Horovod / torch.distributed rings."""
 import glob
+import io
 import json
 import os
 import subprocess
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from conftest import ROOT, demo_config, listening_ports, no_worker_left, read_json, worker_processes
+from ringtrain import store as rstore
 from ringtrain.errors import NotEnoughSlots, TrainingFailed
 from ringtrain.store import RunStore
 from ringtrain.training.launcher import launch
@@ -24,13 +26,14 @@ def worker_spec(small_dataset, store, overrides=(), fault=None):
     return WorkerSpec(train=cfg.train, dataset_dir=dataset_dir, paths=store.paths(), run_id=store.run_id, fault=fault)
 
 
-def train(spark, small_dataset, tmp_path, run_id, overrides=(), fault=None):
-    store = RunStore.create(str(tmp_path), run_id).prepare()
+def train(spark, small_dataset, tmp_path, run_id, overrides=(), fault=None, *, root=None):
+    """Train on `small_dataset` (config, dataset_dir); the run's store is `root` (default: tmp_path)."""
+    store = RunStore.create(root or str(tmp_path), run_id).prepare()
     return launch(spark.sparkContext, worker_spec(small_dataset, store, overrides, fault)), store
 
 
 def state_dict(store):
-    return torch.load(os.path.join(store.model_dir, "state_dict.pt"))
+    return torch.load(io.BytesIO(rstore.read_bytes(rstore.join(store.model_dir, "state_dict.pt"))))
 
 
 @pytest.mark.parametrize("engine", ["horovod", "ddp"])
@@ -64,12 +67,26 @@ def assert_exported_model_gives_the_eager_logits(store, dataset_dir):
         assert torch.allclose(exported(num, cat), eager(num, cat), rtol=0, atol=1e-6)
 
 
-def test_killed_rank_is_retried_from_checkpoint_and_matches_uninterrupted_run(spark, small_dataset, tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_killed_rank_is_retried_from_checkpoint_and_matches_uninterrupted_run(spark, small_dataset, tmp_path, where,
+                                                                               request):
+    """With `s3`, the dataset, checkpoints, logs and model are objects on the S3 server (listed with its own
+    client), and the resumed rank reads its checkpoint from there."""
+    dataset, root = small_dataset, None
+    if where == "s3":
+        server, dataset = request.getfixturevalue("s3_server"), request.getfixturevalue("s3_dataset")
+        root = server.fresh_uri("train")
     opts = ["train.checkpoint_every_steps=20", "train.max_attempts=2"]
-    clean, clean_store = train(spark, small_dataset, tmp_path, "clean", opts)
+    clean, clean_store = train(spark, dataset, tmp_path, "clean", opts, root=root)
     # rank 1 dies at optimizer step 50 of attempt 0 (after the checkpoint at step 40)
-    resumed, resumed_store = train(spark, small_dataset, tmp_path, "killed", opts, fault="crash:1:50:0")
-    assert os.path.exists(os.path.join(resumed_store.log_dir, "attempt1-rank1.log"))  # a second attempt ran
+    resumed, resumed_store = train(spark, dataset, tmp_path, "killed", opts, fault="crash:1:50:0", root=root)
+    assert rstore.exists(rstore.join(resumed_store.log_dir, "attempt1-rank1.log"))  # a second attempt ran
+    if where == "s3":
+        keys = server.keys(resumed_store.run_dir)
+        assert {"logs/attempt0-rank0.log", "logs/attempt0-rank1.log", "logs/attempt1-rank0.log",
+                "logs/attempt1-rank1.log", "model/artifact.json", "model/state_dict.pt", "metrics.json",
+                "metrics.png"} <= set(keys), keys
+        assert len([k for k in keys if k.startswith("checkpoints/ckpt-")]) == 2, keys  # the newest two kept
     assert resumed[0]["batches_run"] < clean[0]["batches_run"]  # it resumed, it did not restart
     a, b = state_dict(clean_store), state_dict(resumed_store)
     for name in a:

@@ -1,6 +1,7 @@
 """What a run leaves for others: metrics (JSON + PNG) and the model artifact, both published atomically.
 
-The model folder holds:
+The model folder is complete once artifact.json exists (`ringtrain.store.publish_folder`: on POSIX the
+whole folder is renamed into place; elsewhere the files are uploaded with artifact.json last). It holds:
     state_dict.pt     the weights
     model.pt2         torch.export program (falls back to TorchScript model.ts when export fails)
     artifact.json     input schema (num, cat, and arr when the dataset has array columns), output
@@ -10,14 +11,15 @@ The model folder holds:
 """
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
-import shutil
 import tempfile
 
 import torch
 
-from ringtrain.store import atomic_write_json
+from ringtrain.store import atomic_write_bytes, atomic_write_json, join, publish_folder
 from ringtrain.training.models import model_inputs
 
 log = logging.getLogger("ringtrain.artifact")
@@ -26,7 +28,7 @@ log = logging.getLogger("ringtrain.artifact")
 def write_metrics(paths: dict, history: list[dict]) -> None:
     atomic_write_json(paths["metrics_path"], {"epochs": history})
     try:
-        _plot(history, os.path.join(os.path.dirname(paths["metrics_path"]), "metrics.png"))
+        _plot(history, join(paths["metrics_path"], "..", "metrics.png"))
     except Exception as exc:  # a plot is a convenience; never fail a run over it
         log.warning("could not draw metrics.png: %s", exc)
 
@@ -52,19 +54,17 @@ def _plot(history: list[dict], path: str) -> None:
             right.axhline(history[-1][baseline], ls="--", c=line.get_color(), label=f"baseline {metric}")
     right.set_xlabel("epoch"), right.legend()
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=90)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, png.getvalue())
 
 
 def publish_model(paths: dict, model: torch.nn.Module, example: dict, manifest: dict, spec: dict, state,
                   task) -> str:
     """`model` holds the best epoch's weights (state.best_epoch); `task` gives the output schema."""
     final = paths["model_dir"]
-    parent = os.path.dirname(final)
-    staging = tempfile.mkdtemp(prefix=".model-", dir=parent)
-    try:
+    with tempfile.TemporaryDirectory(prefix="ringtrain-model-") as staging:  # local: torch writes files
         model = model.cpu().eval()
         torch.save(model.state_dict(), os.path.join(staging, "state_dict.pt"))
         inputs = tuple(torch.from_numpy(x[:8]) for x in model_inputs(example))
@@ -72,22 +72,20 @@ def publish_model(paths: dict, model: torch.nn.Module, example: dict, manifest: 
         features = manifest["features"]
         history = state.history
         best = history[state.best_epoch] if history else {}
-        atomic_write_json(os.path.join(staging, "artifact.json"), {
+        info = {
             "program": program,
             "inputs": input_schema(features),
             "output": task.output_schema(),
             "dataset": {"dir": spec["dataset_dir"], "name": manifest["dataset"],
                         "version": os.path.basename(spec["dataset_dir"].rstrip("/")),
-                        "features_json": os.path.join(spec["dataset_dir"], features["path"])},
+                        "features_json": join(spec["dataset_dir"], features["path"])},
             "best_epoch": state.best_epoch, "metrics": best, "history": history,
             "train_config": spec["train"], "config": spec.get("config", {}),
-        })
-        if os.path.exists(final):  # a rerun of the same run_id replaces the old artifact whole
-            shutil.rmtree(final)
-        os.rename(staging, final)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        }
+        with open(os.path.join(staging, "artifact.json"), "w") as f:
+            json.dump(info, f, indent=2, sort_keys=True)
+        # A rerun of the same run_id replaces the old artifact whole.
+        publish_folder(staging, final, marker="artifact.json")
     return final
 
 

@@ -1,15 +1,20 @@
-"""Checkpoints: written by rank 0 with write-then-rename, read by every rank on resume."""
+"""Checkpoints: written by rank 0, read by every rank on resume.
+
+A checkpoint is complete when its name is listed: each is one `atomic_write_bytes` (POSIX: a
+temporary file renamed into place; S3: one PUT, visible whole or not at all; HDFS: a temporary file
+moved into place), and temporary names never match ckpt-NNNNNNNNN.pt. So a rank killed while saving
+leaves the previous checkpoint as the newest, and readers need no marker file.
+"""
 from __future__ import annotations
 
 import io
-import os
 import random
 import re
 
 import numpy as np
 import torch
 
-from ringtrain.store import atomic_write_bytes, exists, join, read_bytes
+from ringtrain.store import atomic_write_bytes, exists, join, listdir, read_bytes, remove
 
 _NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 
@@ -21,25 +26,23 @@ def save_checkpoint(folder: str, opt_step: int, state: dict, keep: int = 2) -> s
                               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}}
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    path = os.path.join(folder, f"ckpt-{opt_step:09d}.pt")
+    path = join(folder, f"ckpt-{opt_step:09d}.pt")
     atomic_write_bytes(path, buffer.getvalue())
     for old in list_checkpoints(folder)[:-keep]:
-        os.unlink(old)
+        remove(old)
     return path
 
 
 def list_checkpoints(folder: str) -> list[str]:
-    if not os.path.isdir(folder):
-        return []
-    return [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if _NAME.match(n)]
+    return [join(folder, n) for n in listdir(folder) if _NAME.match(n)]
 
 
 def load_latest(folder: str) -> dict | None:
-    """The newest checkpoint, or None. Partial files never exist (rename is atomic)."""
+    """The newest checkpoint, or None. Partial ones are never listed (module docstring)."""
     found = list_checkpoints(folder)
     if not found:
         return None
-    state = torch.load(found[-1], map_location="cpu", weights_only=False)
+    state = torch.load(io.BytesIO(read_bytes(found[-1])), map_location="cpu", weights_only=False)
     rng = state.get("rng")
     if rng:
         torch.set_rng_state(rng["torch"])

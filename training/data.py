@@ -28,6 +28,7 @@ import torch
 
 from ringtrain import store
 from ringtrain.manifest import DatasetError, shard_paths
+from ringtrain.store import filesystem, is_posix, open_input
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,8 @@ class ArrowReader(_Reader):
     def _row_groups(self) -> list[tuple[str, int]]:
         groups = []
         for path in self.plan.files:
-            groups += [(path, i) for i in range(pq.ParquetFile(path).num_row_groups)]
+            with open_input(path) as f:
+                groups += [(path, i) for i in range(pq.ParquetFile(f).num_row_groups)]
         if self.plan.shard_count:
             groups = groups[self.plan.cur_shard::self.plan.shard_count]
         return groups
@@ -223,7 +225,8 @@ class ArrowReader(_Reader):
         files: dict[str, pq.ParquetFile] = {}
         names = self.cols.names()
         for path, index in groups:
-            f = files.setdefault(path, pq.ParquetFile(path))
+            # Row groups are read in byte ranges straight from the store: no rank copies a shard first.
+            f = files.setdefault(path, pq.ParquetFile(open_input(path)))
             table = f.read_row_group(index, columns=names)
             yield {n: table.column(n).to_numpy() for n in names}
 
@@ -235,15 +238,61 @@ class PetastormReader(_Reader):
 
     def _chunks(self, epoch, pass_no):
         from petastorm import make_batch_reader
-        urls = ["file://" + os.path.abspath(p) for p in self.plan.files]
+        urls, fs = petastorm_source(self.plan.files)
         shuffle = epoch >= 0
         seed = int(self._rng(epoch, pass_no).integers(2**31)) if shuffle else None
-        with make_batch_reader(urls, schema_fields=self.cols.names(), reader_pool_type="dummy",
+        with make_batch_reader(urls, filesystem=fs, schema_fields=self.cols.names(), reader_pool_type="dummy",
                                workers_count=1, shuffle_row_groups=shuffle, seed=seed, num_epochs=1,
                                cur_shard=self.plan.cur_shard, shard_count=self.plan.shard_count,
                                shard_seed=0 if self.plan.shard_count else None) as reader:
             for rows in reader:
                 yield rows._asdict()
+
+
+def petastorm_source(files: list[str]):
+    """(urls, filesystem) for petastorm's make_batch_reader.
+
+    petastorm 0.13.1 resolves s3:// URLs through s3fs (not in this stack) and hdfs:// through the removed
+    pyarrow.hdfs, and its ParquetDataset arguments need a legacy `pyarrow.filesystem` object. So local
+    files go as file:// URLs (petastorm's own local filesystem); other stores as file:// URLs of their
+    paths on the store's pyarrow.fs filesystem, through `_legacy_store_fs`."""
+    if is_posix(files[0]):
+        return ["file://" + os.path.abspath(filesystem(p)[1]) for p in files], None
+    fs = filesystem(files[0])[0]
+    return ["file:///" + filesystem(p)[1].lstrip("/") for p in files], _legacy_store_fs(fs)
+
+
+def _legacy_store_fs(fs):
+    """A legacy `pyarrow.filesystem.FileSystem` over a pyarrow.fs one (what petastorm's legacy ParquetDataset
+    needs); files are opened for random access, so row groups are read in ranges, not downloaded whole."""
+    import pyarrow.fs as pafs
+    from pyarrow.filesystem import FileSystem
+
+    keeps_root = fs.type_name != "s3"  # HDFS paths start with "/", S3 paths with the bucket
+
+    class LegacyStoreFs(FileSystem):
+        def _path(self, path: str) -> str:
+            return path if keeps_root else path.lstrip("/")
+
+        def _type(self, path: str):
+            return fs.get_file_info(self._path(path)).type
+
+        def isfile(self, path):
+            return self._type(path) == pafs.FileType.File
+
+        def isdir(self, path):
+            return self._type(path) == pafs.FileType.Directory
+
+        def exists(self, path):
+            return self._type(path) != pafs.FileType.NotFound
+
+        def open(self, path, mode="rb"):
+            return fs.open_input_file(self._path(path))
+
+        def ls(self, path):
+            return [i.path for i in fs.get_file_info(pafs.FileSelector(self._path(path)))]
+
+    return LegacyStoreFs()
 
 
 def open_reader(kind: str, plan: ReadPlan, cols: Columns, batch_size: int, seed: int, rank: int) -> _Reader:

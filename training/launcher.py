@@ -44,6 +44,7 @@ from ringtrain.training.worker import ERROR_PREFIX, RESULT_PREFIX
 log = logging.getLogger("ringtrain.launcher")
 _RECORD_WAIT_S = 3.0  # how long the driver waits for a failed rank's record written by its Spark task
 _CANCELLED = re.compile(r"Job \d+ cancelled")  # Spark's words for cancelAllJobs, the UI's kill, sc.stop()
+LOG_SYNC_S = 10.0  # how often a log bound for a non-POSIX store is uploaded while its worker runs
 
 
 def launch(sc: SparkContext, spec: WorkerSpec) -> list[dict]:
@@ -260,16 +261,43 @@ def run_worker_process(task_spec: str, env: dict, *, spec: WorkerSpec, rank: int
     """Run `python -m ringtrain.training.worker` with `env`; return its result or raise RankFailed.
 
     When the worker fails without writing its own failure record (it crashed, was killed, hung, or
-    could not write), this writes one from what the task saw."""
+    could not write), this writes one from what the task saw.
+
+    The worker's output goes to a local log file as it comes; on a store that is not POSIX (S3, HDFS:
+    no appends) that local copy is uploaded to the log folder when the worker starts, every LOG_SYNC_S
+    while it runs (Spark may kill this task when another rank fails, before it can upload), and when it ends."""
     log_dir, attempt, hang_timeout_s = spec.paths["log_dir"], spec.attempt, spec.train.hang_timeout_s
     store.makedirs(log_dir)
     log_path = failure.log_path(log_dir, attempt, rank)
+    if store.is_posix(log_dir):
+        local_log, sync_log = log_path, (lambda: None)
+    else:
+        local_log = _local_log_path(spec.run_id, log_path.rsplit("/", 1)[-1])
+        open(local_log, "a").close()  # so that the first upload, at start, makes the log visible at once
+
+        def sync_log() -> None:
+            if os.path.exists(local_log):
+                store.upload_file(local_log, log_path)
 
     def fail(kind: str, message: str) -> RankFailed:
         failure.write_record(log_dir, failure.Failure(rank=rank, attempt=attempt, kind=kind, message=message,
                                                       failed_at=time.time(), log=log_path))
         return RankFailed(f"rank {rank} failed: {message}. Log: {log_path}")
 
+    try:
+        return _run_worker(task_spec, env, local_log, hang_timeout_s, sync_log, fail)
+    finally:
+        sync_log()
+
+
+def _local_log_path(run_id: str, name: str) -> str:
+    """The executor's own copy of a log bound for a remote store: <tmp>/ringtrain-logs/<run_id>/<name>."""
+    folder = os.path.join(tempfile.gettempdir(), "ringtrain-logs", run_id)
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, name)
+
+
+def _run_worker(task_spec: str, env: dict, local_log: str, hang_timeout_s: float, sync_log, fail) -> dict:
     with tempfile.TemporaryDirectory(prefix="ringtrain-") as tmp:
         heartbeat = os.path.join(tmp, "heartbeat")
         open(heartbeat, "w").close()
@@ -281,10 +309,14 @@ def run_worker_process(task_spec: str, env: dict, *, spec: WorkerSpec, rank: int
         tail: deque[str] = deque(maxlen=40)
         result: list[dict] = []
         errors: list[dict] = []
-        pump = threading.Thread(target=_pump, args=(proc, log_path, tail, result, errors), daemon=True)
+        pump = threading.Thread(target=_pump, args=(proc, local_log, tail, result, errors), daemon=True)
         pump.start()
+        synced = time.time()
         try:
             while proc.poll() is None:
+                if time.time() - synced > LOG_SYNC_S:
+                    sync_log()
+                    synced = time.time()
                 idle = time.time() - os.path.getmtime(heartbeat)
                 if idle > hang_timeout_s:
                     _kill_group(proc)

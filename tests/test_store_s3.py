@@ -1,0 +1,127 @@
+"""The store on an S3-compatible server (moto, a separate process on 127.0.0.1): the store functions, the
+publishing protocol without rename, and the demo ETL publishing there with the same checksums as locally.
+Objects are listed with the test's own pyarrow client (`S3Server.keys`), not through ringtrain."""
+import json
+import multiprocessing
+import os
+
+import pytest
+
+from ringtrain import store
+from ringtrain.manifest import load_manifest, shard_paths
+from ringtrain.store import ConcurrentPublish, DatasetStore
+
+SPLITS = ("train", "val", "test")
+
+
+def test_store_functions_on_s3(s3_server):
+    root = s3_server.fresh_uri("functions")
+    path = store.join(root, "a", "x.json")
+    assert not store.exists(root) and store.listdir(root) == []
+    store.atomic_write_json(path, {"a": 1})
+    assert store.read_json(path) == {"a": 1} and store.isdir(store.join(root, "a"))
+    assert store.create_exclusive(store.join(root, "a", "once"), b"1")
+    assert not store.create_exclusive(store.join(root, "a", "once"), b"2")
+    with store.open_output(store.join(root, "b", "c.bin")) as out:
+        out.write(b"hello")
+    store.share_or_copy(store.join(root, "b", "c.bin"), store.join(root, "d", "c.bin"))
+    prefix = root[len(f"s3://{s3_server.bucket}/"):]
+    assert s3_server.keys(prefix) == ["a/once", "a/x.json", "b/c.bin", "d/c.bin"]  # no claim objects left
+    assert store.list_files(root) == ["a/once", "a/x.json", "b/c.bin", "d/c.bin"]
+    assert s3_server.read(store.join(root, "d", "c.bin")) == b"hello" and store.read_bytes(path).startswith(b"{")
+    store.rmtree(store.join(root, "a"))
+    store.remove(store.join(root, "b", "c.bin"))
+    store.remove(store.join(root, "never"))
+    assert s3_server.keys(prefix) == ["d/c.bin"]
+    assert store.normalize_root(f"s3a://{s3_server.bucket}/x/") == f"s3://{s3_server.bucket}/x"
+
+
+def test_the_server_helper_leaves_no_process_or_port(tmp_path):
+    import psutil
+
+    from s3_server import S3Server
+    server = S3Server.start(str(tmp_path), bucket="short-lived")
+    pid, port = server.proc.pid, server.port
+    assert server.keys("") == []  # the bucket exists and answers
+    server.stop()
+    assert not psutil.pid_exists(pid) and not server.answers()
+    assert port not in {c.laddr.port for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+
+
+def _race(args):
+    path, value = args
+    return store.create_exclusive(path, value.encode())
+
+
+def test_exclusive_create_on_s3_has_exactly_one_winner_among_concurrent_processes(s3_server):
+    path = store.join(s3_server.fresh_uri("race"), "v000001", "manifest.json")
+    with multiprocessing.get_context("spawn").Pool(6) as pool:
+        wins = pool.map(_race, [(path, f"writer {i}") for i in range(6)])
+    assert wins.count(True) == 1
+    assert s3_server.read(path).decode() == f"writer {wins.index(True)}"
+
+
+def _fake_shards(ds: DatasetStore, staging: str, rows: int) -> dict:
+    """A staging folder with one (not Parquet) file per split and the manifest that references it."""
+    splits = {}
+    for split in SPLITS:
+        with store.open_output(store.join(staging, split, "part-00000.parquet")) as out:
+            out.write(b"x" * rows)
+        splits[split] = {"rows": rows, "shards": [{"file": "part-00000.parquet", "rows": rows,
+                                                   "dir": ds.shard_dir(staging)}]}
+    return {"splits": splits}
+
+
+def test_publish_without_rename_references_shards_and_trusts_only_manifests(s3_server):
+    ds = DatasetStore(store.join(s3_server.fresh_uri("publish"), "datasets", "churn"))
+    assert not ds.renames and ds.latest() is None
+    first = ds.staging_dir()
+    manifest = _fake_shards(ds, first, 3)
+    v1 = ds.publish(first, json.dumps(manifest).encode())
+    assert ds.versions() == ["v000001"] and ds.latest() == v1
+    assert store.read_bytes(store.join(ds.root, "LATEST")) == b"v000001"
+    assert shard_paths(v1, manifest, "train") == [store.join(first, "train", "part-00000.parquet")]
+
+    # A killed ETL: shards without a manifest. Invisible, and removed once stale, unlike referenced shards.
+    killed = ds.staging_dir()
+    _fake_shards(ds, killed, 5)
+    store.atomic_write_bytes(store.join(ds.root, "v000002", "features.json"), b"{}")  # a version without manifest
+    assert ds.versions() == ["v000001"] and ds.latest() == v1
+    ds.clean_stale_staging(older_than_s=-1)
+    assert store.listdir(store.join(ds.root, "_data")) == [os.path.basename(first)]
+
+    # An incremental publish built on a version that is no longer the newest is refused.
+    second = ds.staging_dir()
+    with pytest.raises(ConcurrentPublish, match="v000001 was published while this ETL built on nothing"):
+        ds.publish(second, json.dumps(_fake_shards(ds, second, 2)).encode(), based_on=None, check_base=True)
+    # LATEST is a checked hint: a version published after it (a publisher killed before moving it) wins.
+    store.atomic_write_bytes(store.join(ds.root, "v000002", "manifest.json"), b'{"splits": {}}')
+    assert ds.latest() == store.join(ds.root, "v000002")
+
+
+@pytest.mark.spark
+def test_etl_publishes_to_s3_with_the_checksums_of_a_local_run(s3_server, s3_dataset, small_dataset):
+    cfg, dataset_dir = s3_dataset
+    _, local_dir = small_dataset
+    remote, local = load_manifest(dataset_dir), load_manifest(local_dir)
+    for split in SPLITS:
+        assert [(s["file"], s["rows"], s["bytes"], s["sha256"]) for s in remote["splits"][split]["shards"]] == \
+               [(s["file"], s["rows"], s["bytes"], s["sha256"]) for s in local["splits"][split]["shards"]]
+    keys = s3_server.keys(cfg.store.root[len(f"s3://{s3_server.bucket}/"):] + "/datasets/churn")
+    assert "LATEST" in keys and "v000001/manifest.json" in keys
+    assert s3_server.read(cfg.store.root + "/datasets/churn/LATEST") == b"v000001"
+    data = sorted(k for k in keys if k.startswith("_data/") and k.endswith(".parquet"))
+    expected = sorted(f"{s['dir']}/{split}/{s['file']}" for split in SPLITS for s in remote["splits"][split]["shards"])
+    assert data == expected  # executors wrote every shard to the object store, nothing else
+    assert store.read_json(store.join(dataset_dir, remote["features"]["path"])) == \
+           store.read_json(os.path.join(local_dir, local["features"]["path"]))
+
+
+def test_spark_s3a_settings_become_the_aws_environment():
+    conf = {"spark.hadoop.fs.s3a.endpoint": "minio.local:9000", "spark.hadoop.fs.s3a.connection.ssl.enabled": "false",
+            "spark.hadoop.fs.s3a.access.key": "AK", "spark.hadoop.fs.s3a.secret.key": "SK", "spark.app.name": "x"}
+    assert store.s3_env_from_hadoop(conf) == {"AWS_ENDPOINT_URL": "http://minio.local:9000",
+                                              "AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "SK"}
+    assert store.s3_env_from_hadoop({"fs.s3a.endpoint": "https://s3.example"}) == \
+           {"AWS_ENDPOINT_URL": "https://s3.example"}
+    assert store.s3_env_from_hadoop({}) == {}
