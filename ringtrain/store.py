@@ -26,7 +26,6 @@ libhdfs), never from files ringtrain writes.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 import posixpath
