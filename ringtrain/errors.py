@@ -39,3 +39,17 @@ class NotEnoughSlots(UserError, RuntimeError):
 
 class TrainingFailed(RuntimeError):
     """Every launch attempt failed; the message holds the root cause and where the logs are. Exit 1."""
+
+
+class ModelNotFound(UserError, LookupError):
+    """A model reference (alias, version, folder) that the registry or the store does not have."""
+
+
+class FeatureMismatch(UserError, ValueError):
+    """A dataset encoded with other feature statistics than the model's features.json."""
+
+
+class ModelLocked(RuntimeError):
+    """Another retrain of the same model holds its lock: exit 75 (EX_TEMPFAIL), retry later; nothing changed."""
+
+    exit_code = 75

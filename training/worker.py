@@ -15,6 +15,7 @@ fails, one line `RINGTRAIN_ERROR "<type>: <message>"` before the traceback).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ import torch
 from ringtrain.manifest import load_manifest
 from ringtrain.config import TrainConfig
 from ringtrain.schema import build, to_dict
+from ringtrain.store import read_bytes
 from ringtrain.training.artifact import publish_model, write_metrics
 from ringtrain.training.data import Columns, open_reader, plan_reading
 from ringtrain.training.engines import make_engine, unwrap
@@ -86,6 +88,8 @@ def _train(cfg: TrainConfig, spec: dict, engine, device: torch.device) -> dict:
     model = build_model(to_dict(cfg.model), len(cols.numeric), cards,
                         array_width=sum(length for _, length in cols.arrays),
                         num_outputs=task.num_outputs).to(device)
+    if spec.get("init_weights"):  # a warm start; a checkpoint of this run, if any, still wins in fit()
+        model.load_state_dict(torch.load(io.BytesIO(read_bytes(spec["init_weights"])), map_location=device))
     if cfg.pipeline.stages > 1:  # layer splitting inside this rank; data parallelism across ranks
         devices = stage_devices(device, cfg.pipeline.stages, engine.local_rank,
                                 bool(os.environ.get("RINGTRAIN_TASK_GPUS")))
