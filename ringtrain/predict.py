@@ -123,7 +123,9 @@ def write_parts(df: DataFrame, folder: str) -> list[dict]:
 def score_and_write(df: DataFrame, model: ModelFiles, folder: str, key: str) -> list[dict]:
     """Score each task's rows (the model loaded once per task) and write them with the key column."""
     # The model's positional inputs, in order (num, cat[, arr]), as training.artifact.input_schema wrote them.
-    schema = [(name, spec["columns"], spec["dtype"]) for name, spec in model.artifact["inputs"].items()]
+    # artifact.json is written with sorted keys, so the order comes from the names, not from the file.
+    inputs = model.artifact["inputs"]
+    schema = [(name, inputs[name]["columns"], inputs[name]["dtype"]) for name in ("num", "cat", "arr") if name in inputs]
     model_folder, artifact, features, task = model.folder, model.artifact, model.features_json, model.task
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
