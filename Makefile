@@ -25,6 +25,7 @@ bench: setup
 	$(PY) bench/pipeline_bench.py
 	$(PY) bench/etl_bench.py
 	$(PY) bench/store_bench.py
+	$(PY) bench/retrain_bench.py
 	$(PY) bench/render.py
 
 # The training scaling, feed and all-reduce scripts at small sizes (about 2-3 minutes): they work end to end;
@@ -35,6 +36,7 @@ bench-smoke: setup
 	$(PY) bench/scaling_bench.py --rows 20000 --epochs 1 --repeats 1 --out smoke-scaling
 	$(PY) bench/etl_bench.py --rows 50000 --repeats 1 --out smoke-etl
 	$(PY) bench/store_bench.py --rows 20000 --repeats 1 --out smoke-store
+	$(PY) bench/retrain_bench.py --rows 5000 --repeats 1 --out smoke-retrain
 
 clean:
 	rm -rf runs .pytest_cache spark-warehouse metastore_db derby.log bench/.data

@@ -124,7 +124,8 @@ def known_label(stats: FeatureStats) -> Column:
 
 
 def apply_features(df: DataFrame, stats: FeatureStats) -> DataFrame:
-    """Encoded feature columns, the label as float32, the key (for lineage) and `_split`."""
+    """Encoded feature columns, the label as float32, the key (for lineage) and `_split`.
+    Rows to score have neither label nor split: then only the key and the features."""
     out = [F.col(stats.key).cast("string").alias(stats.key)]
     for name, s in stats.numeric.items():
         z = ((F.col(name).cast("double") - s["mean"]) / s["std"])
@@ -142,9 +143,10 @@ def apply_features(df: DataFrame, stats: FeatureStats) -> DataFrame:
                    .otherwise(F.pmod(F.xxhash64(col), F.lit(buckets)) + 1).cast("int").alias(name))
     for name in stats.arrays:
         out.append(F.col(name).cast("array<float>").alias(name))
-    label = _encoded_label(stats)
-    out.append(label.cast("float").alias("label"))
-    out.append(F.col(SPLIT))
+    if stats.label in df.columns:  # rows to score have neither label nor split
+        out.append(_encoded_label(stats).cast("float").alias("label"))
+    if SPLIT in df.columns:
+        out.append(F.col(SPLIT))
     return df.select(*out)
 
 

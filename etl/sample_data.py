@@ -18,8 +18,15 @@ DEVICES = ["android", "ios", "web", "desktop", "tv"]
 PAYMENTS = ["card", "debit", "paypal", "invoice", "voucher", "crypto"]
 
 
-def generate_churn(rows: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
-    """Return the table (label as '0'/'1' strings, as a CSV export would have it) and P(churn)."""
+def generate_churn(rows: int, seed: int, *, drift: float = 0.0, label_noise: float = 0.0,
+                   first_id: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Return the table (label as '0'/'1' strings, as a CSV export would have it) and P(churn).
+
+    For daily data (scheduled retraining): `drift` in [0, 1] is a concept drift, a new churn pattern
+    (paying by crypto, from 3% of customers to 3% + 37% * drift, adds 3 * drift to the logit) that a
+    model trained before it cannot know; `label_noise` replaces that fraction of labels by coin
+    flips (corrupted labels); `first_id` numbers the customers, so days have distinct keys.
+    """
     rng = np.random.default_rng(seed)
     age = rng.integers(18, 81, rows).astype(float)
     income = np.round(rng.lognormal(10.6, 0.5, rows), 2)
@@ -31,7 +38,11 @@ def generate_churn(rows: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
     last_login = np.round(rng.exponential(12.0, rows), 1)
     region = rng.choice(REGIONS, rows)
     device = rng.choice(DEVICES, rows, p=[0.35, 0.3, 0.15, 0.12, 0.08])
-    payment = rng.choice(PAYMENTS, rows, p=[0.4, 0.25, 0.15, 0.1, 0.07, 0.03])
+    shares = [0.4, 0.25, 0.15, 0.1, 0.07, 0.03]
+    if drift:  # crypto grows, the other methods shrink in proportion (drift 0 keeps the demo's exact bytes)
+        crypto = 0.03 + 0.37 * drift
+        shares = [s * (1 - crypto) / 0.97 for s in shares[:-1]] + [crypto]
+    payment = rng.choice(PAYMENTS, rows, p=shares)
 
     region_effect = dict(zip(REGIONS, np.linspace(-0.6, 0.6, len(REGIONS))))
     logit = (
@@ -46,9 +57,13 @@ def generate_churn(rows: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
         + 0.8 * (payment == "invoice") - 0.5 * (payment == "card")
         - 0.5 * np.log(income / 40_000.0)
         + 0.012 * (age - 45.0) ** 2 / 10.0
+        + 3.0 * drift * (payment == "crypto")
     )
     prob = 1.0 / (1.0 + np.exp(-logit))
     label = (rng.random(rows) < prob).astype(int)
+    if label_noise:
+        flipped = rng.random(rows) < label_noise
+        label = np.where(flipped, rng.integers(0, 2, rows), label)
 
     # Missing values after the label is drawn: the signal stays in the observed columns.
     income = np.where(rng.random(rows) < 0.05, np.nan, income)
@@ -57,7 +72,7 @@ def generate_churn(rows: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
     device = np.where(rng.random(rows) < 0.03, None, device)
 
     frame = pd.DataFrame({
-        "customer_id": [f"C{i:08d}" for i in range(rows)],
+        "customer_id": [f"C{i:08d}" for i in range(first_id, first_id + rows)],
         "age": pd.array(np.where(np.isnan(age), None, age), dtype="Int64"),
         "income": income,
         "tenure_months": tenure.astype(int),
@@ -83,3 +98,19 @@ def write_churn_csv(folder: str, rows: int, seed: int) -> str:
         frame.to_csv(tmp, index=False)
         os.replace(tmp, path)
     return path
+
+
+def write_daily_churn(raw: str, days: list[dict], seed: int = 11) -> list[str]:
+    """One CSV per day under raw/dt=<date>/ (the layout of conf/retrain.yaml's source). Each day is a dict
+    {date, rows, drift?, label_noise?}; keys are unique across days. Returns the dates, in order."""
+    first_id = 0
+    for i, day in enumerate(days):
+        folder = os.path.join(raw, f"dt={day['date']}")
+        frame, _ = generate_churn(day["rows"], seed + i, drift=day.get("drift", 0.0),
+                                  label_noise=day.get("label_noise", 0.0), first_id=first_id)
+        first_id += day["rows"]
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, ".data.csv.tmp")
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, os.path.join(folder, "data.csv"))
+    return [d["date"] for d in days]

@@ -39,12 +39,13 @@ def _parsed(spec: ColumnSpec, raw: Column) -> Column:
     return raw.cast(SPARK_TYPES[spec.type])
 
 
-def parse_and_validate(df: DataFrame, columns: list[ColumnSpec], label: LabelConfig, *,
+def parse_and_validate(df: DataFrame, columns: list[ColumnSpec], label: LabelConfig | None, *,
                        raw_strings: bool, key: str, derived: list[DerivedColumn] = ()) -> DataFrame:
     """Typed columns plus `_reason`; `raw_strings` says the input columns are unparsed text.
 
     `columns` are all declared columns; those named in `derived` are computed from the typed source
-    columns (a bad expression raises ConfigError here, before any row is read)."""
+    columns (a bad expression raises ConfigError here, before any row is read). `label` None: rows to
+    score, which have no label to check."""
     typed, checks = [], [(F.col(CORRUPT).isNotNull(), F.lit("malformed"))]
     derived_names = {d.name for d in derived}
     for spec in (c for c in columns if c.name not in derived_names):
@@ -59,7 +60,8 @@ def parse_and_validate(df: DataFrame, columns: list[ColumnSpec], label: LabelCon
     for spec in columns:
         col = F.col(spec.name)
         # A derived column's nulls are reported as derived:<name> (see _with_derived).
-        if spec.name not in derived_names and (not spec.nullable or spec.name in (label.column, key)):
+        never_null = (label.column if label else key, key)
+        if spec.name not in derived_names and (not spec.nullable or spec.name in never_null):
             nulls.append((col.isNull(), F.lit(f"null:{spec.name}")))
         if spec.role in ("numeric", "array") and spec.type in _NUMERIC + ("array<float>",):
             if spec.type == "array<float>":
@@ -69,10 +71,11 @@ def parse_and_validate(df: DataFrame, columns: list[ColumnSpec], label: LabelCon
                                F.lit(f"bad_length:{spec.name}")))
             elif spec.type in ("double", "float"):
                 values.append((_nonfinite(col), F.lit(f"nonfinite:{spec.name}")))
-        elif spec.name == label.column and label.task == "regression" and spec.type in ("double", "float"):
+        elif (label is not None and spec.name == label.column and label.task == "regression"
+              and spec.type in ("double", "float")):
             # A NaN target would make the loss NaN on every step that reads it.
             values.append((_nonfinite(col), F.lit(f"nonfinite:{spec.name}")))
-    if label.values is not None:
+    if label is not None and label.values is not None:
         values.append((F.col(label.column).isNotNull() & ~F.col(label.column).cast("string").isin(*label.values),
                        F.lit("bad_label")))
     # Parse checks look at raw columns; the others at typed ones, so they run after the select.

@@ -1,8 +1,9 @@
-"""`ringtrain etl|train|demo --config FILE [--set key=value ...]`.
+"""`ringtrain etl|train|demo|retrain|evaluate|predict|models --config FILE [--set key=value ...]`.
 
 The same jobs run under spark-submit through jobs/*.py; this is the door for local use and schedulers.
-Exit codes: 0 done, 2 bad configuration, model or input (the message says what to fix), 130 interrupted
-by the user (Ctrl-C, or the job cancelled in the Spark UI; the message says how to resume), 1 anything else.
+Exit codes: 0 done, 2 bad configuration, model or input (the message says what to fix), 75 the model is
+locked by another retrain (retry later; nothing changed), 130 interrupted by the user (Ctrl-C, or the job
+cancelled in the Spark UI; the message says how to resume), 1 anything else.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import os
 import sys
 
 from ringtrain.config import load_config
-from ringtrain.errors import TrainingFailed, TrainingInterrupted, UserError
+from ringtrain.errors import ConfigError, ModelLocked, TrainingFailed, TrainingInterrupted, UserError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,7 +30,47 @@ def parser() -> argparse.ArgumentParser:
             c.add_argument("--force", action="store_true", help="publish a new version even if nothing changed")
         if name == "train":
             c.add_argument("--dataset", help="a published dataset version folder (default: the latest)")
+    add_scheduled(sub)
     return p
+
+
+def add_scheduled(sub) -> None:
+    """The scheduled-retraining commands (README "Scheduled retraining")."""
+    for name, text, add in (
+            ("retrain", "per date: incremental ETL, challenger, evaluation, promotion gate", add_retrain_args),
+            ("evaluate", "metrics of a model artifact on one split of a published dataset", add_evaluate_args),
+            ("predict", "batch scoring on Spark executors with a model artifact", add_predict_args),
+            ("models", "the registry: list | show [REF] | promote VERSION | rollback", add_models_args)):
+        c = sub.add_parser(name, help=text)
+        add_common(c)
+        add(c)
+
+
+def add_retrain_args(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--date", help="the date (source partition) to retrain on, e.g. 2026-11-22")
+    c.add_argument("--from", dest="date_from", help="backfill: first date (ISO), with --to")
+    c.add_argument("--to", dest="date_to", help="backfill: last date (ISO), inclusive")
+    c.add_argument("--force", action="store_true", help="redo dates that are already done")
+
+
+def add_evaluate_args(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--model", required=True, help="alias (champion), version (v000003) or a model folder")
+    c.add_argument("--dataset", help="a published dataset version folder (default: the latest)")
+    c.add_argument("--split", default="test", choices=["train", "val", "test"])
+
+
+def add_predict_args(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--model", default="champion", help="alias, version or model folder (default: champion)")
+    c.add_argument("--input", required=True, help="rows to score: a path (or a table name with --format table)")
+    c.add_argument("--output", required=True, help="output folder (published with _SUCCESS last)")
+    c.add_argument("--format", dest="input_format", help="input format (default: etl.source.format)")
+
+
+def add_models_args(c: argparse.ArgumentParser) -> None:
+    c.add_argument("action", choices=["list", "show", "promote", "rollback"])
+    c.add_argument("ref", nargs="?", help="show: version or alias; promote: the version")
+    c.add_argument("--alias", default="champion", help="the alias to move or show (default: champion)")
+    c.add_argument("--reason", help="recorded in the history with the change")
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -45,14 +86,9 @@ def run(command: str, args: argparse.Namespace) -> int:
     logging.getLogger("py4j").setLevel(logging.WARNING)
     try:
         cfg = load_config(args.config, args.overrides)
-        if command == "etl":
-            summary = jobs.etl_job(cfg, partition=args.partition, force=args.force)
-        elif command == "train":
-            summary = jobs.train_job(cfg, dataset_dir=args.dataset)
-        else:
-            summary = jobs.demo_job(cfg)
-    except UserError as exc:
-        print(f"ringtrain {command}: error: {exc}", file=sys.stderr)
+        summary = dispatch(jobs, command, cfg, args)
+    except (UserError, ModelLocked) as exc:
+        print(f"ringtrain {command}: {'error: ' if isinstance(exc, UserError) else ''}{exc}", file=sys.stderr)
         return exc.exit_code
     except TrainingInterrupted as exc:
         print(f"ringtrain {command}: {exc}", file=sys.stderr)
@@ -65,6 +101,34 @@ def run(command: str, args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(summary, indent=2) if args.json else "\n" + jobs.format_summary(command, summary))
     return 0
+
+
+def dispatch(jobs, command: str, cfg, args: argparse.Namespace) -> dict:
+    if command == "etl":
+        return jobs.etl_job(cfg, partition=args.partition, force=args.force)
+    if command == "train":
+        return jobs.train_job(cfg, dataset_dir=args.dataset)
+    if command == "retrain":
+        return jobs.retrain_job(cfg, dates=retrain_dates(args), force=args.force)
+    if command == "evaluate":
+        return jobs.evaluate_job(cfg, model_ref=args.model, dataset_dir=args.dataset, split=args.split)
+    if command == "predict":
+        return jobs.predict_job(cfg, model_ref=args.model, input_path=args.input, output_dir=args.output,
+                                input_format=args.input_format)
+    if command == "models":
+        if args.action == "promote" and not args.ref:
+            raise ConfigError("ringtrain models promote needs the VERSION to promote, e.g. v000003")
+        return jobs.models_job(cfg, action=args.action, ref=args.ref, alias=args.alias, reason=args.reason)
+    return jobs.demo_job(cfg)
+
+
+def retrain_dates(args: argparse.Namespace) -> list[str]:
+    from ringtrain.retrain import date_range
+    if args.date and not (args.date_from or args.date_to):
+        return [args.date]
+    if args.date_from and args.date_to and not args.date:
+        return date_range(args.date_from, args.date_to)
+    raise ConfigError("ringtrain retrain needs either --date D, or --from D1 --to D2 (a backfill)")
 
 
 def exit_spark_submit(code: int) -> None:

@@ -363,6 +363,52 @@ class TrainConfig:
 
 
 @dataclass(kw_only=True)
+class PromoteConfig:
+    metric: Literal["auc", "accuracy", "loss"] = "auc"
+    """The metric the gate compares on the holdout (higher is better, except loss)."""
+    min_improvement: float = 0.0
+    """The challenger must beat the champion's metric by more than this to be promoted."""
+    max_partition_drop: float | None = 0.05
+    """Refuse when the challenger's metric on any single partition of the holdout is worse than the
+    champion's by more than this. null: no per-partition guardrail."""
+
+    def __post_init__(self) -> None:
+        check(self.min_improvement >= 0, "retrain.promote.min_improvement", "must be >= 0")
+        check(self.max_partition_drop is None or self.max_partition_drop >= 0,
+              "retrain.promote.max_partition_drop", "must be >= 0 (or null for no guardrail)")
+
+
+@dataclass(kw_only=True)
+class RetrainConfig:
+    model: str
+    """Registry name: versions and aliases live under <store.root>/models/<model>/."""
+    warm_start: bool = False
+    """true: the challenger starts from the champion's weights; false: from scratch (train.seed)."""
+    holdout_split: Literal["test", "val"] = "test"
+    """The split of the new dataset version on which champion and challenger are both evaluated."""
+    lock_ttl_s: float = 21600.0
+    """A lock not renewed for this long is stale and may be taken over (its owner renews it every ttl/4)."""
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
+
+    def __post_init__(self) -> None:
+        check(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.model) is not None, "retrain.model",
+              f"{self.model!r}: use letters, digits, '.', '_' or '-' (it names a folder)")
+        check(self.lock_ttl_s >= 10, "retrain.lock_ttl_s", "must be >= 10 seconds")
+
+
+@dataclass(kw_only=True)
+class TrackingConfig:
+    mlflow_uri: str | None = None
+    """Mirror every registry change to MLflow (runs with params, metrics and the model files, the
+    registered model and its aliases), e.g. sqlite:///mlflow.db or http://host:5000. null: off."""
+    experiment: str = "ringtrain"
+    """MLflow experiment of the mirrored runs."""
+    artifact_location: str | None = None
+    """Where a new experiment keeps the runs' files (a folder or URI). null: <store.root>/mlflow-artifacts
+    (MLflow's own default with a sqlite backend is ./mlruns in whatever the current directory is)."""
+
+
+@dataclass(kw_only=True)
 class DemoConfig:
     rows: int = 120_000
     seed: int = 7
@@ -376,6 +422,9 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     demo: DemoConfig | None = None
     """Present in conf/demo.yaml: generate the embedded dataset before the ETL."""
+    retrain: RetrainConfig | None = None
+    """Scheduled retraining (`ringtrain retrain`): present in conf/retrain.yaml."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def with_run_id(self, run_id: str) -> "Config":
         return dataclasses.replace(self, store=dataclasses.replace(self.store, run_id=run_id))
@@ -390,6 +439,13 @@ class Config:
               f"{', '.join(TASK_METRICS[task])}")
         check(self.train.class_weight is None or task != "regression", "train.class_weight",
               "only for classification (etl.label.task is 'regression')")
+        if self.retrain is not None:
+            # Champion and challenger are compared on the same encoded rows, and a warm start reuses the
+            # champion's embedding tables: both need the features frozen across dates.
+            check(self.etl.mode == "incremental", "etl.mode",
+                  "retrain needs etl.mode: incremental (one partition per date, features frozen by the first)")
+            check(task == "binary", "etl.label.task",
+                  f"retrain's gate and predict support task 'binary' only for now, not {task!r}")
 
 
 def load_config(path: str, overrides: list[str] | None = None) -> Config:

@@ -56,3 +56,17 @@ class TrainingInterrupted(Exception):
     The message says how to resume. Exit 130, the shell's code for SIGINT."""
 
     exit_code = 130
+
+
+class ModelNotFound(UserError, LookupError):
+    """A model reference (alias, version, folder) that the registry or the store does not have."""
+
+
+class FeatureMismatch(UserError, ValueError):
+    """A dataset encoded with other feature statistics than the model's features.json."""
+
+
+class ModelLocked(RuntimeError):
+    """Another retrain of the same model holds its lock: exit 75 (EX_TEMPFAIL), retry later; nothing changed."""
+
+    exit_code = 75

@@ -37,25 +37,32 @@ def etl_job(cfg: Config, *, partition: str | None = None, force: bool = False) -
 
 def train_job(cfg: Config, *, dataset_dir: str | None = None) -> dict:
     export_store_settings(cfg.spark.conf)  # the store is read before Spark starts
-    store = RunStore.create(cfg.store.root, cfg.store.run_id).prepare()
+    store = RunStore.create(cfg.store.root, cfg.store.run_id)
     dataset_dir = dataset_dir or store.dataset(cfg.etl.dataset).latest()
     if dataset_dir is None:
         raise DatasetError(f"no published version of dataset {cfg.etl.dataset!r} under {store.root}/datasets; "
                            f"run `ringtrain etl --config ...` first")
     # Refuse an unpublished folder, and a model that breaks the contract, in seconds and before any executor starts.
     dry_run(cfg.train, dataset_dir, load_manifest(dataset_dir))
-    spec = WorkerSpec(train=cfg.train, dataset_dir=dataset_dir, paths=store.paths(), run_id=store.run_id,
-                      config=to_dict(cfg))
     started = time.time()
     spark = get_spark(cfg.spark, barrier_slots=cfg.train.num_workers)
     try:
         spark_s = time.time() - started
-        results = launch(spark.sparkContext, spec)
+        results = run_training(spark, cfg, store, dataset_dir)
     finally:
         spark.stop()
     return {"run_dir": store.run_dir, "model_dir": store.model_dir, "dataset_dir": dataset_dir,
             "ranks": results, "spark_startup_s": round(spark_s, 1),
             "train_wall_s": round(time.time() - started - spark_s, 1)}
+
+
+def run_training(spark, cfg: Config, store: RunStore, dataset_dir: str, *, init_weights: str | None = None) -> list:
+    """Train on `dataset_dir` into the run `store` (resuming from its checkpoints); each rank's result.
+    `init_weights`: a state_dict file to start from (a warm start), instead of train.seed's initialization."""
+    store.prepare()
+    spec = WorkerSpec(train=cfg.train, dataset_dir=dataset_dir, paths=store.paths(), run_id=store.run_id,
+                      config=to_dict(cfg), init_weights=init_weights)
+    return launch(spark.sparkContext, spec)
 
 
 def demo_job(cfg: Config) -> dict:
@@ -75,7 +82,81 @@ def monitor_direction(monitor: dict) -> str:
     return MonitorConfig(**monitor).direction()
 
 
+def retrain_job(cfg: Config, *, dates: list[str], force: bool = False) -> dict:
+    from ringtrain.retrain import model_lock, retrain
+    if cfg.retrain is None:
+        raise ConfigError("this config has no `retrain` section (the registry name and the promotion gate); "
+                          "see conf/retrain.yaml")
+    with model_lock(cfg):  # before Spark starts: a second retrain exits 75 at once
+        started = time.time()
+        spark = get_spark(cfg.spark, barrier_slots=cfg.train.num_workers)
+        try:
+            spark_s = round(time.time() - started, 1)
+            return {**retrain(spark, cfg, dates, force=force), "spark_startup_s": spark_s}
+        finally:
+            spark.stop()
+
+
+def evaluate_job(cfg: Config, *, model_ref: str, dataset_dir: str | None, split: str) -> dict:
+    """No Spark: the split's shards are read in this process."""
+    from ringtrain.scoring import evaluate, resolve_model
+    store = RunStore.create(cfg.store.root)
+    model = resolve_model(model_ref, store_root=store.root, registry_name=registry_name(cfg))
+    dataset_dir = dataset_dir or store.dataset(cfg.etl.dataset).latest()
+    if dataset_dir is None:
+        raise DatasetError(f"no published version of dataset {cfg.etl.dataset!r}: pass --dataset DIR")
+    return {"model": model.folder, "version": model.version, **evaluate(model, dataset_dir, split)}
+
+
+def predict_job(cfg: Config, *, model_ref: str, input_path: str, output_dir: str, input_format: str | None) -> dict:
+    import dataclasses
+    from ringtrain.predict import predict
+    from ringtrain.scoring import resolve_model
+    store = RunStore.create(cfg.store.root)
+    model = resolve_model(model_ref, store_root=store.root, registry_name=registry_name(cfg))
+    fmt = input_format or cfg.etl.source.format
+    source = dataclasses.replace(cfg.etl.source, format=fmt, path=None if fmt == "table" else input_path,
+                                 table=input_path if fmt == "table" else None, partition_column=None,
+                                 options=cfg.etl.source.options if fmt == cfg.etl.source.format else {})
+    spark = get_spark(cfg.spark)
+    try:
+        return predict(spark, model, source, output_dir)
+    finally:
+        spark.stop()
+
+
+def models_job(cfg: Config, *, action: str, ref: str | None, alias: str, reason: str | None) -> dict:
+    from ringtrain.registry import Registry
+    name = registry_name(cfg)
+    if name is None:
+        raise ConfigError("`ringtrain models` needs retrain.model in the config: the registry name")
+    registry = Registry(RunStore.create(cfg.store.root).root, name)
+    if action == "promote":
+        registry.promote(ref, alias=alias, reason=reason or "manual promotion (ringtrain models promote)")
+    elif action == "rollback":
+        registry.rollback(alias=alias, reason=reason or "manual rollback (ringtrain models rollback)")
+    state = registry.state()
+    if action == "show":
+        folder = registry.resolve(ref or alias)
+        version = folder.rstrip("/").rsplit("/", 1)[-1]
+        return {"model": name, "version": version, "folder": folder, "info": state.versions[version],
+                "aliases": [a for a, v in state.aliases().items() if v == version],
+                "events": [e for e in state.events if version in (e.get("registers"), e.get("version"))]}
+    return {"model": name, "root": registry.root, "aliases": state.aliases(), "versions": state.versions,
+            "history": [{k: e.get(k) for k in ("seq", "time_utc", "action", "date", "version", "registers",
+                                              "promoted", "champion_before", "champion_after", "reason")}
+                        for e in state.events]}
+
+
+def registry_name(cfg: Config) -> str | None:
+    return cfg.retrain.model if cfg.retrain is not None else None
+
+
 def format_summary(kind: str, summary: dict) -> str:
+    special = {"retrain": format_retrain, "evaluate": format_evaluate, "predict": format_predict,
+               "models": format_models}
+    if kind in special:
+        return special[kind](summary)
     lines = []
     etl = summary.get("etl") if kind == "demo" else (summary if kind == "etl" else None)
     train = summary.get("train") if kind == "demo" else (summary if kind == "train" else None)
@@ -108,4 +189,61 @@ def format_summary(kind: str, summary: dict) -> str:
                   f"          metrics {join(train['run_dir'], 'metrics.json')} (+ metrics.png)"]
     if kind == "demo":
         lines.append(f"WALL      {summary['wall_s']}s end to end")
+    return "\n".join(lines)
+
+
+def format_retrain(summary: dict) -> str:
+    lines = []
+    for r in summary["dates"]:
+        d = r["decision"]
+        head = f"RETRAIN   {summary['model']} {r['date']}: "
+        if r.get("skipped"):
+            lines.append(head + f"already done ({d['outcome']}, event {d['event']}): nothing to do; --force redoes it")
+            continue
+        m = d["metric"]
+        champ = f"{d['champion']['overall'][m]:.4f} ({d['champion_before']})" if d["champion"] else "none"
+        t = r["timings_s"]
+        lines += [head + (f"PROMOTED {d['version']} to champion" if d["outcome"] == "promoted"
+                          else f"champion kept ({d['champion_after'] or 'none'}); {d['version']} registered")
+                  + (" (resumed)" if r.get("resumed") else ""),
+                  f"          holdout {r['dataset_version']} {d['challenger']['split']} "
+                  f"({d['challenger']['overall']['rows']:,} rows): {m} challenger "
+                  f"{d['challenger']['overall'][m]:.4f}, champion {champ}",
+                  f"          reason: {d['reason']}",
+                  f"          ETL {t.get('etl')}s, training {t.get('train')}s, evaluation {t.get('evaluate')}s"
+                  + (f"; MLflow: {r['mlflow']}" if r.get("mlflow") else "")]
+    lines.append(f"CHAMPION  {summary['champion'] or 'none'}; plot {summary['plot']}; {summary['wall_s']}s")
+    return "\n".join(lines)
+
+
+def format_evaluate(summary: dict) -> str:
+    o = summary["overall"]
+    lines = [f"EVALUATE  {summary['version'] or summary['model']} on {summary['split']} of {summary['dataset_dir']}",
+             f"          {o['rows']:,} rows: accuracy {o['accuracy']:.4f} (baseline {o['baseline_accuracy']:.4f}), "
+             f"AUC {o['auc']:.4f}, log-loss {o['loss']:.4f} (prior {o['baseline_loss']:.4f})"]
+    for name, p in summary["partitions"].items():
+        lines.append(f"          partition {name}: {p['rows']:,} rows, accuracy {p['accuracy']:.4f}, AUC {p['auc']:.4f}")
+    return "\n".join(lines)
+
+
+def format_predict(summary: dict) -> str:
+    q = summary["quarantine_reasons"]
+    return "\n".join([
+        f"PREDICT   {summary['rows_scored']:,} rows scored with {summary['model_version'] or 'the model'}, "
+        f"{summary['rows_quarantined']:,} quarantined{' ' + str(q) if q else ''}",
+        f"          published {summary['output_dir']} ({summary['files']} files) in {summary['seconds']}s"])
+
+
+def format_models(summary: dict) -> str:
+    if "history" not in summary:
+        info = summary["info"]
+        return (f"MODEL     {summary['model']} {summary['version']} {summary['aliases'] or ''}\n"
+                f"          date {info.get('date')}, run {info.get('run_id')}, dataset {info.get('dataset_version')}\n"
+                f"          metrics {info.get('metrics')}\n          {summary['folder']}")
+    lines = [f"MODEL     {summary['model']}: aliases {summary['aliases'] or 'none'}; "
+             f"{len(summary['versions'])} version(s) under {summary['root']}"]
+    for e in summary["history"]:
+        what = e["action"] + (f" {e['date']}" if e.get("date") else "")
+        version = e.get("registers") or e.get("version")
+        lines.append(f"  {e['seq']:>4} {e['time_utc']} {what:<18} {version}  {e['reason']}")
     return "\n".join(lines)

@@ -31,9 +31,14 @@ def load_manifest(dataset_dir: str) -> dict:
 
 
 def shard_paths(dataset_dir: str, manifest: dict, split: str, *, root: str | None = None) -> list[str]:
-    """Where a split's shards are. A shard is in <version>/<split>/ unless it has a `dir`: a folder relative
-    to the dataset root (`root`, by default the version folder's parent) that holds <split>/<file>; on
-    stores without atomic rename, manifests reference the shards where the executors wrote them."""
-    root = root or posixpath.dirname(dataset_dir.rstrip("/"))
-    return [join(root, s["dir"], split, s["file"]) if s.get("dir") else join(dataset_dir, split, s["file"])
-            for s in manifest["splits"][split]["shards"]]
+    """Where a split's shards are (see `shard_path`)."""
+    return [shard_path(dataset_dir, split, s, root=root) for s in manifest["splits"][split]["shards"]]
+
+
+def shard_path(dataset_dir: str, split: str, shard: dict, *, root: str | None = None) -> str:
+    """Where one shard of a manifest is. A shard is in <version>/<split>/ unless it has a `dir`: a folder
+    relative to the dataset root (`root`, by default the version folder's parent) that holds <split>/<file>;
+    on stores without atomic rename, manifests reference the shards where the executors wrote them."""
+    if shard.get("dir"):
+        return join(root or posixpath.dirname(dataset_dir.rstrip("/")), shard["dir"], split, shard["file"])
+    return join(dataset_dir, split, shard["file"])

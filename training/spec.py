@@ -32,6 +32,9 @@ class WorkerSpec:
     """Launch attempt, from 0: names the per-rank logs and failure records."""
     config: dict[str, Any] = field(default_factory=dict)
     """The whole config as plain values, recorded in the model artifact (not read by the worker)."""
+    init_weights: str | None = None
+    """A state_dict file (path or URI) to start from instead of train.seed's initialization: a warm start
+    (scheduled retraining). A checkpoint of this run, when there is one, still wins."""
     fault: str | None = None
     """Tests only: 'kind:rank:opt_step[:attempt]', a fault the loop injects (see training.loop.FaultInjector)."""
 

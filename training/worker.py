@@ -18,6 +18,7 @@ it causes on other ranks.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ import torch
 
 from ringtrain.manifest import load_manifest
 from ringtrain.schema import to_dict
+from ringtrain.store import read_bytes
 from ringtrain.training import failure
 from ringtrain.training.artifact import publish_model, write_metrics
 from ringtrain.training.data import Columns, open_reader, plan_reading, verify_shards
@@ -90,6 +92,8 @@ def _train(spec: WorkerSpec, env: RankEnvironment, engine, device: torch.device)
     model = build_model(to_dict(cfg.model), len(cols.numeric), cards,
                         array_width=sum(length for _, length in cols.arrays),
                         num_outputs=task.num_outputs).to(device)
+    if spec.init_weights:  # a warm start; a checkpoint of this run, if any, still wins in fit()
+        model.load_state_dict(torch.load(io.BytesIO(read_bytes(spec.init_weights)), map_location=device))
     if cfg.pipeline.stages > 1:  # layer splitting inside this rank; data parallelism across ranks
         devices = stage_devices(device, cfg.pipeline.stages, env.local_rank, env.task_gpus is not None)
         model = PipelineModel(model, cfg.pipeline.stages, cfg.pipeline.micro_batches, devices,

@@ -1,0 +1,154 @@
+"""Scoring with a model artifact alone: its exported program and its features.json.
+
+A model reference is a registry version or alias (`champion`, `v000003`), or a run's model folder.
+What the model outputs means something per task; each task is one small function here:
+  binary       the logit of P(label = 1) -> the probability
+
+`evaluate` computes the training loop's own validation metrics (`training.loop.evaluate`, the same
+code) on one split of a published dataset, overall and per partition, in this process. The
+dataset's shards are already encoded, so they must have been encoded with the model's own
+features.json: in incremental mode (the retrain job's) every version shares the base's features.
+Rows that are not yet encoded are scored by `ringtrain.predict`, which encodes them as in training.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ringtrain.errors import FeatureMismatch, ModelNotFound
+from ringtrain.manifest import load_manifest, shard_path, shard_paths
+from ringtrain.registry import FEATURES, Registry
+from ringtrain.store import exists, join, read_bytes, read_json
+
+
+def binary_scores(logits: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logits.float().reshape(-1))  # [B] or [B, 1] -> [B]
+
+
+# task -> (model output -> the score a user reads). Other tasks add one entry each.
+TASK_SCORES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"binary": binary_scores}
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """Where one model's files are, and what training wrote about it (artifact.json)."""
+
+    folder: str
+    features_json: str
+    artifact: dict
+    version: str | None = None  # the registry version, when the reference went through the registry
+
+    @property
+    def program(self) -> str:
+        return join(self.folder, self.artifact["program"])
+
+    @property
+    def task(self) -> str:
+        return self.artifact.get("config", {}).get("etl", {}).get("label", {}).get("task", "binary")
+
+    def features(self) -> dict:
+        return read_json(self.features_json)
+
+
+def resolve_model(ref: str, *, store_root: str, registry_name: str | None) -> ModelFiles:
+    """`ref`: a model folder (a run's `model/` or a registry version folder), or an alias/version of
+    the model `registry_name` (retrain.model)."""
+    if exists(join(ref, "artifact.json")):
+        artifact = read_json(join(ref, "artifact.json"))
+        own = join(ref, FEATURES)  # registry versions carry their own copy
+        return ModelFiles(ref, own if exists(own) else artifact["dataset"]["features_json"], artifact)
+    if registry_name is None:
+        raise ModelNotFound(f"--model {ref}: not a model folder (no artifact.json), and the config has no "
+                            f"retrain.model to look it up in a registry; pass a folder or set retrain.model")
+    folder = Registry(store_root, registry_name).resolve(ref)
+    return ModelFiles(folder, join(folder, FEATURES), read_json(join(folder, "artifact.json")),
+                      version=os.path.basename(folder))
+
+
+class Program(torch.nn.Module):
+    """An exported program as a module taking (num, cat[, arr]). It was exported in eval mode; exported modules
+    refuse train()/eval(), which evaluation code calls on any model, so mode switches are no-ops here."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def train(self, mode: bool = True) -> "Program":
+        return self
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.module(*inputs)
+
+
+def load_program(model: ModelFiles, device: torch.device | None = None) -> Program:
+    """The model's exported program, read through the store (so from any store)."""
+    blob = io.BytesIO(read_bytes(model.program))
+    if model.program.endswith(".pt2"):
+        module = torch.export.load(blob).module()
+    else:
+        module = torch.jit.load(blob, map_location="cpu")
+    return Program(module.to(device) if device is not None else module)
+
+
+def score_arrays(module: torch.nn.Module, task: str, inputs: list[np.ndarray]) -> np.ndarray:
+    """Scores of encoded rows (the model's inputs: num, cat[, arr]), as float64 (what `predict` writes)."""
+    device = next(iter(module.parameters()), torch.empty(0)).device
+    with torch.no_grad():
+        out = TASK_SCORES[task](module(*(torch.from_numpy(x).to(device) for x in inputs)))
+    return out.double().cpu().numpy()
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+class _OneProcess:
+    """The one thing `training.loop.evaluate` asks of an engine, for a world of one."""
+
+    rank, size = 0, 1
+
+    @staticmethod
+    def allreduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+
+def check_same_features(model: ModelFiles, dataset_dir: str, manifest: dict) -> None:
+    dataset_features = join(dataset_dir, manifest["features"]["path"])
+    if read_json(dataset_features) != model.features():
+        raise FeatureMismatch(
+            f"{dataset_dir} was encoded with other feature statistics than the model's {model.features_json}: "
+            f"its metrics would be meaningless. Evaluate on a version of the dataset the model was trained on "
+            f"(an incremental dataset keeps its base's features), or score raw rows with `ringtrain predict`")
+
+
+def evaluate(model: ModelFiles, dataset_dir: str, split: str = "test", *, by_partition: bool = True) -> dict:
+    """{"split", "dataset_dir", "overall": metrics, "partitions": {name: metrics}}: the training loop's
+    metrics of the model's task (for binary: loss, accuracy, auc, baselines, rows) on `split`."""
+    from ringtrain.config import TrainConfig
+    from ringtrain.schema import build
+    from ringtrain.training.data import Columns, ReadPlan, open_reader
+    from ringtrain.training.loop import evaluate as loop_evaluate
+    from ringtrain.training.tasks import make_task
+
+    manifest = load_manifest(dataset_dir)
+    check_same_features(model, dataset_dir, manifest)
+    module = load_program(model)
+    cols = Columns.from_manifest(manifest)
+    task = make_task(manifest["features"], build(TrainConfig, model.artifact["train_config"], "train"))
+
+    def metrics(files: list[str]) -> dict:
+        reader = open_reader("arrow", ReadPlan(files, None, None, 0, 0), cols, 4096, 0, 0)
+        return loop_evaluate(module, reader, _OneProcess(), torch.device("cpu"), task, contextlib.nullcontext())
+
+    result = {"split": split, "dataset_dir": dataset_dir, "overall": metrics(shard_paths(dataset_dir, manifest, split)),
+              "partitions": {}}
+    if by_partition:
+        for part in manifest.get("partitions", []):
+            files = [shard_path(dataset_dir, split, s) for s in part["splits"][split]["shards"]]
+            if part["splits"][split]["rows"]:
+                result["partitions"][part["name"]] = metrics(files)
+    return result
