@@ -39,3 +39,16 @@ class NotEnoughSlots(UserError, RuntimeError):
 
 class TrainingFailed(RuntimeError):
     """Every launch attempt failed; the message holds the root cause and where the logs are. Exit 1."""
+
+
+class EnvironmentProblems(UserError):
+    """`ringtrain doctor` found set-up problems that would break a run; each names its fix."""
+
+    def __init__(self, problems: list) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s) would break a run:\n{lines}")
+
+
+class PackError(UserError):
+    """`ringtrain pack` cannot build the environment archive (not a checkout, a failed build)."""

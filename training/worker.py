@@ -46,12 +46,32 @@ def make_spec(train: dict, dataset_dir: str, paths: dict, *, attempt: int = 0, c
     return {"train": train, "dataset_dir": dataset_dir, "paths": paths, "attempt": attempt, "config": config or {}}
 
 
-def pick_device(gpus_per_worker: int, local_rank: int) -> torch.device:
-    if gpus_per_worker > 0 and torch.cuda.is_available():
-        # Under Spark CUDA_VISIBLE_DEVICES holds only this task's GPUs; under torchrun all of them.
-        index = 0 if os.environ.get("RINGTRAIN_TASK_GPUS") else local_rank % torch.cuda.device_count()
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
+def plan_placement(gpus_per_worker: int, stages: int, local_rank: int) -> dict:
+    """Where this rank will run, from its environment alone, before any device is picked.
+
+    Under Spark, CUDA_VISIBLE_DEVICES holds exactly this task's GPUs (RINGTRAIN_TASK_GPUS is set too);
+    under torchrun/horovodrun it is unset or lists the node's GPUs. The plan is reported in the
+    result, so the placement can be checked where the GPUs are fake (tests on CPU-only torch).
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    task_gpus = os.environ.get("RINGTRAIN_TASK_GPUS")
+    if not gpus_per_worker:
+        num_gpus = 0
+    elif visible is not None:
+        num_gpus = len([x for x in visible.split(",") if x.strip()])
+    else:
+        num_gpus = torch.cuda.device_count()
+    devices = stage_devices(stages, num_gpus, local_rank, bool(task_gpus))
+    # Stage i runs on devices[i % len(devices)]; the rank's own device is its first stage's.
+    return {"cuda_visible_devices": visible, "task_gpus": task_gpus, "stage_devices": devices, "device": devices[0]}
+
+
+def pick_device(placement: dict) -> torch.device:
+    """The planned device when CUDA is there; the CPU otherwise (CPU-only torch, or fake GPUs in tests)."""
+    if placement["device"] != "cpu" and torch.cuda.is_available():
+        device = torch.device(placement["device"])
+        torch.cuda.set_device(device)
+        return device
     return torch.device("cpu")
 
 
@@ -59,17 +79,19 @@ def train_worker(spec: dict) -> dict:
     cfg = build(TrainConfig, spec["train"], "train")
     torch.set_num_threads(cfg.threads_per_worker)
     local_rank = int(os.environ.get("LOCAL_RANK") or os.environ.get("HOROVOD_LOCAL_RANK") or 0)
-    device = pick_device(cfg.gpus_per_worker, local_rank)
+    placement = plan_placement(cfg.gpus_per_worker, cfg.pipeline.stages, local_rank)
+    device = pick_device(placement)
     ring_started = time.time()
     engine = make_engine(cfg.engine, device)
     ring_init_s = round(time.time() - ring_started, 2)
     try:
-        return {**_train(cfg, spec, engine, device), "ring_init_s": ring_init_s}
+        return {**_train(cfg, spec, engine, device, placement), "ring_init_s": ring_init_s,
+                "placement": placement}
     finally:
         engine.shutdown()
 
 
-def _train(cfg: TrainConfig, spec: dict, engine, device: torch.device) -> dict:
+def _train(cfg: TrainConfig, spec: dict, engine, device: torch.device, placement: dict) -> dict:
     started = time.time()
     paths = spec["paths"]
     manifest = load_manifest(spec["dataset_dir"])
@@ -87,8 +109,7 @@ def _train(cfg: TrainConfig, spec: dict, engine, device: torch.device) -> dict:
                         array_width=sum(length for _, length in cols.arrays),
                         num_outputs=task.num_outputs).to(device)
     if cfg.pipeline.stages > 1:  # layer splitting inside this rank; data parallelism across ranks
-        devices = stage_devices(device, cfg.pipeline.stages, engine.local_rank,
-                                bool(os.environ.get("RINGTRAIN_TASK_GPUS")))
+        devices = [torch.device(d) for d in placement["stage_devices"]] if device.type == "cuda" else [device]
         model = PipelineModel(model, cfg.pipeline.stages, cfg.pipeline.micro_batches, devices,
                               cfg.pipeline.balance)
         if engine.rank == 0:
