@@ -19,6 +19,11 @@ import time
 from ringtrain.errors import PackError
 
 
+# Spark's own jars (about 300 MiB of the pyspark wheel): the cluster's Spark runs the JVMs, and
+# Python tasks import pyspark from the PYTHONPATH Spark gives them, so the archive leaves them out.
+SPARK_JARS = "lib/python*/site-packages/pyspark/jars/*"
+
+
 def checkout_root() -> str:
     """The source checkout this ringtrain runs from: pack builds from it."""
     import ringtrain
@@ -44,7 +49,7 @@ def pack(output: str, *, env_dir: str | None = None) -> dict:
     built_s = time.time() - started
     import venv_pack
     try:
-        venv_pack.pack(prefix=env_dir, output=output, force=True)
+        venv_pack.pack(prefix=env_dir, output=output, force=True, filters=[("exclude", SPARK_JARS)])
     except venv_pack.VenvPackException as exc:
         raise PackError(f"venv-pack refused {env_dir}: {exc}") from None
     return {"archive": output, "bytes": os.path.getsize(output), "env_dir": env_dir, "python": python,
