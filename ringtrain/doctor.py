@@ -99,11 +99,13 @@ def hdfs_problems(env: dict, where: str, *, spark_conf: bool) -> list[Problem]:
                      "that JNI does not expand)",
         "ARROW_LIBHDFS_DIR": "ARROW_LIBHDFS_DIR=$HADOOP_HOME/lib/native (the folder holding libhdfs.so)",
     }
-    missing = [name for name in lines if not env.get(name)]
-    if env.get("CLASSPATH") and not env.get("classpath_has_jars"):
-        missing.append("CLASSPATH")
-    if not env.get("libhdfs.so") and "ARROW_LIBHDFS_DIR" not in missing:
-        missing.append("ARROW_LIBHDFS_DIR")
+    # ARROW_LIBHDFS_DIR may stay unset when $HADOOP_HOME/lib/native holds libhdfs.so (pyarrow looks there too).
+    wrong = {name for name in ("HADOOP_HOME", "JAVA_HOME", "CLASSPATH") if not env.get(name)}
+    if not env.get("classpath_has_jars"):
+        wrong.add("CLASSPATH")
+    if not env.get("libhdfs.so"):
+        wrong.add("ARROW_LIBHDFS_DIR")
+    missing = [name for name in lines if name in wrong]
     if not missing:
         return []
     if spark_conf:

@@ -8,10 +8,12 @@ with identical parameters, and nothing the test started (process or listening po
 import contextlib
 import json
 import os
+import platform
 import secrets
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 
 import psutil
@@ -40,6 +42,20 @@ def packed_env(tmp_path_factory):
                           cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
+
+
+def test_pack_holds_ringtrain_non_editable_and_names_the_interpreter(packed_env):
+    with tarfile.open(packed_env["archive"]) as archive:
+        names = set(archive.getnames())
+        python_link = archive.getmember("bin/python3.11").linkname
+    site = "lib/python3.11/site-packages"
+    assert {f"{site}/ringtrain/cli.py", f"{site}/ringtrain/etl/pipeline.py", f"{site}/ringtrain/training/worker.py",
+            f"{site}/horovod/torch/__init__.py", f"{site}/torch/__init__.py"} <= names
+    assert not [n for n in names if "__editable__" in n or n.endswith("ringtrain.egg-link")]
+    assert not [n for n in names if "/pyspark/jars/" in n]  # the cluster's Spark brings its own
+    # venv-pack does not pack the interpreter: the archive links to it, and pack says so.
+    assert os.path.isabs(python_link) and os.path.realpath(python_link) == packed_env["interpreter"]["path"]
+    assert packed_env["interpreter"]["version"] == platform.python_version()
 
 
 def free_port() -> int:

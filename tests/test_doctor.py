@@ -11,7 +11,6 @@ import pytest
 
 from conftest import ROOT
 
-pytestmark = [pytest.mark.spark, pytest.mark.slow]
 BIN = os.path.dirname(sys.executable)
 PACK_FIX = "build the environment with `ringtrain pack` and submit with --archives ringtrain-env.tar.gz#env"
 OTHER_PYARROW = "25.0.1"  # any release other than requirements.lock's 14.0.2
@@ -25,6 +24,8 @@ def doctor(root, extra=(), env=None):
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.spark
+@pytest.mark.slow
 def test_all_well_exits_0_and_reports_every_task(tmp_path):
     out = doctor(tmp_path, env={})
     assert out.returncode == 0, out.stderr[-3000:]
@@ -45,6 +46,8 @@ def other_python() -> str | None:
     return None
 
 
+@pytest.mark.spark
+@pytest.mark.slow
 def test_executors_on_another_python_without_the_stack(tmp_path):
     python = other_python()
     if python is None:
@@ -70,6 +73,8 @@ def other_pyarrow(tmp_path_factory) -> str:
     return str(tmp / "site")
 
 
+@pytest.mark.spark
+@pytest.mark.slow
 def test_executors_with_another_pyarrow(tmp_path, other_pyarrow):
     conf = f"spark.conf={{spark.ui.enabled: 'false', spark.executorEnv.PYTHONPATH: '{other_pyarrow}'}}"
     out = doctor(tmp_path, [conf])
@@ -89,6 +94,8 @@ def read_only_folder(tmp_path) -> str:
     return str(folder)
 
 
+@pytest.mark.spark
+@pytest.mark.slow
 def test_store_the_executors_cannot_write(tmp_path):
     out = doctor(read_only_folder(tmp_path))
     assert out.returncode == 2, out.stderr[-3000:]
@@ -96,6 +103,8 @@ def test_store_the_executors_cannot_write(tmp_path):
     assert "Fix: store.root must be a location every executor can write" in out.stderr
 
 
+@pytest.mark.spark
+@pytest.mark.slow
 def test_too_few_slots_is_reported_without_starting_the_stage(tmp_path):
     out = doctor(tmp_path, ["spark.master=local[1]"])
     assert out.returncode == 2, out.stderr[-3000:]
@@ -103,6 +112,8 @@ def test_too_few_slots_is_reported_without_starting_the_stage(tmp_path):
     assert "Lower train.num_workers, or use a master with more slots (e.g. local[2])" in out.stderr
 
 
+@pytest.mark.spark
+@pytest.mark.slow
 def test_gpus_per_worker_that_spark_does_not_give(tmp_path):
     out = doctor(tmp_path, ["train.gpus_per_worker=1"])
     assert out.returncode == 2, out.stderr[-3000:]
@@ -110,3 +121,25 @@ def test_gpus_per_worker_that_spark_does_not_give(tmp_path):
     assert "--conf spark.task.resource.gpu.amount=1" in out.stderr
     assert "no GPU discovery script is set. Fix: --files conf/gpu_discovery.sh" in out.stderr
     assert "the task got 0 GPU(s) [] but train.gpus_per_worker=1" in out.stderr
+
+
+def test_libhdfs_set_up_is_checked_and_each_missing_piece_named(tmp_path, monkeypatch):
+    from ringtrain.doctor import hdfs_problems
+    from ringtrain.probe import hdfs_env
+    hadoop = tmp_path / "hadoop"
+    (hadoop / "lib" / "native").mkdir(parents=True)
+    for name in ("HADOOP_HOME", "JAVA_HOME", "CLASSPATH", "ARROW_LIBHDFS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HADOOP_HOME", str(hadoop))
+    monkeypatch.setenv("CLASSPATH", f"{hadoop}/share/hadoop/common/*")  # `hadoop classpath` without --glob
+    (problem,) = hdfs_problems(hdfs_env(), "executors", spark_conf=True)
+    assert "(JAVA_HOME, CLASSPATH, ARROW_LIBHDFS_DIR missing or wrong)" in problem.text
+    assert "--conf spark.executorEnv.CLASSPATH=$(hadoop classpath --glob)" in problem.text
+    assert "--conf spark.executorEnv.ARROW_LIBHDFS_DIR=$HADOOP_HOME/lib/native" in problem.text
+    (problem,) = hdfs_problems(hdfs_env(), "driver", spark_conf=False)
+    assert "export JAVA_HOME=/path/to/jdk" in problem.text
+
+    (hadoop / "lib" / "native" / "libhdfs.so").write_bytes(b"")
+    monkeypatch.setenv("JAVA_HOME", "/usr/lib/jvm/default")
+    monkeypatch.setenv("CLASSPATH", f"{hadoop}/share/hadoop/common/hadoop-common.jar")
+    assert hdfs_problems(hdfs_env(), "executors", spark_conf=True) == []
