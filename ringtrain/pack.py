@@ -58,7 +58,9 @@ def pack(output: str, *, env_dir: str | None = None) -> dict:
 
 
 def _run(cmd: list[str], env: dict, failure: str) -> None:
-    done = subprocess.run(cmd, env={**os.environ, **env}, stdout=sys.stderr, stderr=sys.stderr)
+    # Outside the checkout: bootstrap's up-to-date check imports ringtrain.training, which the checkout's
+    # own ringtrain/ folder (first on sys.path from the current directory) would shadow and fail.
+    done = subprocess.run(cmd, env={**os.environ, **env}, cwd="/", stdout=sys.stderr, stderr=sys.stderr)
     if done.returncode != 0:
         raise PackError(f"{failure} (exit {done.returncode}, output above)")
 
