@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -38,13 +39,13 @@ class Problem:
 
 def doctor(cfg: Config, *, timeout_s: float = 120.0) -> dict:
     """Run every check; return a summary when all is well, raise EnvironmentProblems otherwise."""
-    problems = check_java()
     with_hdfs = cfg.store.root.startswith("hdfs://")
     driver = probe.process_report(cfg.store.root, "driver", with_hdfs=with_hdfs)
-    problems += driver_problems(driver, cfg.store.root)
-    summary = {"driver": driver, "tasks": []}
-    if problems and any("Java" in p.text for p in problems):
+    java = check_java()
+    problems = java + driver_problems(driver, cfg.store.root)
+    if java:
         raise EnvironmentProblems(problems)  # no JVM, no Spark: nothing more can be checked
+    summary = {"driver": driver, "tasks": []}
     from ringtrain.spark import get_spark
     spark = get_spark(cfg.spark, barrier_slots=cfg.train.num_workers)
     try:
@@ -66,10 +67,14 @@ def doctor(cfg: Config, *, timeout_s: float = 120.0) -> dict:
 # ----------------------------------------------------------------------------- driver
 
 def check_java() -> list[Problem]:
-    java = shutil.which("java")
+    home = os.environ.get("JAVA_HOME")
+    java = os.path.join(home, "bin", "java") if home else shutil.which("java")  # what spark-class runs
+    if java and not os.access(java, os.X_OK):
+        java = None
     if java is None:
-        return [Problem("driver", "Java not found: Spark needs a JDK 11 or newer. Install OpenJDK 17 "
-                                  "(apt-get install openjdk-17-jdk-headless) or put $JAVA_HOME/bin on PATH")]
+        where = f"JAVA_HOME={home} has no bin/java" if home else "no java on PATH"
+        return [Problem("driver", f"Java not found ({where}): Spark needs a JDK 11 or newer. Fix: install OpenJDK "
+                                  f"17 (apt-get install openjdk-17-jdk-headless) and set JAVA_HOME to it")]
     out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60).stderr
     match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
     major = int(match.group(1)) if match else 0

@@ -1,5 +1,5 @@
 """A real Spark standalone cluster on this machine: a master and two workers, each its own JVM, and the
-jobs submitted to it as a user would, with the environment that `ringtrain pack` built shipped by
+jobs (doctor, ETL, training) submitted to it as a user would, with the environment that `ringtrain pack` built shipped by
 --archives, authentication and network encryption on.
 
 The ETL's shards must be byte-identical to a local-mode run of the same config, both ranks must end
@@ -147,6 +147,8 @@ def test_etl_and_training_on_a_standalone_cluster_with_the_packed_env(spark, pac
 
     with standalone_cluster(tmp_path / "cluster") as (master, props):
         store = str(tmp_path / "store")
+        # doctor first, with the very flags of the jobs: separate executor JVMs on the packed Python.
+        doctor = submit(master, props, packed_env, "doctor_job.py", [f"store.root={store}", *sets])
         etl = submit(master, props, packed_env, "etl_job.py", [f"store.root={store}", *sets])
         train = submit(master, props, packed_env, "train_job.py",
                        [f"store.root={store}", "store.run_id=cluster", "train.epochs=1", *sets])
@@ -154,6 +156,10 @@ def test_etl_and_training_on_a_standalone_cluster_with_the_packed_env(spark, pac
     assert process_tree() <= processes_before
     assert listening_ports() <= ports_before
 
+    assert doctor["master"] == master and len(doctor["tasks"]) == 2
+    for task in doctor["tasks"]:
+        assert task["executable"].endswith("/env/bin/python") and task["versions"] == doctor["driver"]["versions"]
+        assert task["store_error"] is None
     assert etl["rows_good"] == ROWS and etl["version"] == "v000001"
     cfg = load_config(os.path.join(ROOT, "conf", "demo.yaml"), [f"store.root={tmp_path}/local", *sets])
     local = run_etl(spark, cfg.etl, RunStore.create(cfg.store.root).dataset(cfg.etl.dataset))

@@ -143,3 +143,10 @@ def test_libhdfs_set_up_is_checked_and_each_missing_piece_named(tmp_path, monkey
     monkeypatch.setenv("JAVA_HOME", "/usr/lib/jvm/default")
     monkeypatch.setenv("CLASSPATH", f"{hadoop}/share/hadoop/common/hadoop-common.jar")
     assert hdfs_problems(hdfs_env(), "executors", spark_conf=True) == []
+
+
+def test_missing_java_is_reported_before_spark_starts(tmp_path):
+    out = doctor(tmp_path, env={"JAVA_HOME": str(tmp_path / "no-jdk")})
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert f"Java not found (JAVA_HOME={tmp_path / 'no-jdk'} has no bin/java)" in out.stderr
+    assert "Fix: install OpenJDK 17" in out.stderr
