@@ -10,7 +10,6 @@ and is bounded by `timeout_s`: a cluster that cannot run it makes doctor report,
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import re
 import shutil
@@ -22,7 +21,6 @@ from ringtrain import probe
 from ringtrain.config import Config
 from ringtrain.errors import EnvironmentProblems, UserError
 
-log = logging.getLogger("ringtrain.doctor")
 JOB_GROUP = "ringtrain-doctor"
 PACK_FIX = ("build the environment with `ringtrain pack` and submit with --archives ringtrain-env.tar.gz#env "
             "--conf spark.pyspark.python=./env/bin/python")

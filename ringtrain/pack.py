@@ -93,8 +93,8 @@ def submit_lines(archive: str, driver_python: str, config: str = "conf/yarn.yaml
         f"# cluster mode (the driver runs on a node, from {name}):",
         cluster + f"  jobs/etl_job.py --config {base} [--partition VALUE]",
         cluster + train + f"  jobs/train_job.py --config {base}",
-        "# N = train.num_workers. Check the set-up first (seconds, same flags): ringtrain doctor --config "
-        f"{config} under spark-submit: spark-submit ... jobs/doctor_job.py --config {config}",
+        "# N = train.num_workers. Check the set-up first, with the same flags (seconds; exit 0, or 2 with fixes):",
+        f"#   spark-submit ... jobs/doctor_job.py --config {config}",
     ])
 
 
@@ -106,7 +106,7 @@ def format_report(summary: dict) -> str:
         f"          built in {summary['build_s']}s, packed in {summary['pack_s']}s",
         f"CAVEAT    venv-pack does not put the interpreter in the archive: env/bin/python links to {it['path']}",
         f"          (Python {it['version']}). Every node (YARN NodeManagers, and the driver's host in cluster mode)",
-        f"          needs that Python at that path, same OS and architecture; otherwise use conda-pack.",
+        "          needs that Python at that path, same OS and architecture; otherwise use conda-pack.",
         "",
         submit_lines(summary["archive"], summary["python"]),
     ])
