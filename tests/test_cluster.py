@@ -24,14 +24,22 @@ from ringtrain.config import load_config
 from ringtrain.etl.pipeline import run_etl
 from ringtrain.etl.sample_data import write_churn_csv
 from ringtrain.manifest import load_manifest
+from ringtrain import store
 from ringtrain.store import RunStore
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 BIN = os.path.dirname(sys.executable)
 SPARK_CLASS = os.path.join(os.path.dirname(__import__("pyspark").__file__), "bin", "spark-class")
 ROWS = 6000
+SPARK_CONF = {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"}
+
+
+def spark_conf_set(conf: dict) -> str:
+    return "spark.conf={" + ", ".join(f"{k}: '{v}'" for k, v in conf.items()) + "}"
+
+
 SETS = [f"demo.rows={ROWS}", "etl.shards.rows_per_shard=1000", "etl.shards.row_group_rows=256",
-        "train.batch_size=128", "spark.conf={spark.ui.enabled: 'false', spark.sql.shuffle.partitions: '4'}"]
+        "train.batch_size=128", spark_conf_set(SPARK_CONF)]
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +89,7 @@ def standalone_cluster(tmp_path):
     props.write_text(f"spark.authenticate true\nspark.authenticate.secret {secrets.token_hex(16)}\n"
                      "spark.network.crypto.enabled true\nspark.io.encryption.enabled true\n")
     props.chmod(0o600)
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(tmp_path)}
+    env = {**without_aws(os.environ), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(tmp_path)}
     started: list[subprocess.Popen] = []
 
     def daemon(name: str, args: list[str]) -> subprocess.Popen:
@@ -116,6 +124,27 @@ def standalone_cluster(tmp_path):
                 proc.wait()
 
 
+@pytest.fixture
+def cluster_store(request, tmp_path):
+    """(store.root, extra --set values) for the cluster's jobs: a prefix on the suite's S3-compatible server
+    (tests/s3_server.py, its own process), reached through the `spark.hadoop.fs.s3a.*` settings a cluster
+    would carry; a local folder in a suite that has no such server."""
+    try:
+        server = request.getfixturevalue("s3_server")
+    except pytest.FixtureLookupError:
+        return str(tmp_path / "store"), []
+    s3a = {"spark.hadoop.fs.s3a.endpoint": server.endpoint,
+           "spark.hadoop.fs.s3a.access.key": server.env["AWS_ACCESS_KEY_ID"],
+           "spark.hadoop.fs.s3a.secret.key": server.env["AWS_SECRET_ACCESS_KEY"],
+           "spark.hadoop.fs.s3a.endpoint.region": server.env["AWS_REGION"]}
+    return server.fresh_uri("cluster"), [spark_conf_set({**SPARK_CONF, **s3a})]  # replaces SETS' spark.conf
+
+
+def without_aws(env: dict) -> dict:
+    """The cluster gets the object store's settings from the config alone, as on a real cluster."""
+    return {k: v for k, v in env.items() if not k.startswith("AWS_")}
+
+
 def submit(master: str, props: str, env_info: dict, job: str, sets: list[str], extra=()) -> dict:
     cmd = [f"{BIN}/spark-submit", "--master", master, "--properties-file", props,
            "--conf", "spark.cores.max=2", "--executor-cores", "1", "--executor-memory", "1g",
@@ -126,7 +155,7 @@ def submit(master: str, props: str, env_info: dict, job: str, sets: list[str], e
            "--conf", f"spark.pyspark.driver.python={env_info['python']}",
            *extra, os.path.join(ROOT, "jobs", job), "--config", os.path.join(ROOT, "conf", "demo.yaml"), "--json",
            *[x for s in sets for x in ("--set", s)]]
-    env = {k: v for k, v in os.environ.items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
+    env = {k: v for k, v in without_aws(os.environ).items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
     # pip's spark-submit finds Spark through the first `python3` on PATH: the test venv's (same pyspark).
     env.update(PATH=BIN + os.pathsep + env.get("PATH", ""), SPARK_LOCAL_IP="127.0.0.1")
     out = subprocess.run(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -139,19 +168,18 @@ def process_tree() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
-def test_etl_and_training_on_a_standalone_cluster_with_the_packed_env(spark, packed_env, tmp_path):
+def test_etl_and_training_on_a_standalone_cluster_with_the_packed_env(spark, packed_env, cluster_store, tmp_path):
     raw = str(tmp_path / "raw")
     write_churn_csv(raw, ROWS, 7)
-    sets = [f"etl.source.path={raw}", *SETS]
+    root, store_sets = cluster_store
+    sets = [f"etl.source.path={raw}", *SETS, f"store.root={root}", *store_sets]
     processes_before, ports_before = process_tree(), listening_ports()
 
     with standalone_cluster(tmp_path / "cluster") as (master, props):
-        store = str(tmp_path / "store")
         # doctor first, with the very flags of the jobs: separate executor JVMs on the packed Python.
-        doctor = submit(master, props, packed_env, "doctor_job.py", [f"store.root={store}", *sets])
-        etl = submit(master, props, packed_env, "etl_job.py", [f"store.root={store}", *sets])
-        train = submit(master, props, packed_env, "train_job.py",
-                       [f"store.root={store}", "store.run_id=cluster", "train.epochs=1", *sets])
+        doctor = submit(master, props, packed_env, "doctor_job.py", sets)
+        etl = submit(master, props, packed_env, "etl_job.py", sets)
+        train = submit(master, props, packed_env, "train_job.py", [*sets, "store.run_id=cluster", "train.epochs=1"])
     # Every JVM and Python process the cluster and the jobs started is gone, and every port they listened on.
     assert process_tree() <= processes_before
     assert listening_ports() <= ports_before
@@ -160,8 +188,9 @@ def test_etl_and_training_on_a_standalone_cluster_with_the_packed_env(spark, pac
     for task in doctor["tasks"]:
         assert task["executable"].endswith("/env/bin/python") and task["versions"] == doctor["driver"]["versions"]
         assert task["store_error"] is None
-    assert etl["rows_good"] == ROWS and etl["version"] == "v000001"
-    cfg = load_config(os.path.join(ROOT, "conf", "demo.yaml"), [f"store.root={tmp_path}/local", *sets])
+    assert etl["rows_good"] == ROWS and etl["version"] == "v000001" and etl["dataset_dir"].startswith(root)
+    cfg = load_config(os.path.join(ROOT, "conf", "demo.yaml"), [*SETS, f"etl.source.path={raw}",
+                                                                 f"store.root={tmp_path}/local"])
     local = run_etl(spark, cfg.etl, RunStore.create(cfg.store.root).dataset(cfg.etl.dataset))
     on_cluster, in_local_mode = load_manifest(etl["dataset_dir"]), load_manifest(local["dataset_dir"])
     for split in ("train", "val", "test"):
@@ -171,5 +200,6 @@ def test_etl_and_training_on_a_standalone_cluster_with_the_packed_env(spark, pac
     ranks = train["ranks"]
     assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["param_sha256"] == ranks[1]["param_sha256"]
     assert ranks[0]["epochs_run"] == 1 and ranks[0]["engine"] == "horovod"
-    assert os.path.exists(os.path.join(train["model_dir"], "artifact.json"))
-    assert os.listdir(os.path.join(train["run_dir"], "checkpoints"))
+    # The model and the checkpoints are in the store (on the object store when there is one).
+    assert train["model_dir"].startswith(root) and store.exists(store.join(train["model_dir"], "artifact.json"))
+    assert store.listdir(store.join(train["run_dir"], "checkpoints"))
