@@ -1,4 +1,5 @@
-"""`ringtrain etl|train|demo|retrain|evaluate|predict|models --config FILE [--set key=value ...]`.
+"""`ringtrain etl|train|demo|doctor|retrain|evaluate|predict|models --config FILE [--set key=value ...]`,
+`ringtrain pack [--output F]`.
 
 The same jobs run under spark-submit through jobs/*.py; this is the door for local use and schedulers.
 Exit codes: 0 done, 2 bad configuration, model or input (the message says what to fix), 75 the model is
@@ -22,7 +23,8 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("etl", "source -> validated, balanced, published Parquet shards"),
                        ("train", "data-parallel training in Spark barrier tasks"),
-                       ("demo", "generate the embedded dataset, then etl and train")):
+                       ("demo", "generate the embedded dataset, then etl and train"),
+                       ("doctor", "check driver, executors, store, slots and GPUs before a long run")):
         c = sub.add_parser(name, help=text)
         add_common(c)
         if name == "etl":
@@ -30,8 +32,19 @@ def parser() -> argparse.ArgumentParser:
             c.add_argument("--force", action="store_true", help="publish a new version even if nothing changed")
         if name == "train":
             c.add_argument("--dataset", help="a published dataset version folder (default: the latest)")
+        if name == "doctor":
+            add_doctor(c)
     add_scheduled(sub)
+    c = sub.add_parser("pack", help="build the environment archive for spark-submit --archives")
+    c.add_argument("--output", default="ringtrain-env.tar.gz", help="archive to write (default: %(default)s)")
+    c.add_argument("--env-dir", help="where to build the environment (default: build/pack-env in the checkout)")
+    c.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
+
+
+def add_doctor(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="give up on executors and the barrier stage after this long (default: %(default)s)")
 
 
 def add_scheduled(sub) -> None:
@@ -81,12 +94,18 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 def run(command: str, args: argparse.Namespace) -> int:
-    from ringtrain import jobs  # after argument parsing: --help stays fast
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
     try:
+        if command == "pack":
+            return report(command, args, pack_command(args))
         cfg = load_config(args.config, args.overrides)
-        summary = dispatch(jobs, command, cfg, args)
+        if command == "doctor":
+            from ringtrain.doctor import doctor
+            summary = doctor(cfg, timeout_s=args.timeout)
+        else:
+            from ringtrain import jobs  # after argument parsing: --help stays fast
+            summary = dispatch(jobs, command, cfg, args)
     except (UserError, ModelLocked) as exc:
         print(f"ringtrain {command}: {'error: ' if isinstance(exc, UserError) else ''}{exc}", file=sys.stderr)
         return exc.exit_code
@@ -99,7 +118,26 @@ def run(command: str, args: argparse.Namespace) -> int:
     except TrainingFailed as exc:
         print(f"ringtrain {command}: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(summary, indent=2) if args.json else "\n" + jobs.format_summary(command, summary))
+    return report(command, args, summary)
+
+
+def pack_command(args: argparse.Namespace) -> dict:
+    from ringtrain.pack import pack
+    return pack(args.output, env_dir=args.env_dir)
+
+
+def report(command: str, args: argparse.Namespace, summary: dict) -> int:
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    elif command == "pack":
+        from ringtrain.pack import format_report
+        print("\n" + format_report(summary))
+    elif command == "doctor":
+        from ringtrain.doctor import format_report
+        print("\n" + format_report(summary))
+    else:
+        from ringtrain import jobs
+        print("\n" + jobs.format_summary(command, summary))
     return 0
 
 

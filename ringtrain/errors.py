@@ -70,3 +70,16 @@ class ModelLocked(RuntimeError):
     """Another retrain of the same model holds its lock: exit 75 (EX_TEMPFAIL), retry later; nothing changed."""
 
     exit_code = 75
+
+
+class EnvironmentProblems(UserError):
+    """`ringtrain doctor` found set-up problems that would break a run; each names its fix."""
+
+    def __init__(self, problems: list) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s) would break a run:\n{lines}")
+
+
+class PackError(UserError):
+    """`ringtrain pack` cannot build the environment archive (not a checkout, a failed build)."""

@@ -237,19 +237,20 @@ def bubble_fraction(stages: int, micro_batches: int) -> float:
     return (stages - 1) / (micro_batches + stages - 1)
 
 
-def stage_devices(device: torch.device, stages: int, local_rank: int, task_gpus: bool) -> list[torch.device]:
-    """The devices a rank's stages run on.
+def stage_devices(stages: int, num_gpus: int, local_rank: int, task_gpus: bool) -> list[str]:
+    """The devices a rank's stages run on, as names ('cuda:i' among the GPUs this process sees, or 'cpu').
 
-    Under Spark, CUDA_VISIBLE_DEVICES holds exactly the task's GPUs (`task_gpus`), so stages use
-    all of them. Under torchrun/horovodrun every process sees every GPU of the node, so rank r
-    takes GPUs [r*K, (r+1)*K) when they exist, otherwise it shares its one device.
+    A pure function of what the process sees, so the placement can be planned (and checked) before
+    any device is touched. `num_gpus`: GPUs this process sees (0: CPU). Under Spark,
+    CUDA_VISIBLE_DEVICES holds exactly the task's GPUs (`task_gpus`), so stages use all of them.
+    Under torchrun/horovodrun every process sees every GPU of the node, so rank r takes GPUs
+    [r*K, (r+1)*K) when they exist, otherwise it shares its one GPU (local_rank mod num_gpus).
     """
-    if device.type != "cuda":
-        return [device]
-    count = torch.cuda.device_count()
+    if num_gpus == 0:
+        return ["cpu"]
     if task_gpus:
-        return [torch.device("cuda", i) for i in range(count)]
+        return [f"cuda:{i}" for i in range(num_gpus)]
     first = local_rank * stages
-    if first + stages <= count:
-        return [torch.device("cuda", first + i) for i in range(stages)]
-    return [device]
+    if first + stages <= num_gpus:
+        return [f"cuda:{first + i}" for i in range(stages)]
+    return [f"cuda:{local_rank % num_gpus}"]

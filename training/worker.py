@@ -49,23 +49,46 @@ ERROR_PREFIX = "RINGTRAIN_ERROR "
 log = logging.getLogger("ringtrain.worker")
 
 
-def pick_device(gpus_per_worker: int, env: RankEnvironment) -> torch.device:
-    if gpus_per_worker > 0 and torch.cuda.is_available():
-        index = env.cuda_index(torch.cuda.device_count())
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
+def plan_placement(gpus_per_worker: int, stages: int, env: RankEnvironment) -> dict:
+    """Where this rank will run, from its environment alone, before any device is picked.
+
+    Under Spark, CUDA_VISIBLE_DEVICES holds exactly this task's GPUs (env.task_gpus); under
+    torchrun/horovodrun it is unset or lists the node's GPUs. The plan is reported in the result, so
+    the placement can be checked where the GPUs are fake (tests on CPU-only torch).
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if not gpus_per_worker:
+        num_gpus = 0
+    elif visible is not None:
+        num_gpus = len([x for x in visible.split(",") if x.strip()])
+    else:
+        num_gpus = torch.cuda.device_count()
+    devices = stage_devices(stages, num_gpus, env.local_rank, env.task_gpus is not None)
+    # Stage i runs on devices[i % len(devices)]; the rank's own device is its first stage's.
+    return {"cuda_visible_devices": visible, "task_gpus": ",".join(env.task_gpus) if env.task_gpus else None,
+            "stage_devices": devices, "device": devices[0]}
+
+
+def pick_device(placement: dict) -> torch.device:
+    """The planned device when CUDA is there; the CPU otherwise (CPU-only torch, or fake GPUs in tests)."""
+    if placement["device"] != "cpu" and torch.cuda.is_available():
+        device = torch.device(placement["device"])
+        torch.cuda.set_device(device)
+        return device
     return torch.device("cpu")
 
 
 def train_worker(spec: WorkerSpec, env: RankEnvironment) -> dict:
     cfg = spec.train
     torch.set_num_threads(cfg.threads_per_worker)
-    device = pick_device(cfg.gpus_per_worker, env)
+    placement = plan_placement(cfg.gpus_per_worker, cfg.pipeline.stages, env)
+    device = pick_device(placement)
     ring_started = time.time()
     engine = make_engine(cfg.engine, device, env)
     ring_init_s = round(time.time() - ring_started, 2)
     try:
-        return {**_train(spec, env, engine, device), "ring_init_s": ring_init_s}
+        return {**_train(spec, env, engine, device, placement), "ring_init_s": ring_init_s,
+                "placement": placement}
     except Exception as exc:
         report_failure(exc, spec, env)  # now, before shutdown() leaves the ring and fails the other ranks
         raise
@@ -73,7 +96,7 @@ def train_worker(spec: WorkerSpec, env: RankEnvironment) -> dict:
         engine.shutdown()
 
 
-def _train(spec: WorkerSpec, env: RankEnvironment, engine, device: torch.device) -> dict:
+def _train(spec: WorkerSpec, env: RankEnvironment, engine, device: torch.device, placement: dict) -> dict:
     started = time.time()
     cfg, paths = spec.train, spec.paths
     manifest = load_manifest(spec.dataset_dir)
@@ -95,7 +118,7 @@ def _train(spec: WorkerSpec, env: RankEnvironment, engine, device: torch.device)
     if spec.init_weights:  # a warm start; a checkpoint of this run, if any, still wins in fit()
         model.load_state_dict(torch.load(io.BytesIO(read_bytes(spec.init_weights)), map_location=device))
     if cfg.pipeline.stages > 1:  # layer splitting inside this rank; data parallelism across ranks
-        devices = stage_devices(device, cfg.pipeline.stages, env.local_rank, env.task_gpus is not None)
+        devices = [torch.device(d) for d in placement["stage_devices"]] if device.type == "cuda" else [device]
         model = PipelineModel(model, cfg.pipeline.stages, cfg.pipeline.micro_batches, devices,
                               cfg.pipeline.balance)
         if engine.rank == 0:

@@ -1,0 +1,205 @@
+"""A real Spark standalone cluster on this machine: a master and two workers, each its own JVM, and the
+jobs (doctor, ETL, training) submitted to it as a user would, with the environment that `ringtrain pack` built shipped by
+--archives, authentication and network encryption on.
+
+The ETL's shards must be byte-identical to a local-mode run of the same config, both ranks must end
+with identical parameters, and nothing the test started (process or listening port) may survive it.
+"""
+import contextlib
+import json
+import os
+import platform
+import secrets
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+
+import psutil
+import pytest
+
+from conftest import ROOT, listening_ports
+from ringtrain.config import load_config
+from ringtrain.etl.pipeline import run_etl
+from ringtrain.etl.sample_data import write_churn_csv
+from ringtrain.manifest import load_manifest
+from ringtrain import store
+from ringtrain.store import RunStore
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+BIN = os.path.dirname(sys.executable)
+SPARK_CLASS = os.path.join(os.path.dirname(__import__("pyspark").__file__), "bin", "spark-class")
+ROWS = 6000
+SPARK_CONF = {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"}
+
+
+def spark_conf_set(conf: dict) -> str:
+    return "spark.conf={" + ", ".join(f"{k}: '{v}'" for k, v in conf.items()) + "}"
+
+
+SETS = [f"demo.rows={ROWS}", "etl.shards.rows_per_shard=1000", "etl.shards.row_group_rows=256",
+        "train.batch_size=128", spark_conf_set(SPARK_CONF)]
+
+
+@pytest.fixture(scope="session")
+def packed_env(tmp_path_factory):
+    """`ringtrain pack`, once per test session (the environment under build/ is reused across sessions)."""
+    out_dir = tmp_path_factory.mktemp("pack")
+    done = subprocess.run([f"{BIN}/ringtrain", "pack", "--output", str(out_dir / "env.tar.gz"), "--json"],
+                          cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_pack_holds_ringtrain_non_editable_and_names_the_interpreter(packed_env):
+    with tarfile.open(packed_env["archive"]) as archive:
+        names = set(archive.getnames())
+        python_link = archive.getmember("bin/python3.11").linkname
+    site = "lib/python3.11/site-packages"
+    assert {f"{site}/ringtrain/cli.py", f"{site}/ringtrain/etl/pipeline.py", f"{site}/ringtrain/training/worker.py",
+            f"{site}/horovod/torch/__init__.py", f"{site}/torch/__init__.py"} <= names
+    assert not [n for n in names if "__editable__" in n or n.endswith("ringtrain.egg-link")]
+    assert not [n for n in names if "/pyspark/jars/" in n]  # the cluster's Spark brings its own
+    # venv-pack does not pack the interpreter: the archive links to it, and pack says so.
+    assert os.path.isabs(python_link) and os.path.realpath(python_link) == packed_env["interpreter"]["path"]
+    assert packed_env["interpreter"]["version"] == platform.python_version()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, what: str, timeout_s: float = 180.0) -> None:
+    deadline = time.time() + timeout_s
+    while not predicate():
+        if time.time() > deadline:
+            raise TimeoutError(f"{what} did not happen within {timeout_s:.0f}s")
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def standalone_cluster(tmp_path):
+    """spark://127.0.0.1:PORT with two 1-core workers; yields (master URL, properties file); stops them by pid."""
+    tmp_path.mkdir()
+    port = free_port()
+    props = tmp_path / "spark-auth.conf"  # the secret goes in a file, not on command lines
+    props.write_text(f"spark.authenticate true\nspark.authenticate.secret {secrets.token_hex(16)}\n"
+                     "spark.network.crypto.enabled true\nspark.io.encryption.enabled true\n")
+    props.chmod(0o600)
+    env = {**without_aws(os.environ), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(tmp_path)}
+    started: list[subprocess.Popen] = []
+
+    def daemon(name: str, args: list[str]) -> subprocess.Popen:
+        log = open(tmp_path / f"{name}.log", "wb")
+        proc = subprocess.Popen([SPARK_CLASS, *args, "--properties-file", str(props)], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        started.append(proc)
+        return proc
+
+    def log_has(name: str, text: str) -> bool:
+        return text in (tmp_path / f"{name}.log").read_text(errors="replace")
+
+    try:
+        daemon("master", ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+                          "--webui-port", "0"])
+        wait_for(lambda: log_has("master", "I have been elected leader"), "the master's start")
+        for i in (1, 2):
+            daemon(f"worker{i}", ["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "1",
+                                  "--memory", "2g", "--webui-port", "0", "--work-dir", str(tmp_path / f"work{i}"),
+                                  f"spark://127.0.0.1:{port}"])
+        for i in (1, 2):
+            wait_for(lambda: log_has(f"worker{i}", "Successfully registered with master"), f"worker{i} registering")
+        yield f"spark://127.0.0.1:{port}", str(props)
+    finally:
+        for proc in reversed(started):  # workers first: each stops its executors
+            proc.terminate()
+        for proc in reversed(started):
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def cluster_store(request, tmp_path):
+    """(store.root, extra --set values) for the cluster's jobs: a prefix on the suite's S3-compatible server
+    (tests/s3_server.py, its own process), reached through the `spark.hadoop.fs.s3a.*` settings a cluster
+    would carry; a local folder in a suite that has no such server."""
+    try:
+        server = request.getfixturevalue("s3_server")
+    except pytest.FixtureLookupError:
+        return str(tmp_path / "store"), []
+    s3a = {"spark.hadoop.fs.s3a.endpoint": server.endpoint,
+           "spark.hadoop.fs.s3a.access.key": server.env["AWS_ACCESS_KEY_ID"],
+           "spark.hadoop.fs.s3a.secret.key": server.env["AWS_SECRET_ACCESS_KEY"],
+           "spark.hadoop.fs.s3a.endpoint.region": server.env["AWS_REGION"]}
+    return server.fresh_uri("cluster"), [spark_conf_set({**SPARK_CONF, **s3a})]  # replaces SETS' spark.conf
+
+
+def without_aws(env: dict) -> dict:
+    """The cluster gets the object store's settings from the config alone, as on a real cluster."""
+    return {k: v for k, v in env.items() if not k.startswith("AWS_")}
+
+
+def submit(master: str, props: str, env_info: dict, job: str, sets: list[str], extra=()) -> dict:
+    cmd = [f"{BIN}/spark-submit", "--master", master, "--properties-file", props,
+           "--conf", "spark.cores.max=2", "--executor-cores", "1", "--executor-memory", "1g",
+           "--conf", "spark.driver.host=127.0.0.1",
+           "--archives", f"{env_info['archive']}#env", "--conf", "spark.pyspark.python=./env/bin/python",
+           # The driver runs the packed environment too (the folder the archive was made from), so the job
+           # imports the non-editable ringtrain, as on a cluster, not this checkout.
+           "--conf", f"spark.pyspark.driver.python={env_info['python']}",
+           *extra, os.path.join(ROOT, "jobs", job), "--config", os.path.join(ROOT, "conf", "demo.yaml"), "--json",
+           *[x for s in sets for x in ("--set", s)]]
+    env = {k: v for k, v in without_aws(os.environ).items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
+    # pip's spark-submit finds Spark through the first `python3` on PATH: the test venv's (same pyspark).
+    env.update(PATH=BIN + os.pathsep + env.get("PATH", ""), SPARK_LOCAL_IP="127.0.0.1")
+    out = subprocess.run(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return json.loads(out.stdout[out.stdout.index("{"):])
+
+
+def process_tree() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def test_etl_and_training_on_a_standalone_cluster_with_the_packed_env(spark, packed_env, cluster_store, tmp_path):
+    raw = str(tmp_path / "raw")
+    write_churn_csv(raw, ROWS, 7)
+    root, store_sets = cluster_store
+    sets = [f"etl.source.path={raw}", *SETS, f"store.root={root}", *store_sets]
+    processes_before, ports_before = process_tree(), listening_ports()
+
+    with standalone_cluster(tmp_path / "cluster") as (master, props):
+        # doctor first, with the very flags of the jobs: separate executor JVMs on the packed Python.
+        doctor = submit(master, props, packed_env, "doctor_job.py", sets)
+        etl = submit(master, props, packed_env, "etl_job.py", sets)
+        train = submit(master, props, packed_env, "train_job.py", [*sets, "store.run_id=cluster", "train.epochs=1"])
+    # Every JVM and Python process the cluster and the jobs started is gone, and every port they listened on.
+    assert process_tree() <= processes_before
+    assert listening_ports() <= ports_before
+
+    assert doctor["master"] == master and len(doctor["tasks"]) == 2
+    for task in doctor["tasks"]:
+        assert task["executable"].endswith("/env/bin/python") and task["versions"] == doctor["driver"]["versions"]
+        assert task["store_error"] is None
+    assert etl["rows_good"] == ROWS and etl["version"] == "v000001" and etl["dataset_dir"].startswith(root)
+    cfg = load_config(os.path.join(ROOT, "conf", "demo.yaml"), [*SETS, f"etl.source.path={raw}",
+                                                                 f"store.root={tmp_path}/local"])
+    local = run_etl(spark, cfg.etl, RunStore.create(cfg.store.root).dataset(cfg.etl.dataset))
+    on_cluster, in_local_mode = load_manifest(etl["dataset_dir"]), load_manifest(local["dataset_dir"])
+    for split in ("train", "val", "test"):
+        assert [(s["file"], s["sha256"]) for s in on_cluster["splits"][split]["shards"]] == \
+               [(s["file"], s["sha256"]) for s in in_local_mode["splits"][split]["shards"]]
+
+    ranks = train["ranks"]
+    assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["param_sha256"] == ranks[1]["param_sha256"]
+    assert ranks[0]["epochs_run"] == 1 and ranks[0]["engine"] == "horovod"
+    # The model and the checkpoints are in the store (on the object store when there is one).
+    assert train["model_dir"].startswith(root) and store.exists(store.join(train["model_dir"], "artifact.json"))
+    assert store.listdir(store.join(train["run_dir"], "checkpoints"))
