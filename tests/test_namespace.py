@@ -10,7 +10,8 @@ import pytest
 
 from conftest import ROOT
 
-CORE = ["ringtrain.config", "ringtrain.schema", "ringtrain.store", "ringtrain.manifest", "ringtrain.errors"]
+CORE = ["ringtrain.config", "ringtrain.schema", "ringtrain.store", "ringtrain.manifest", "ringtrain.errors",
+        "ringtrain.stack"]
 
 
 def _modules_after(code: str) -> set:
