@@ -102,7 +102,7 @@ def _become_subreaper() -> str | None:
 _CANNOT_REAP = _become_subreaper()
 
 
-def _own_tree() -> list:
+def own_tree() -> list:
     """The live processes of this test's tree: itself and all descendants, orphans included."""
     import psutil
     if _CANNOT_REAP:
@@ -122,7 +122,7 @@ def worker_processes() -> list:
     """Live `ringtrain.training.worker` processes in this test's tree (to prove that failures leave none)."""
     import psutil
     found = []
-    for p in _own_tree():
+    for p in own_tree():
         try:
             if "ringtrain.training.worker" in " ".join(p.cmdline()):
                 found.append(p)
@@ -149,7 +149,7 @@ def listening_ports() -> set:
     check instead of passing it."""
     import psutil
     ports = set()
-    for p in _own_tree():
+    for p in own_tree():
         try:
             if "pyspark.daemon" in " ".join(p.cmdline()) and "pyspark.daemon" not in " ".join(p.parent().cmdline()):
                 continue

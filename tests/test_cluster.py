@@ -16,10 +16,9 @@ import sys
 import tarfile
 import time
 
-import psutil
 import pytest
 
-from conftest import ROOT, listening_ports
+from conftest import ROOT, listening_ports, own_tree
 from ringtrain.config import load_config
 from ringtrain.etl.pipeline import run_etl
 from ringtrain.etl.sample_data import write_churn_csv
@@ -165,7 +164,9 @@ def submit(master: str, props: str, env_info: dict, job: str, sets: list[str], e
 
 
 def process_tree() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
+    """Live processes of this test's tree (conftest makes the test a subreaper, so a JVM or worker that the
+    cluster left behind is still counted; zombies are dead, merely not reaped yet, and are not)."""
+    return {p.pid for p in own_tree()}
 
 
 def test_etl_and_training_on_a_standalone_cluster_with_the_packed_env(spark, packed_env, cluster_store, tmp_path):

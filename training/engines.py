@@ -7,6 +7,7 @@ HOROVOD_* and torch.distributed from MASTER_ADDR/PORT, which only the launchers 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from datetime import timedelta
 from typing import Protocol
@@ -44,7 +45,9 @@ class Engine(Protocol):
     def broadcast_object(self, obj: object) -> object:
         """Rank 0's value on every rank."""
 
-    def shutdown(self) -> None: ...
+    def shutdown(self, clean: bool = True) -> None:
+        """Leave the ring. `clean`: every rank finished, so they may wait for each other once more; after a
+        failure no rank waits (a peer may be gone)."""
 
 
 class HorovodEngine:
@@ -98,8 +101,8 @@ class HorovodEngine:
     def broadcast_object(self, obj):
         return self.hvd.broadcast_object(obj, root_rank=0)
 
-    def shutdown(self):
-        self.hvd.shutdown()
+    def shutdown(self, clean=True):
+        self.hvd.shutdown()  # Horovod's own shutdown already coordinates the ranks
 
 
 class TorchDDPEngine:
@@ -162,9 +165,17 @@ class TorchDDPEngine:
         self.dist.broadcast_object_list(holder, src=0)
         return holder[0]
 
-    def shutdown(self):
-        if self.dist.is_initialized():
-            self.dist.destroy_process_group()
+    def shutdown(self, clean=True):
+        if not self.dist.is_initialized():
+            return
+        if clean:
+            # Free what DDP holds on the group (its reducer's gloo work), then leave together: a rank that
+            # exits while such C++ work outlives the group, or while a peer still talks to rank 0's TCPStore,
+            # can abort at interpreter exit ("terminate called without an active exception", seen under
+            # torchrun). After a failure no rank waits: a peer may be gone.
+            gc.collect()
+            self.dist.barrier()
+        self.dist.destroy_process_group()
 
 
 def _grad(p: torch.Tensor) -> torch.Tensor:

@@ -86,14 +86,17 @@ def train_worker(spec: WorkerSpec, env: RankEnvironment) -> dict:
     ring_started = time.time()
     engine = make_engine(cfg.engine, device, env)
     ring_init_s = round(time.time() - ring_started, 2)
+    finished = False
     try:
-        return {**_train(spec, env, engine, device, placement), "ring_init_s": ring_init_s,
-                "placement": placement}
+        result = {**_train(spec, env, engine, device, placement), "ring_init_s": ring_init_s,
+                  "placement": placement}
+        finished = True
+        return result
     except Exception as exc:
         report_failure(exc, spec, env)  # now, before shutdown() leaves the ring and fails the other ranks
         raise
     finally:
-        engine.shutdown()
+        engine.shutdown(clean=finished)
 
 
 def _train(spec: WorkerSpec, env: RankEnvironment, engine, device: torch.device, placement: dict) -> dict:
