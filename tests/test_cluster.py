@@ -6,10 +6,13 @@ The ETL's shards must be byte-identical to a local-mode run of the same config, 
 with identical parameters, and nothing the test started (process or listening port) may survive it.
 """
 import contextlib
+import glob
 import json
 import os
 import platform
 import secrets
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -81,7 +84,8 @@ def wait_for(predicate, what: str, timeout_s: float = 180.0) -> None:
 
 @contextlib.contextmanager
 def standalone_cluster(tmp_path):
-    """spark://127.0.0.1:PORT with two 1-core workers; yields (master URL, properties file); stops them by pid."""
+    """spark://127.0.0.1:PORT with two 1-core workers; yields (master URL, properties file, the workers' work
+    folders); stops them by pid."""
     tmp_path.mkdir()
     port = free_port()
     props = tmp_path / "spark-auth.conf"  # the secret goes in a file, not on command lines
@@ -111,7 +115,7 @@ def standalone_cluster(tmp_path):
                                   f"spark://127.0.0.1:{port}"])
         for i in (1, 2):
             wait_for(lambda: log_has(f"worker{i}", "Successfully registered with master"), f"worker{i} registering")
-        yield f"spark://127.0.0.1:{port}", str(props)
+        yield f"spark://127.0.0.1:{port}", str(props), [str(tmp_path / f"work{i}") for i in (1, 2)]
     finally:
         for proc in reversed(started):  # workers first: each stops its executors
             proc.terminate()
@@ -144,7 +148,11 @@ def without_aws(env: dict) -> dict:
     return {k: v for k, v in env.items() if not k.startswith("AWS_")}
 
 
-def submit(master: str, props: str, env_info: dict, job: str, sets: list[str], extra=()) -> dict:
+def submit(master: str, props: str, env_info: dict, job: str, sets: list[str], extra=(), work_dirs=()) -> dict:
+    """spark-submit one job, in its own process group (a timeout kills the driver JVM and its Python driver
+    alike, so nothing of a hung job outlives the test); then delete the finished application's folders on the
+    workers (each executor unpacks the environment there: 2 GB per executor and job, which a small CI disk
+    does not hold three times)."""
     cmd = [f"{BIN}/spark-submit", "--master", master, "--properties-file", props,
            "--conf", "spark.cores.max=2", "--executor-cores", "1", "--executor-memory", "1g",
            "--conf", "spark.driver.host=127.0.0.1",
@@ -157,10 +165,32 @@ def submit(master: str, props: str, env_info: dict, job: str, sets: list[str], e
     env = {k: v for k, v in without_aws(os.environ).items() if k not in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
     # pip's spark-submit finds Spark through the first `python3` on PATH: the test venv's (same pyspark).
     env.update(PATH=BIN + os.pathsep + env.get("PATH", ""), SPARK_LOCAL_IP="127.0.0.1")
-    out = subprocess.run(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                         timeout=900)
-    assert out.returncode == 0, out.stderr[-4000:]
-    return json.loads(out.stdout[out.stdout.index("{"):])
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        stderr += f"\n{job} did not finish within 900 s: killed\n"
+    try:
+        assert proc.returncode == 0, stderr[-4000:] + executor_errors(work_dirs)
+    finally:
+        for work in work_dirs:
+            for app in glob.glob(os.path.join(work, "app-*")):
+                shutil.rmtree(app, ignore_errors=True)
+    return json.loads(stdout[stdout.index("{"):])
+
+
+def executor_errors(work_dirs) -> str:
+    """The last lines of each executor's stderr (what a failed job's driver log does not show: an executor
+    that could not start, e.g. a full disk while it unpacked the environment)."""
+    tails = []
+    for path in sorted(p for w in work_dirs for p in glob.glob(os.path.join(w, "app-*", "*", "stderr")))[-4:]:
+        with open(path, errors="replace") as f:
+            lines = [ln for ln in f.read().splitlines() if not ln.startswith(("\tat ", " INFO "))]
+        tails.append(f"--- {path}\n" + "\n".join(lines[-15:]))
+    return "\n".join(["", "executors:", *tails]) if tails else ""
 
 
 def process_tree() -> set[int]:
@@ -185,11 +215,12 @@ def test_etl_and_training_on_a_standalone_cluster_with_the_packed_env(spark, pac
     sets = [f"etl.source.path={raw}", *SETS, f"store.root={root}", *store_sets]
     processes_before, ports_before = process_tree(), listening_ports()
 
-    with standalone_cluster(tmp_path / "cluster") as (master, props):
+    with standalone_cluster(tmp_path / "cluster") as (master, props, work):
         # doctor first, with the very flags of the jobs: separate executor JVMs on the packed Python.
-        doctor = submit(master, props, packed_env, "doctor_job.py", sets)
-        etl = submit(master, props, packed_env, "etl_job.py", sets)
-        train = submit(master, props, packed_env, "train_job.py", [*sets, "store.run_id=cluster", "train.epochs=1"])
+        doctor = submit(master, props, packed_env, "doctor_job.py", sets, work_dirs=work)
+        etl = submit(master, props, packed_env, "etl_job.py", sets, work_dirs=work)
+        train = submit(master, props, packed_env, "train_job.py", [*sets, "store.run_id=cluster", "train.epochs=1"],
+                       work_dirs=work)
     # Every JVM and Python process the cluster and the jobs started is gone, and every port they listened on.
     assert not processes_left(processes_before)
     assert listening_ports() <= ports_before
