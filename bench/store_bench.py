@@ -13,6 +13,8 @@ the speed of AWS S3.
   untimed warm-up ETL; one Spark session (start-up excluded).
 - Readers: `open_reader(kind, ...)` for petastorm and arrow, one epoch of rank 0 of 1 (every train shard),
   from each store's published version, alternated per repeat. Rows/s = rows yielded / seconds.
+- Whole-object reads: every train shard's bytes through `ringtrain.store.read_bytes` (one GET per object on
+  S3), not parsed, alternated per repeat: the floor that request latency and bandwidth set for any reader.
 - Ratios: `s3 rows/s / local rows/s`, medians over repeats.
 
     .venv/bin/python bench/store_bench.py                                      # 1M rows, 3 repeats
@@ -78,7 +80,7 @@ def measure(args, server: S3Server) -> dict:
     from ringtrain.etl.sample_data import write_churn_csv
     from ringtrain.manifest import load_manifest
     from ringtrain.spark import get_spark
-    from ringtrain.store import RunStore, join, rmtree
+    from ringtrain.store import RunStore, join, read_bytes, rmtree
     from ringtrain.training.data import Columns, open_reader, plan_reading
 
     local_root = os.path.join(DATA, f"store-{args.rows}")
@@ -121,10 +123,22 @@ def measure(args, server: S3Server) -> dict:
                 read_runs[kind][store].append(time.perf_counter() - t)
                 print(f"[store] {kind} {store} repeat {rep + 1}: {read_runs[kind][store][-1]:.2f}s", file=sys.stderr)
 
+    # A floor for any reader: every train shard's bytes fetched whole (one GET per object on S3), not parsed.
+    raw_runs = {s: [] for s in STORES}
+    for rep in range(args.repeats):
+        for store in STORES:
+            dataset_dir = published[store]["dataset_dir"]
+            files = plan_reading(dataset_dir, load_manifest(dataset_dir), "train", 0, 1, args.batch_size).files
+            t = time.perf_counter()
+            nbytes = sum(len(read_bytes(f)) for f in files)
+            raw_runs[store].append(time.perf_counter() - t)
+
     etl_rows = published["local"]["rows_read"]
     measured = {"ETL (Spark, excluding start-up)": summarize(etl_rows, etl_runs)}
     for kind in READERS:
         measured[f"reader `{kind}` (one epoch, 1 rank)"] = summarize(rows_read[kind], read_runs[kind])
+    measured[f"whole-object reads of the train shards ({nbytes / 1e6:.1f} MB, bytes only)"] = \
+        summarize(rows_read["arrow"], raw_runs)
     return {"rows": args.rows, "repeats": args.repeats, "master": args.master, "batch_size": args.batch_size,
             "server": "moto_server (tests/s3_server.py)", "measured": measured,
             "shards": published["local"]["shards"]}
