@@ -201,3 +201,25 @@ def test_the_plan_check_names_the_shard_and_what_differs(changes, what):
     with pytest.raises(DatasetError, match=rf"^shard part-00001\.parquet \(train\) as written does not match the "
                                            rf"ETL's plan: {what}; nothing was published"):
         check_written(plan, reports)
+
+
+def test_a_class_the_train_split_lacks_is_quarantined_and_the_shards_stay_balanced(spark, tmp_path):
+    """Multiclass with fitted classes: val/test rows of a class that no train row has are quarantined as
+    unseen_label, and taken out of their split's row counts before the rows are numbered into shards."""
+    from ringtrain.etl.features import split_of
+    frame, _ = generate_churn(3000, seed=3)
+    cfg = demo_config(str(tmp_path), ["etl.label={column: churned, task: multiclass}", "etl.shards.rows_per_shard=250"])
+    splits = spark.createDataFrame(frame[["customer_id"]]).select(split_of(cfg.etl.split).alias("s")).toPandas()["s"]
+    unseen = frame.index[splits != "train"][:9]
+    frame.loc[unseen, "churned"] = "2"
+    os.makedirs(tmp_path / "raw")
+    frame.to_csv(tmp_path / "raw" / "data.csv", index=False)
+    summary = run_etl(spark, cfg.etl, RunStore.create(str(tmp_path)).dataset("churn"))
+    assert summary["quarantined"] == {"unseen_label": 9}
+    assert summary["rows_good"] == 3000 - 9 == sum(summary["split_rows"].values())
+    manifest = load_manifest(summary["dataset_dir"])
+    assert manifest["features"]["label_values"] == ["0", "1"]
+    assert_balanced(manifest)
+    for split, info in manifest["splits"].items():
+        assert sum(s["rows"] for s in info["shards"]) == info["rows"] == summary["split_rows"][split]
+    assert len(pd.read_parquet(os.path.join(summary["dataset_dir"], "quarantine"))) == 9
