@@ -3,7 +3,7 @@
     .venv/bin/python bench/render.py                      # print the tables of every result found
     .venv/bin/python bench/render.py --write BENCHMARKS.md
         # also put each table in place of the `RESULTS: pending` line of its section
-        # (## Training: scaling / feed / all-reduce bandwidth, ## Store); other sections are left alone
+        # (## ETL, ## Training: scaling / feed / all-reduce bandwidth, ## Store); other sections are left alone
 """
 from __future__ import annotations
 
@@ -100,7 +100,42 @@ def render_store(r: dict) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {  # results name -> (section heading in BENCHMARKS.md, renderer)
+ETL_STEPS = ["read, validate, count", "counts", "fit", "encode, shuffle, write", "quarantine", "verify", "other"]
+
+
+def render_etl(result: dict, before: dict | None = None) -> str:
+    """Ratios to the plain Spark conversions per size, and the ETL's time per step; with `before` (the same
+    script run on older code, `--label before`), both side by side."""
+    runs = [r for r in (before, result) if r is not None]
+    lines = ["| rows | code | ETL rows/s | ETL ÷ Spark typed + sorted | ETL ÷ Spark strings "
+             "| ETL ÷ pyarrow CSV → Parquet |", "|---:|---|---:|---:|---:|---:|"]
+    for size in result["sizes"]:
+        for r in runs:
+            s = next((x for x in r["sizes"] if x["rows"] == size["rows"]), None)
+            if s is None:
+                continue
+            q = s["ratios"]
+            lines.append(f"| {s['rows']:,} | {r['label']} | {_rate(s['etl']['rows_per_s'])} "
+                         f"| **{q['spark_typed_sorted']:.2f}** | {q['spark_strings']:.2f} "
+                         f"| {q['pyarrow_csv_to_parquet']:.2f} |")
+    lines += ["", "Seconds per step of the ETL (driver wall time, medians over rounds):", "",
+              "| rows | code | " + " | ".join(ETL_STEPS) + " | total |", "|---:|---|" + "---:|" * (len(ETL_STEPS) + 1)]
+    for size in result["sizes"]:
+        for r in runs:
+            s = next((x for x in r["sizes"] if x["rows"] == size["rows"]), None)
+            if s is None:
+                continue
+            st = s["etl"]["steps_s"]
+            lines.append(f"| {s['rows']:,} | {r['label']} | " + " | ".join(f"{st.get(k, 0.0):.2f}" for k in ETL_STEPS)
+                         + f" | {s['etl']['seconds']:.2f} |")
+    lines += ["", f"Medians of {result['repeats']} interleaved rounds per size on {result['master']}; Spark start-up "
+              f"({result['spark_startup_s']:.1f} s) not included."]
+    lines += [_machine(r) + (f" ({r['label']})" if before else "") for r in runs]
+    return "\n".join(lines)
+
+
+SECTIONS = {  # results name -> (section heading in BENCHMARKS.md, renderer); <name>-before.json: older code
+    "etl": ("## ETL", render_etl),
     "scaling": ("## Training: scaling", render_scaling),
     "feed": ("## Training: feed", render_feed),
     "allreduce": ("## Training: all-reduce bandwidth", render_allreduce),
@@ -132,7 +167,13 @@ def main(argv=None) -> int:
             print(f"{heading}: no {path}", file=sys.stderr)
             continue
         with open(path) as f:
-            table = render(json.load(f))
+            result = json.load(f)
+        before = os.path.join(args.results, f"{name}-before.json")
+        if os.path.exists(before):
+            with open(before) as f:
+                table = render(result, json.load(f))
+        else:
+            table = render(result)
         print(f"{heading}\n\n{table}\n")
         if text is not None:
             text = fill(text, heading, table)

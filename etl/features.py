@@ -28,10 +28,14 @@ UNKNOWN, NULL_INDEX = 0, 1
 
 def assign_split(df: DataFrame, split: SplitConfig) -> DataFrame:
     """Add `_split`: a pure function of the key, so a row keeps its split across reruns and increments."""
+    return df.withColumn(SPLIT, split_of(split))
+
+
+def split_of(split: SplitConfig) -> Column:
+    """The split of a row ("train", "val" or "test"), from its key."""
     # xxhash64 is stable across Spark versions and machines; map to [0, 1) with 2^20 buckets.
     unit = F.pmod(F.xxhash64(F.lit(split.salt), F.col(split.key).cast("string")), F.lit(1 << 20)) / float(1 << 20)
-    return df.withColumn(SPLIT, F.when(unit < split.train, "train")
-                         .when(unit < split.train + split.val, "val").otherwise("test"))
+    return F.when(unit < split.train, "train").when(unit < split.train + split.val, "val").otherwise("test")
 
 
 @dataclass(kw_only=True)
@@ -74,26 +78,21 @@ class FeatureStats:
 
 
 def fit_features(train: DataFrame, cfg: EtlConfig) -> FeatureStats:
-    """Statistics from the train split only (one pass for moments, one per categorical column)."""
+    """Statistics from the train split only, in two passes over it: one aggregate for the moments (numeric
+    columns, a regression label), one for the value counts (categorical columns, a classification label)."""
     numeric = [c for c in cfg.columns if c.role == "numeric"]
-    aggs = []
-    for c in numeric:
-        x = F.col(c.name).cast("double")
-        aggs += [F.mean(x).alias(f"m_{c.name}"), F.stddev_pop(x).alias(f"s_{c.name}")]
-    row = train.agg(*aggs).first() if aggs else None
-    stats_numeric = {}
-    for c in numeric:
-        mean = row[f"m_{c.name}"] if row else None
-        std = row[f"s_{c.name}"] if row else None
-        stats_numeric[c.name] = {"mean": float(mean or 0.0), "std": float(std) if std and std > 1e-12 else 1.0,
-                                 "nullable": c.nullable}
-    label_values, label_stats = _fit_label(train, cfg)
+    moments = _moments(train, [c.name for c in numeric] + ([cfg.label.column] if cfg.label.task == "regression" else []))
+    stats_numeric = {c.name: {**moments[c.name], "nullable": c.nullable} for c in numeric}
+    categorical = [c.name for c in cfg.columns if c.role == "categorical"]
+    counted = categorical + ([cfg.label.column] if cfg.label.task != "regression" else [])
+    counts = _value_counts(train, counted)
     vocab = {}
-    for c in (c for c in cfg.columns if c.role == "categorical"):
-        counts = (train.where(F.col(c.name).isNotNull()).groupBy(F.col(c.name).cast("string").alias("v"))
-                  .count().where(F.col("count") >= cfg.min_category_count)
-                  .orderBy(F.desc("count"), F.asc("v")).collect())
-        vocab[c.name] = [r["v"] for r in counts]
+    for name in categorical:
+        kept = [(v, n) for v, n in counts[name].items() if n >= cfg.min_category_count]
+        # By frequency, ties by value: Spark orders strings by their UTF-8 bytes, Python by code points,
+        # which is the same order.
+        vocab[name] = [v for v, _ in sorted(kept, key=lambda vn: (-vn[1], vn[0]))]
+    label_values, label_stats = _fit_label(cfg, moments.get(cfg.label.column), counts.get(cfg.label.column))
     return FeatureStats(
         numeric=stats_numeric, categorical=vocab,
         hashed={c.name: c.hash_buckets or cfg.default_hash_buckets for c in cfg.columns if c.role == "hashed"},
@@ -102,15 +101,41 @@ def fit_features(train: DataFrame, cfg: EtlConfig) -> FeatureStats:
         label_stats=label_stats)
 
 
-def _fit_label(train: DataFrame, cfg: EtlConfig) -> tuple[list[str] | None, dict]:
+def _moments(train: DataFrame, names: list[str]) -> dict[str, dict]:
+    """{name: {mean, std}} in one aggregate; std 1.0 where it is 0 (a constant column) or undefined."""
+    if not names:
+        return {}
+    aggs = []
+    for i, name in enumerate(names):
+        x = F.col(name).cast("double")
+        aggs += [F.mean(x).alias(f"m{i}"), F.stddev_pop(x).alias(f"s{i}")]
+    row = train.agg(*aggs).first()
+    moments = {}
+    for i, name in enumerate(names):
+        mean, std = row[f"m{i}"], row[f"s{i}"]
+        moments[name] = {"mean": float(mean or 0.0), "std": float(std) if std and std > 1e-12 else 1.0}
+    return moments
+
+
+def _value_counts(train: DataFrame, names: list[str]) -> dict[str, dict[str, int]]:
+    """{column: {value as string: rows}} of several columns in one aggregate (nulls left out)."""
+    if not names:
+        return {}
+    pairs = F.explode(F.array(*[F.struct(F.lit(name).alias("c"), F.col(name).cast("string").alias("v"))
+                                for name in names])).alias("p")
+    rows = (train.select(pairs).where(F.col("p.v").isNotNull())
+            .groupBy(F.col("p.c").alias("c"), F.col("p.v").alias("v")).count().collect())
+    counts: dict[str, dict[str, int]] = {name: {} for name in names}
+    for r in rows:
+        counts[r["c"]][r["v"]] = r["count"]
+    return counts
+
+
+def _fit_label(cfg: EtlConfig, moments: dict | None, counts: dict[str, int] | None) -> tuple[list[str] | None, dict]:
     """(label values, label statistics) of the train split; multiclass without listed values fits the
     classes here (sorted, so the class index does not depend on frequencies)."""
-    column = F.col(cfg.label.column)
     if cfg.label.task == "regression":
-        row = train.agg(F.mean(column.cast("double")).alias("m"), F.stddev_pop(column.cast("double")).alias("s")).first()
-        std = float(row["s"]) if row["s"] and row["s"] > 1e-12 else 1.0
-        return None, {"mean": float(row["m"] or 0.0), "std": std, "standardized": cfg.label.standardize}
-    counts = dict(train.groupBy(column.cast("string").alias("v")).count().collect())
+        return None, {**moments, "standardized": cfg.label.standardize}
     values = cfg.label.values if cfg.label.values is not None else sorted(counts)
     return list(values), {"counts": [int(counts.get(v, 0)) for v in values]}
 

@@ -38,7 +38,7 @@ from pyspark.sql import SparkSession
 from ringtrain.etl.features import SPLITS, FeatureStats
 from ringtrain.manifest import FORMAT_VERSION, load_manifest
 from ringtrain.etl.pipeline import (
-    balance, config_hash, count_reasons, features_entry, publish_version, schema_entry, source_fingerprint,
+    balance, config_hash, count_rows, features_entry, publish_version, schema_entry, source_fingerprint,
     staging_area, validated, write_splits, _summary,
 )
 from ringtrain.etl.sources import read_source
@@ -105,9 +105,10 @@ def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore,
         log.info("partition %s: rebuilding it (%s)", partition,
                  "forced" if force else "source or config changed")
 
+    seed = partition_seed(cfg.seed, partition)
     checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        reasons, rows_read, rows_good = count_reasons(checked, cfg, f" of partition {partition!r}")
+        counts = count_rows(checked, cfg, seed, f" of partition {partition!r}")
         with staging_area(datasets) as staging:
             stats, features_path = None, datasets.version_relative(staging, FEATURES)
             if previous is not None:
@@ -119,18 +120,17 @@ def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore,
                         if entry["name"] != partition:
                             _carry_over(latest, staging, entry)
             tag = partition_tag(partition)
-            seed = partition_seed(cfg.seed, partition)
             quarantine = f"quarantine/{tag}"
-            stats_used, splits = write_splits(cfg, checked, staging, reasons, seed=seed, prefix=f"part-{tag}",
+            stats_used, splits = write_splits(cfg, checked, staging, counts, seed=seed, prefix=f"part-{tag}",
                                               quarantine=quarantine, stats=stats,
                                               shard_dir=datasets.shard_dir(staging))
-            rows_good = sum(info["rows"] for info in splits.values())  # less any unseen classes quarantined
+            reasons = counts.reasons  # with any unseen classes write_splits quarantined
             if previous is None:  # the base: its features are frozen from now on
                 atomic_write_json(join(staging, FEATURES), stats_used.to_json())
             entry = {
                 "name": partition, "tag": tag, "identity": identity, "seed": seed,
                 "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "rows_read": rows_read, "rows_good": rows_good,
+                "rows_read": counts.rows_read, "rows_good": counts.rows_good,
                 "quarantine": {"path": datasets.version_relative(staging, quarantine) if reasons else None,
                                "counts": dict(sorted(reasons.items()))},
                 "splits": splits, "balance_max_min": balance(splits["train"]["shards"]),

@@ -8,18 +8,21 @@ import logging
 import os
 import re
 import time
+from dataclasses import dataclass
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from ringtrain.etl.features import (
-    SPLIT, SPLITS, FeatureStats, apply_features, assign_split, fit_features, known_label,
+    SPLIT, SPLITS, FeatureStats, apply_features, assign_split, fit_features, known_label, split_of,
 )
 from ringtrain.errors import BadDataError
-from ringtrain.etl.manifest import verify_staging
+from ringtrain.etl.manifest import check_staged
 from ringtrain.manifest import FORMAT_VERSION, load_manifest
-from ringtrain.etl.shards import assign_shards, shard_count, write_quarantine, write_shards
+from ringtrain.etl.shards import (
+    BUCKET_COUNT, ShardPlan, number_rows, order_bucket, shard_count, shuffle_order, write_quarantine, write_shards,
+)
 from ringtrain.etl.sources import CORRUPT, read_source
 from ringtrain.etl.validate import REASON, parse_and_validate
 from ringtrain.config import EtlConfig
@@ -52,9 +55,9 @@ def run_etl(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, partiti
             return {**_summary(latest, manifest, started), "reused": True}
     checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        reasons, rows_read, rows_good = count_reasons(checked, cfg)
+        counts = count_rows(checked, cfg, cfg.seed)
         with staging_area(datasets) as staging:
-            manifest = _write_version(cfg, checked, datasets, staging, reasons, rows_read, rows_good, identity)
+            manifest = _write_version(cfg, checked, datasets, staging, counts, identity)
             final = publish_version(datasets, staging, manifest)
     finally:
         checked.unpersist()
@@ -73,9 +76,9 @@ def staging_area(datasets: DatasetStore):
 
 
 def publish_version(datasets: DatasetStore, staging: str, manifest: dict, **publish_args) -> str:
-    """Verify the staged files against the manifest, then publish: the manifest is written last (its
-    presence makes a version), see `DatasetStore.publish`."""
-    verify_staging(staging, manifest, root=datasets.root)
+    """Check the staged files against the manifest (`check_staged`), then publish: the manifest is written
+    last (its presence makes a version), see `DatasetStore.publish`."""
+    check_staged(staging, manifest, root=datasets.root)
     data = json.dumps(manifest, indent=2, sort_keys=True).encode()
     return datasets.publish(staging, data, **publish_args)
 
@@ -86,21 +89,43 @@ def validated(raw: DataFrame, cfg: EtlConfig) -> DataFrame:
                               derived=cfg.derived)
 
 
-def count_reasons(checked: DataFrame, cfg: EtlConfig, where: str = "") -> tuple[dict, int, int]:
-    """(bad-row counts by reason, rows read, good rows); BadDataError over etl.max_bad_fraction."""
-    reasons = {r[REASON]: r["count"] for r in checked.groupBy(REASON).count().collect()}
-    rows_read = sum(reasons.values())
-    rows_good = reasons.pop(None, 0)
-    rows_bad = sum(reasons.values())
-    if rows_read == 0:
+@dataclass
+class RowCounts:
+    """What the first pass over the validated rows counts, in one aggregate: bad rows by reason, and good
+    rows per split and bucket of the shuffled order (the offsets that number the rows, see `ShardPlan`)."""
+    reasons: dict[str, int]
+    rows_read: int
+    bucket_rows: dict[str, list[int]]
+
+    @property
+    def rows_good(self) -> int:
+        return sum(sum(rows) for rows in self.bucket_rows.values())
+
+
+def count_rows(checked: DataFrame, cfg: EtlConfig, seed: int, where: str = "") -> RowCounts:
+    """Count the validated rows (one pass, which also fills the cache of `checked`); BadDataError over
+    etl.max_bad_fraction. `seed`: the shuffle seed that the rows will be written with."""
+    bucket = order_bucket(shuffle_order(cfg.split.key, seed))
+    grouped = checked.groupBy(F.col(REASON).alias("reason"), split_of(cfg.split).alias("split"),
+                              bucket.alias("bucket")).count().collect()
+    reasons: dict[str, int] = {}
+    bucket_rows = {s: [0] * BUCKET_COUNT for s in SPLITS}
+    for r in grouped:
+        if r["reason"] is None:
+            bucket_rows[r["split"]][r["bucket"]] += r["count"]
+        else:
+            reasons[r["reason"]] = reasons.get(r["reason"], 0) + r["count"]
+    counts = RowCounts(reasons=reasons, rows_read=sum(r["count"] for r in grouped), bucket_rows=bucket_rows)
+    rows_bad = counts.rows_read - counts.rows_good
+    if counts.rows_read == 0:
         raise BadDataError(f"the source{where} has no rows; check etl.source.path (and the partition)")
-    bad_fraction = rows_bad / rows_read
+    bad_fraction = rows_bad / counts.rows_read
     if bad_fraction > cfg.max_bad_fraction:
         raise BadDataError(
-            f"{rows_bad} of {rows_read} rows{where} ({bad_fraction:.2%}) failed validation, over "
+            f"{rows_bad} of {counts.rows_read} rows{where} ({bad_fraction:.2%}) failed validation, over "
             f"etl.max_bad_fraction={cfg.max_bad_fraction}; nothing was published. Reasons: "
             f"{json.dumps(dict(sorted(reasons.items())))}. Fix the source, or raise the threshold.")
-    return reasons, rows_read, rows_good
+    return counts
 
 
 def _summary(final: str, manifest: dict, started: float) -> dict:
@@ -118,54 +143,54 @@ def config_hash(cfg: EtlConfig) -> str:
     return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
 
 
-def write_splits(cfg: EtlConfig, checked: DataFrame, staging: str, reasons: dict, *, seed: int,
+def write_splits(cfg: EtlConfig, checked: DataFrame, staging: str, counts: RowCounts, *, seed: int,
                  prefix: str = "part", quarantine: str = "quarantine", stats: FeatureStats | None = None,
                  shard_dir: str | None = None) -> tuple[FeatureStats, dict]:
     """Quarantine, split, encode and shard the validated rows into `staging`.
 
     Features are fitted on the train split unless `stats` (frozen ones) are given. Shards are named
-    <split>/<prefix>-NNNNN.parquet, rows are ordered across them by a hash seeded with `seed`.
+    <split>/<prefix>-NNNNN.parquet, rows are ordered across them by a hash seeded with `seed` (the seed
+    `counts` were taken with). Unseen classes join `counts.reasons`.
     `shard_dir` (stores without rename): the staging folder relative to the dataset root, recorded with
     each shard so that the manifest references it (`DatasetStore.shard_dir`).
     """
-    if reasons:  # keep the bad rows, with their reason, for people to look at
+    if counts.reasons:  # keep the bad rows, with their reason, for people to look at
         write_quarantine(checked.where(F.col(REASON).isNotNull()), join(staging, quarantine))
     good = assign_split(checked.where(F.col(REASON).isNull()).drop(REASON, CORRUPT), cfg.split)
-    good = good.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        if stats is None:
-            stats = fit_features(good.where(F.col(SPLIT) == "train"), cfg)
-        kept = _quarantine_unseen_classes(good, stats, join(staging, quarantine), reasons)
-        encoded = apply_features(kept, stats)
-        split_rows = {s: 0 for s in SPLITS}
-        split_rows.update({r[SPLIT]: r["count"] for r in kept.groupBy(SPLIT).count().collect()})
-        splits = {}
-        for split in SPLITS:
-            n = shard_count(split_rows[split], cfg.shards.rows_per_shard, cfg.shards.num_shards,
-                            cfg.shards.max_world_size)
-            part = assign_shards(encoded.where(F.col(SPLIT) == split).drop(SPLIT), stats.key, seed, n)
-            shards = write_shards(part, join(staging, split), n, cfg.shards.row_group_rows, prefix)
-            if shard_dir:
-                shards = [{**s, "dir": shard_dir} for s in shards]
-            splits[split] = {"rows": split_rows[split], "shards": shards}
-    finally:
-        good.unpersist()
+    if stats is None:
+        stats = fit_features(good.where(F.col(SPLIT) == "train"), cfg)
+    kept = _quarantine_unseen_classes(good, stats, join(staging, quarantine), counts, seed)
+    plan = ShardPlan(splits=SPLITS, bucket_rows=counts.bucket_rows, row_group_rows=cfg.shards.row_group_rows,
+                     shards={s: shard_count(sum(counts.bucket_rows[s]), cfg.shards.rows_per_shard,
+                                            cfg.shards.num_shards, cfg.shards.max_world_size) for s in SPLITS})
+    numbered = number_rows(apply_features(kept, stats), plan, SPLIT, stats.key, seed)
+    written = write_shards(numbered, plan, {s: join(staging, s) for s in SPLITS}, split_column=SPLIT,
+                           key=stats.key, prefix=prefix)
+    splits = {}
+    for split in SPLITS:
+        shards = [{**s, "dir": shard_dir} for s in written[split]] if shard_dir else written[split]
+        splits[split] = {"rows": plan.rows(split), "shards": shards}
     return stats, splits
 
 
-def _quarantine_unseen_classes(good: DataFrame, stats: FeatureStats, quarantine: str, reasons: dict) -> DataFrame:
+def _quarantine_unseen_classes(good: DataFrame, stats: FeatureStats, quarantine: str, counts: RowCounts,
+                               seed: int) -> DataFrame:
     """Multiclass with classes fitted on the train split: a val/test row (or a later partition's row) of a
     class the train split never had cannot be encoded; it joins the quarantine as `unseen_label` (counted
-    into `reasons`). Listed classes were already checked by validation (`bad_label`)."""
+    into `counts.reasons`, and out of its split's bucket counts). Listed classes were already checked by
+    validation (`bad_label`)."""
     if stats.task != "multiclass":
         return good
     unseen = good.where(~known_label(stats))
-    count = unseen.count()
-    if count:
+    bucket = order_bucket(shuffle_order(stats.key, seed))
+    found = unseen.groupBy(F.col(SPLIT).alias("split"), bucket.alias("bucket")).count().collect()
+    if found:
         columns = [c for c in good.columns if c != SPLIT]
         write_quarantine(unseen.select(*columns, F.lit(None).cast("string").alias(CORRUPT),
                                        F.lit("unseen_label").alias(REASON)), quarantine, prefix="unseen")
-        reasons["unseen_label"] = reasons.get("unseen_label", 0) + count
+        for r in found:
+            counts.bucket_rows[r["split"]][r["bucket"]] -= r["count"]
+        counts.reasons["unseen_label"] = counts.reasons.get("unseen_label", 0) + sum(r["count"] for r in found)
     return good.where(known_label(stats))
 
 
@@ -186,11 +211,11 @@ def features_entry(cfg: EtlConfig, stats: FeatureStats, path: str) -> dict:
             "label_values": stats.label_values, "label_stats": stats.label_stats}
 
 
-def _write_version(cfg: EtlConfig, checked: DataFrame, datasets: DatasetStore, staging: str, reasons: dict,
-                   rows_read: int, rows_good: int, identity: dict) -> dict:
-    stats, splits = write_splits(cfg, checked, staging, reasons, seed=cfg.seed,
+def _write_version(cfg: EtlConfig, checked: DataFrame, datasets: DatasetStore, staging: str, counts: RowCounts,
+                   identity: dict) -> dict:
+    stats, splits = write_splits(cfg, checked, staging, counts, seed=cfg.seed,
                                  shard_dir=datasets.shard_dir(staging))
-    rows_good = sum(info["rows"] for info in splits.values())  # less any unseen classes write_splits quarantined
+    reasons = counts.reasons  # with any unseen classes write_splits quarantined
     atomic_write_json(join(staging, "features.json"), stats.to_json())
     return {
         "format_version": FORMAT_VERSION,
@@ -203,7 +228,7 @@ def _write_version(cfg: EtlConfig, checked: DataFrame, datasets: DatasetStore, s
                    "fingerprint": identity["source"]},
         "schema": schema_entry(cfg),
         "features": features_entry(cfg, stats, datasets.version_relative(staging, "features.json")),
-        "rows_read": rows_read, "rows_good": rows_good,
+        "rows_read": counts.rows_read, "rows_good": counts.rows_good,
         "quarantine": {"path": datasets.version_relative(staging, "quarantine") if reasons else None,
                        "counts": dict(sorted(reasons.items()))},
         "splits": splits,

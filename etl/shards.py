@@ -1,30 +1,36 @@
 """Load: shuffle rows across exactly balanced shards and write them as Parquet into staging.
 
 Balance is exact, not statistical: rows are ordered by a seeded hash of their key, numbered
-globally (bucketed windows plus a small collect of bucket counts, so no single-partition sort),
-and row i goes to shard i mod n. Shard sizes therefore differ by at most one row.
+per split (bucketed windows offset by the bucket counts of the first pass, so no single-partition
+sort), and row i goes to shard i mod n. Shard sizes therefore differ by at most one row. Every
+split is numbered and written in one Spark job (two shuffles: the numbering, then by shard).
 
 Each Spark task writes whole shards with pyarrow, so the row-group size is exact in rows and
 the bytes are a pure function of the rows and the seed: rerunning the same input gives
 identical files and checksums. Tasks write straight to the store (any `ringtrain.store` URI;
-nothing passes through the driver) and hash the bytes as they go out.
+nothing passes through the driver) and hash the bytes as they go out; each task then reads its
+shards' footers back from the store and reports them. The driver checks those reports against the
+plan (`check_written`) without reading any shard.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import math
+from dataclasses import dataclass
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from ringtrain.store import join, makedirs, open_output, remove
+from ringtrain.errors import DatasetError
+from ringtrain.store import join, makedirs, open_input, open_output, remove
 
-ORDER, SHARD = "_order", "_shard"
-_BUCKETS = 64
+ORDER, BUCKET, SHARD = "_order", "_bucket", "_shard"
+BUCKET_COUNT = 64
 
 
 def shard_count(rows: int, rows_per_shard: int, fixed: int | None, max_world_size: int) -> int:
@@ -33,30 +39,109 @@ def shard_count(rows: int, rows_per_shard: int, fixed: int | None, max_world_siz
     return max(max_world_size, math.ceil(wanted / max_world_size) * max_world_size)
 
 
-def assign_shards(df: DataFrame, key: str, seed: int, num_shards: int) -> DataFrame:
-    """Add `_order` (seeded hash) and `_shard` (exactly balanced: sizes differ by at most one)."""
-    df = df.withColumn(ORDER, F.xxhash64(F.lit(seed), F.col(key).cast("string")))
-    bucket = F.pmod(F.col(ORDER), F.lit(_BUCKETS))
-    df = df.withColumn("_bucket", bucket)
-    counts = dict(df.groupBy("_bucket").count().collect())
-    offsets, running = {}, 0
-    for b in range(_BUCKETS):
-        offsets[b] = running
-        running += counts.get(b, 0)
-    offset = F.create_map(*[x for b, o in offsets.items() for x in (F.lit(b), F.lit(o))])
-    rank = F.row_number().over(Window.partitionBy("_bucket").orderBy(ORDER, key)) - 1
-    return (df.withColumn(SHARD, F.pmod(offset[F.col("_bucket")] + rank, F.lit(num_shards)).cast("int"))
-            .drop("_bucket"))
+def shuffle_order(key: str, seed: int) -> Column:
+    """A row's place in the shuffled order: a seeded hash of its key (independent of partitioning)."""
+    return F.xxhash64(F.lit(seed), F.col(key).cast("string"))
 
 
-def write_shards(df: DataFrame, folder: str, num_shards: int, row_group_rows: int,
-                 prefix: str = "part") -> list[dict]:
-    """Write each shard as <folder>/<prefix>-NNNNN.parquet; return per-shard rows, bytes, row groups, sha256."""
-    makedirs(folder)
-    columns = [c for c in df.columns if c not in (ORDER, SHARD)]
+def order_bucket(order: Column) -> Column:
+    """The bucket of a row's order: rows are numbered per bucket, so no single task sorts them all."""
+    return F.pmod(order, F.lit(BUCKET_COUNT))
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Where every row goes: per split, the number of shards and the rows in each bucket (counted before
+    writing). Shards of all splits are numbered globally: split i's shards follow split i-1's."""
+    splits: tuple[str, ...]
+    shards: dict[str, int]              # split -> number of shards
+    bucket_rows: dict[str, list[int]]   # split -> rows in each bucket
+    row_group_rows: int
+
+    def rows(self, split: str) -> int:
+        return sum(self.bucket_rows[split])
+
+    def first_shard(self, split: str) -> int:
+        return sum(self.shards[s] for s in self.splits[:self.splits.index(split)])
+
+    def shard_rows(self, split: str) -> list[int]:
+        """Rows of each shard: row i of the split (in shuffled order) goes to shard i mod n."""
+        rows, n = self.rows(split), self.shards[split]
+        return [rows // n + (1 if i < rows % n else 0) for i in range(n)]
+
+    def row_groups(self, rows: int) -> int:
+        return math.ceil(rows / self.row_group_rows)
+
+    def locate(self, shard: int) -> tuple[str, int]:
+        """(split, shard within the split) of a global shard number."""
+        for split in self.splits:
+            if shard < self.shards[split]:
+                return split, shard
+            shard -= self.shards[split]
+        raise ValueError(f"shard {shard} is outside the plan")
+
+
+def number_rows(df: DataFrame, plan: ShardPlan, split_column: str, key: str, seed: int) -> DataFrame:
+    """Add `_order` and `_shard` (global, see ShardPlan): rows of a split are numbered in shuffled order,
+    per bucket (a window over (split, bucket), offset by the rows of the buckets before it), and row i goes
+    to shard i mod n, so sizes differ by at most one. One window numbers every split."""
+    df = df.withColumn(ORDER, shuffle_order(key, seed)).withColumn(BUCKET, order_bucket(F.col(ORDER)))
+    offsets = []
+    for split in plan.splits:
+        offsets += [sum(plan.bucket_rows[split][:b]) for b in range(BUCKET_COUNT)]
+    index = F.lit(len(plan.splits) - 1)  # the split's position in the plan (literal arrays: O(1) look-ups)
+    for i, split in reversed(list(enumerate(plan.splits[:-1]))):
+        index = F.when(F.col(split_column) == split, F.lit(i)).otherwise(index)
+    offset = F.element_at(_literal_array(offsets), index * BUCKET_COUNT + F.col(BUCKET).cast("int") + 1)
+    shards = F.element_at(_literal_array([plan.shards[s] for s in plan.splits]), index + 1)
+    first = F.element_at(_literal_array([plan.first_shard(s) for s in plan.splits]), index + 1)
+    rank = F.row_number().over(Window.partitionBy(split_column, BUCKET).orderBy(ORDER, key)) - 1
+    # One task per core for the window's shuffle (it is what the window needs, so Spark adds no other):
+    # left to adaptive execution, 2 cores got 3 tasks, the third running alone.
+    parallelism = df.sparkSession.sparkContext.defaultParallelism
+    df = df.repartition(parallelism, split_column, BUCKET)
+    return df.withColumn(SHARD, (first + F.pmod(offset + rank, shards)).cast("int")).drop(BUCKET)
+
+
+_WINDOW_IN_MEMORY = "spark.sql.windowExec.buffer.in.memory.threshold"
+_WINDOW_IN_MEMORY_CAP = 1 << 17
+
+
+@contextlib.contextmanager
+def _window_rows_in_memory(spark, rows: int):
+    """Let the numbering window hold a bucket's rows in memory (up to 131,072 rows; Spark's default is 4,096,
+    beyond which it moves them to a spillable sorter: 3x slower here at 1M rows). Restored afterwards."""
+    previous = spark.conf.get(_WINDOW_IN_MEMORY, None)
+    wanted = min(rows + 1, _WINDOW_IN_MEMORY_CAP)
+    if previous is not None and int(previous) >= wanted:
+        yield
+        return
+    spark.conf.set(_WINDOW_IN_MEMORY, str(wanted))
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(_WINDOW_IN_MEMORY)
+        else:
+            spark.conf.set(_WINDOW_IN_MEMORY, previous)
+
+
+def _literal_array(values: list[int]) -> Column:
+    return F.array(*[F.lit(v).cast("long") for v in values])
+
+
+def write_shards(numbered: DataFrame, plan: ShardPlan, folders: dict[str, str], *, split_column: str, key: str,
+                 prefix: str = "part") -> dict[str, list[dict]]:
+    """Write each shard of `numbered` (see number_rows) as <folders[split]>/<prefix>-NNNNN.parquet, every
+    split in one Spark job; check what the tasks report against the plan (`check_written`) and return per
+    split its shards' manifest entries: rows, bytes, row groups, sha256, file."""
+    for folder in folders.values():
+        makedirs(folder)
+    columns = [c for c in numbered.columns if c not in (ORDER, SHARD, split_column)]
+    total = sum(plan.shards.values())
 
     def write_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        writer = _ShardWriter(folder, columns, row_group_rows, prefix)
+        writer = _ShardWriter(plan, folders, columns, prefix)
         for batch in batches:
             shards = batch.column(SHARD).to_numpy()
             start = 0
@@ -67,18 +152,68 @@ def write_shards(df: DataFrame, folder: str, num_shards: int, row_group_rows: in
         for row in writer.close():
             yield pa.RecordBatch.from_pylist([row], schema=_RESULT)
 
-    ordered = df.repartition(num_shards, SHARD).sortWithinPartitions(SHARD, ORDER)
-    results = ordered.mapInArrow(write_partition, "shard int, rows long, bytes long, row_groups int, sha256 string, file string")
-    written = sorted((r.asDict() for r in results.collect()), key=lambda r: r["shard"])
-    missing = sorted(set(range(num_shards)) - {r["shard"] for r in written})
-    if missing:  # fewer rows than shards
-        schema = pa.schema([f for f in _arrow_schema(df) if f.name in columns])
+    # The key breaks ties of the order (keys that hash alike), so rows are always written in one order.
+    # A shard's rows are in one partition, sorted; coalescing (no shuffle) hands each task several partitions
+    # one after the other, so a task writes whole shards in turn. One task per core, not one per shard: every
+    # task of a mapInArrow pays a fixed cost in its Python worker (at 1M rows, 40 tasks took 3x as long as 2).
+    parallelism = numbered.sparkSession.sparkContext.defaultParallelism
+    ordered = numbered.repartition(total, SHARD).sortWithinPartitions(SHARD, ORDER, key).coalesce(
+        min(total, parallelism))
+    largest = max(max(rows) for rows in plan.bucket_rows.values())
+    with _window_rows_in_memory(numbered.sparkSession, largest):
+        written = [r.asDict() for r in ordered.mapInArrow(write_partition, _RESULT_DDL).collect()]
+    missing = sorted(set(range(total)) - {r["shard"] for r in written})
+    if missing:  # fewer rows than shards: those shards are empty files
+        schema = pa.schema([f for f in _arrow_schema(numbered) if f.name in columns])
+        writer = _ShardWriter(plan, folders, columns, prefix, schema=schema)
         for shard in missing:
-            writer = _ShardWriter(folder, columns, row_group_rows, prefix, schema=schema)
             writer.open(shard)
-            written.extend(writer.close())
-        written.sort(key=lambda r: r["shard"])
-    return written
+        written.extend(writer.close())
+    return check_written(plan, written)
+
+
+def check_written(plan: ShardPlan, written: list[dict]) -> dict[str, list[dict]]:
+    """The driver's verification, from what the writing tasks reported (nothing is read back here): every
+    planned shard written once, with the planned rows and row groups, its Parquet footer (read back by the
+    task that wrote it) agreeing, the stored size equal to the bytes hashed on their way out, and one
+    schema for all shards. Returns per split the shards' manifest entries, in shard order."""
+    def fail(shard: dict | None, what: str) -> DatasetError:
+        where = f"shard {shard['file']} ({shard['split']}) as written does not" if shard else \
+            "the shards as written do not"
+        return DatasetError(f"{where} match the ETL's plan: {what}; nothing was published. "
+                            f"The store lost or changed bytes while the ETL wrote them: run the ETL again")
+
+    by_shard: dict[int, dict] = {}
+    for r in written:
+        if r["shard"] in by_shard:
+            raise fail(r, "written twice")
+        by_shard[r["shard"]] = r
+    schemas = {r["schema"] for r in written}
+    if len(schemas) > 1:
+        odd = next(r for r in sorted(written, key=lambda r: r["shard"]) if r["schema"] != written[0]["schema"])
+        raise fail(odd, "its schema differs from the other shards'")
+    result = {}
+    for split in plan.splits:
+        first = plan.first_shard(split)
+        entries = []
+        for i, rows in enumerate(plan.shard_rows(split)):
+            r = by_shard.get(first + i)
+            if r is None:
+                raise fail(None, f"shard {i} of split {split} is missing")
+            if r["split"] != split:
+                raise fail(r, f"written for split {r['split']}, planned for {split}")
+            if not r["rows"] == r["footer_rows"] == rows:
+                raise fail(r, f"{r['footer_rows']} rows in its footer ({r['rows']} written), {rows} planned")
+            groups = plan.row_groups(rows)
+            if not r["row_groups"] == r["footer_row_groups"] == groups:
+                raise fail(r, f"{r['footer_row_groups']} row groups in its footer ({r['row_groups']} written), "
+                              f"{groups} planned")
+            if r["stored_bytes"] != r["bytes"]:
+                raise fail(r, f"{r['stored_bytes']} bytes stored, {r['bytes']} written")
+            entries.append({"shard": i, "rows": rows, "bytes": r["bytes"], "row_groups": groups,
+                            "sha256": r["sha256"], "file": r["file"]})
+        result[split] = entries
+    return result
 
 
 def write_quarantine(bad: DataFrame, folder: str, prefix: str = "part") -> None:
@@ -105,8 +240,12 @@ def write_quarantine(bad: DataFrame, folder: str, prefix: str = "part") -> None:
     as_strings.mapInArrow(write_partition, "rows long").collect()
 
 
-_RESULT = pa.schema([("shard", pa.int32()), ("rows", pa.int64()), ("bytes", pa.int64()),
-                     ("row_groups", pa.int32()), ("sha256", pa.string()), ("file", pa.string())])
+_RESULT = pa.schema([("shard", pa.int32()), ("split", pa.string()), ("file", pa.string()), ("rows", pa.int64()),
+                     ("bytes", pa.int64()), ("row_groups", pa.int32()), ("sha256", pa.string()),
+                     ("footer_rows", pa.int64()), ("footer_row_groups", pa.int32()), ("stored_bytes", pa.int64()),
+                     ("schema", pa.string())])
+_RESULT_DDL = ("shard int, split string, file string, rows long, bytes long, row_groups int, sha256 string, "
+               "footer_rows long, footer_row_groups int, stored_bytes long, schema string")
 
 
 def _change_points(values) -> Iterator[int]:
@@ -121,22 +260,26 @@ def _arrow_schema(df: DataFrame) -> pa.Schema:
 
 
 class _ShardWriter:
-    """Writes one shard at a time, buffering rows so every row group but the last is exactly full."""
+    """Writes one shard at a time, buffering rows so every row group but the last is exactly full. When a
+    shard is closed, its footer is read back from the store (a few KiB, not the data) to report what
+    the store holds; the driver checks the reports against the plan."""
 
-    def __init__(self, folder: str, columns: list[str], row_group_rows: int, prefix: str,
+    def __init__(self, plan: ShardPlan, folders: dict[str, str], columns: list[str], prefix: str,
                  schema: pa.Schema | None = None):
-        self.folder, self.columns, self.row_group_rows, self.prefix = folder, columns, row_group_rows, prefix
+        self.plan, self.folders, self.columns, self.prefix = plan, folders, columns, prefix
         self.schema = schema
         self.shard, self.writer, self.buffer, self.buffered, self.results = None, None, [], 0, []
 
     def open(self, shard: int) -> None:
+        self._finish()
         self.shard = shard
-        self.name = f"{self.prefix}-{shard:05d}.parquet"
-        path = join(self.folder, self.name)
+        self.split, index = self.plan.locate(shard)
+        self.name = f"{self.prefix}-{index:05d}.parquet"
+        self.path = join(self.folders[self.split], self.name)
         # A retried task: unlink, never truncate in place (on POSIX the name could be a hard link into a
         # published version, whose bytes must never change).
-        remove(path)
-        self.sink = HashingSink(open_output(path))
+        remove(self.path)
+        self.sink = HashingSink(open_output(self.path))
         self.writer = pq.ParquetWriter(self.sink, self.schema, compression="snappy")
         self.rows, self.row_groups = 0, 0
 
@@ -144,12 +287,11 @@ class _ShardWriter:
         if self.schema is None:
             self.schema = batch.schema
         if shard != self.shard:
-            self._finish()
             self.open(shard)
         self.buffer.append(batch)
         self.buffered += batch.num_rows
-        while self.buffered >= self.row_group_rows:
-            self._flush(self.row_group_rows)
+        while self.buffered >= self.plan.row_group_rows:
+            self._flush(self.plan.row_group_rows)
 
     def _flush(self, rows: int) -> None:
         table = pa.Table.from_batches(self.buffer, schema=self.schema).combine_chunks()
@@ -166,9 +308,14 @@ class _ShardWriter:
             self._flush(self.buffered)
         self.writer.close()
         self.sink.close()  # on S3 the object appears here, whole
-        self.results.append({"shard": self.shard, "rows": self.rows, "bytes": self.sink.bytes,
-                             "row_groups": self.row_groups, "sha256": self.sink.digest.hexdigest(),
-                             "file": self.name})
+        with open_input(self.path) as f:
+            stored_bytes = f.size()
+            footer = pq.ParquetFile(f).metadata
+        self.results.append({
+            "shard": self.shard, "split": self.split, "file": self.name, "rows": self.rows,
+            "bytes": self.sink.bytes, "row_groups": self.row_groups, "sha256": self.sink.digest.hexdigest(),
+            "footer_rows": footer.num_rows, "footer_row_groups": footer.num_row_groups,
+            "stored_bytes": stored_bytes, "schema": footer.schema.to_arrow_schema().to_string()})
         self.writer, self.shard = None, None
 
     def close(self) -> list[dict]:

@@ -144,3 +144,82 @@ def test_spark_submit_on_local_cluster_publishes_the_same_bytes_as_local(spark, 
                [(s["file"], s["sha256"]) for s in b["splits"][split]["shards"]]
     assert read_json(os.path.join(cluster["dataset_dir"], "features.json")) == \
            read_json(os.path.join(local["dataset_dir"], "features.json"))
+
+
+def test_a_shard_short_of_its_plan_fails_the_etl_and_publishes_nothing(spark, tmp_path, monkeypatch):
+    """The driver checks what the writing tasks report (rows, row groups, footers, sizes) against its plan.
+    Here the plan expects one more row in train shard 0 than the tasks wrote, as if a task had written a
+    short shard: the ETL fails naming the shard, and nothing is published or left in staging."""
+    from ringtrain.etl.sample_data import write_churn_csv
+    from ringtrain.etl.shards import ShardPlan
+    cfg = demo_config(str(tmp_path), ["demo.rows=3000", "etl.shards.rows_per_shard=500"])
+    write_churn_csv(cfg.etl.source.path, cfg.demo.rows, cfg.demo.seed)
+    planned = ShardPlan.shard_rows
+
+    def one_more_in_train_shard_0(self, split):
+        rows = planned(self, split)
+        return [rows[0] + 1, *rows[1:]] if split == "train" else rows
+    monkeypatch.setattr(ShardPlan, "shard_rows", one_more_in_train_shard_0)
+    datasets = RunStore.create(str(tmp_path)).dataset("churn")
+    with pytest.raises(DatasetError, match=r"^shard part-00000\.parquet \(train\) as written does not match the "
+                                           r"ETL's plan: (\d+) rows in its footer \(\1 written\), \d+ planned; "
+                                           r"nothing was published\."):
+        run_etl(spark, cfg.etl, datasets)
+    assert datasets.versions() == [] and datasets.latest() is None
+    assert os.listdir(os.path.join(datasets.root, "_staging")) == []
+
+
+def _report(shard, split="train", index=None, rows=10, **changes):
+    """What a writing task reports for one shard (see shards._ShardWriter)."""
+    name = f"part-{shard if index is None else index:05d}.parquet"
+    return {"shard": shard, "split": split, "file": name, "rows": rows, "bytes": 900,
+            "row_groups": 1, "sha256": "ab" * 32, "footer_rows": rows, "footer_row_groups": 1, "stored_bytes": 900,
+            "schema": "x: float", **changes}
+
+
+@pytest.mark.parametrize("changes, what", [
+    ({"footer_rows": 9}, r"9 rows in its footer \(10 written\), 10 planned"),
+    ({"rows": 9, "footer_rows": 9}, r"9 rows in its footer \(9 written\), 10 planned"),
+    ({"footer_row_groups": 2}, r"2 row groups in its footer \(1 written\), 1 planned"),
+    ({"stored_bytes": 512}, r"512 bytes stored, 900 written"),
+    ({"schema": "x: double"}, r"its schema differs from the other shards'"),
+])
+def test_the_plan_check_names_the_shard_and_what_differs(changes, what):
+    from ringtrain.etl.shards import ShardPlan, check_written
+    plan = ShardPlan(splits=("train", "val"), shards={"train": 2, "val": 1}, row_group_rows=64,
+                     bucket_rows={"train": [12, 8], "val": [10, 0]})
+    reports = [_report(0), _report(1), _report(2, "val", index=0)]
+    entries = check_written(plan, reports)
+    assert entries == {"train": [{"shard": i, "rows": 10, "bytes": 900, "row_groups": 1, "sha256": "ab" * 32,
+                                  "file": f"part-{i:05d}.parquet"} for i in (0, 1)],
+                       "val": [{"shard": 0, "rows": 10, "bytes": 900, "row_groups": 1, "sha256": "ab" * 32,
+                                "file": "part-00000.parquet"}]}
+    with pytest.raises(DatasetError, match=r"^the shards as written do not match the ETL's plan: shard 0 of split "
+                                           r"val is missing; nothing was published"):
+        check_written(plan, reports[:2])
+    reports[1] = _report(1, **changes)
+    with pytest.raises(DatasetError, match=rf"^shard part-00001\.parquet \(train\) as written does not match the "
+                                           rf"ETL's plan: {what}; nothing was published"):
+        check_written(plan, reports)
+
+
+def test_a_class_the_train_split_lacks_is_quarantined_and_the_shards_stay_balanced(spark, tmp_path):
+    """Multiclass with fitted classes: val/test rows of a class that no train row has are quarantined as
+    unseen_label, and taken out of their split's row counts before the rows are numbered into shards."""
+    from ringtrain.etl.features import split_of
+    frame, _ = generate_churn(3000, seed=3)
+    cfg = demo_config(str(tmp_path), ["etl.label={column: churned, task: multiclass}", "etl.shards.rows_per_shard=250"])
+    splits = spark.createDataFrame(frame[["customer_id"]]).select(split_of(cfg.etl.split).alias("s")).toPandas()["s"]
+    unseen = frame.index[splits != "train"][:9]
+    frame.loc[unseen, "churned"] = "2"
+    os.makedirs(tmp_path / "raw")
+    frame.to_csv(tmp_path / "raw" / "data.csv", index=False)
+    summary = run_etl(spark, cfg.etl, RunStore.create(str(tmp_path)).dataset("churn"))
+    assert summary["quarantined"] == {"unseen_label": 9}
+    assert summary["rows_good"] == 3000 - 9 == sum(summary["split_rows"].values())
+    manifest = load_manifest(summary["dataset_dir"])
+    assert manifest["features"]["label_values"] == ["0", "1"]
+    assert_balanced(manifest)
+    for split, info in manifest["splits"].items():
+        assert sum(s["rows"] for s in info["shards"]) == info["rows"] == summary["split_rows"][split]
+    assert len(pd.read_parquet(os.path.join(summary["dataset_dir"], "quarantine"))) == 9

@@ -15,13 +15,13 @@ import pytest
 
 from conftest import ROOT, assert_balanced, demo_config
 from ringtrain.etl.incremental import partition_tag
-from ringtrain.etl.manifest import verify_staging
 from ringtrain.manifest import load_manifest, shard_paths
 from ringtrain.etl.pipeline import run_etl
 from ringtrain.etl.sample_data import generate_churn
 from ringtrain.config import load_config
 from ringtrain.schema import ConfigError
 from ringtrain.store import RunStore, join
+from ringtrain.training.data import verify_shards
 
 pytestmark = pytest.mark.spark
 BIN = os.path.dirname(sys.executable)
@@ -93,7 +93,8 @@ def test_partitions_append_as_versions_with_frozen_features_and_stable_splits(sp
             assert os.stat(old).st_ino == os.stat(new).st_ino
     assert sha(os.path.join(first["dataset_dir"], "features.json")) == \
            sha(os.path.join(second["dataset_dir"], "features.json"))
-    verify_staging(first["dataset_dir"], v1)  # the published v1 still matches its manifest
+    for split in SPLITS:  # the published v1 still matches its manifest, checksums included
+        verify_shards(first["dataset_dir"], v1, split, shard_paths(first["dataset_dir"], v1, split), checksum=True)
 
     # Totals, balance and names: what training reads (manifest["splits"]) covers both partitions.
     files = [(s, x["file"]) for s in SPLITS for x in v2["splits"][s]["shards"]]
