@@ -78,11 +78,13 @@ def render_feed(result: dict) -> str:
 
 
 def render_allreduce(result: dict) -> str:
-    lines = ["| size | Horovod busbw (GB/s) | DDP busbw (GB/s) | memcpy (GB/s) | Horovod ÷ memcpy | DDP ÷ memcpy "
-             "| Horovod ÷ DDP |", "|---|---|---|---|---|---|---|"]
+    lines = ["| size | Horovod busbw (GB/s) | DDP busbw (GB/s) | TCP exchange (GB/s) | memcpy (GB/s) "
+             "| Horovod ÷ memcpy | DDP ÷ memcpy | TCP ÷ memcpy | DDP ÷ TCP | Horovod ÷ DDP |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["sizes"]:
         lines.append(f"| {_bytes(r['bytes'])} | {_gbs(r['busbw_horovod'])} | {_gbs(r['busbw_ddp'])} "
-                     f"| {_gbs(r['memcpy_bw'])} | {r['horovod_over_memcpy']:.3g} | {r['ddp_over_memcpy']:.3g} "
+                     f"| {_gbs(r['tcp_bw'])} | {_gbs(r['memcpy_bw'])} | {r['horovod_over_memcpy']:.3g} "
+                     f"| {r['ddp_over_memcpy']:.3g} | {r['tcp_over_memcpy']:.3g} | {r['ddp_over_tcp']:.2f} "
                      f"| **{r['horovod_over_ddp']:.2f}** |")
     p = result["params"]
     lines += ["", f"{result['ranks']} ranks, float32, one thread per rank; medians of {p['repeats']} interleaved "
