@@ -2,7 +2,8 @@
 
 Two ranks on this machine, as two processes whose environment is set exactly as the Spark launcher
 sets it (training.launcher: Horovod's HTTP rendezvous for hvd.init(), MASTER_ADDR/PORT for
-torch.distributed's Gloo group); both libraries live in the same two processes, one torch thread
+torch.distributed's Gloo group), each pinned to its own core as the training worker pins its rank
+(train.pin_cores; --unpinned: not); both libraries live in the same two processes, one torch thread
 each, so they are measured interleaved under the same conditions. For every float32 tensor size
 (default 4 KiB to 64 MiB, x4 steps), each repeat times, in turn:
 
@@ -52,6 +53,7 @@ def parse_args(argv=None):
                    help="bytes per timed repeat: iters = clamp(budget / size, min-iters, max-iters)")
     p.add_argument("--min-iters", type=int, default=3)
     p.add_argument("--max-iters", type=int, default=200)
+    p.add_argument("--unpinned", action="store_true", help="do not pin each rank to its own core (train.pin_cores)")
     p.add_argument("--timeout", type=float, default=540, help="seconds before the ranks are killed")
     p.add_argument("--out", default="allreduce", help="results name: bench/results/<out>.json")
     p.add_argument("--rank-child", action="store_true", help=argparse.SUPPRESS)
@@ -76,6 +78,9 @@ def rank_main(args) -> None:
     import torch
     import torch.distributed as dist
     import horovod.torch as hvd
+    from ringtrain.training.environment import RankEnvironment, pin_to_cores
+    if not args.unpinned:  # as the training worker does with train.pin_cores (the default)
+        pin_to_cores(RankEnvironment.from_environ().cores(os.sched_getaffinity(0)))
     torch.set_num_threads(1)
     hvd.init()
     dist.init_process_group("gloo", rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))

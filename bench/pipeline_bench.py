@@ -61,7 +61,7 @@ def time_pipe(pipe, batch, steps: int) -> tuple[float, float, float, list[float]
     times, idles, replayed, busy = [], [], [], []
     for _ in range(steps + 2):
         started = time.perf_counter()
-        pipe.forward_backward(*batch, F.binary_cross_entropy_with_logits, trace=True)
+        pipe.forward_backward(batch[:2], batch[2], F.binary_cross_entropy_with_logits, trace=True)
         times.append(time.perf_counter() - started)
         trace = pipe.last_trace
         idles.append(idle_fraction(trace))

@@ -52,7 +52,8 @@ def render_scaling(result: dict) -> str:
     d = result.get("dataset", {})
     train_rows = (d.get("split_rows") or {}).get("train", "?")
     lines += ["", f"Medians of {p['repeats']} interleaved launches per configuration; {train_rows} train rows, "
-              f"{p['epochs']} epoch(s) per launch, batch {p['batch_size']} per rank, reader {p['reader']}, one thread per worker.",
+              f"{p['epochs']} epoch(s) per launch, batch {p['batch_size']} per rank, reader {p['reader']}, one thread per worker"
+              f"{'' if p.get('pin_cores', 'on') == 'off' else ', ranks pinned to their own cores unless marked unpinned'}.",
               _machine(result)]
     return "\n".join(lines)
 
@@ -87,7 +88,8 @@ def render_allreduce(result: dict) -> str:
                      f"| {r['ddp_over_memcpy']:.3g} | {r['tcp_over_memcpy']:.3g} | {r['ddp_over_tcp']:.2f} "
                      f"| **{r['horovod_over_ddp']:.2f}** |")
     p = result["params"]
-    lines += ["", f"{result['ranks']} ranks, float32, one thread per rank; medians of {p['repeats']} interleaved "
+    pinned = "not pinned" if p.get("unpinned") else "each pinned to its own core"
+    lines += ["", f"{result['ranks']} ranks ({pinned}), float32, one thread per rank; medians of {p['repeats']} interleaved "
               f"repeats. GB = 10^9 bytes.", _machine(result)]
     return "\n".join(lines)
 
