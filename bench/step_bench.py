@@ -37,8 +37,8 @@ RESULT = "STEP_RESULT "
 PHASES = ("forward_backward", "synchronize", "update")
 
 # name: (engine, ranks, extra environment, what it tests). Every configuration runs with ringtrain's
-# defaults (ranks pinned to their own cores, train.pin_cores; Horovod's gradients grouped,
-# engines.GRADIENT_GROUP_BYTES) except what it names. Horovod's own defaults (0.28.1, operations.cc):
+# defaults (train.pin_cores auto: Horovod's ranks pinned to their own cores, DDP's not; Horovod's
+# gradients grouped, engines.GRADIENT_GROUP_BYTES) except what it names. Horovod's own defaults (0.28.1, operations.cc):
 # cycle time 1 ms, fusion threshold 128 MiB, response cache 1024 entries, no thread affinity.
 UNPINNED = {"STEP_BENCH_PIN": "0"}
 UNGROUPED = {"STEP_BENCH_GROUP_BYTES": "0"}
@@ -60,8 +60,8 @@ CONFIGS = {
                        "unpinned, wait by polling the handles with 20 µs sleeps (Horovod's own wait spins "
                        "on sched_yield)"),
     "ddp1": ("ddp", 1, {}, "DDP (Gloo), 1 rank"),
-    "ddp2": ("ddp", 2, {}, "DDP (Gloo), 2 ranks, pinned"),
-    "ddp2-unpinned": ("ddp", 2, UNPINNED, "DDP (Gloo), 2 ranks, not pinned (before)"),
+    "ddp2": ("ddp", 2, {}, "DDP (Gloo), 2 ranks, ringtrain's default (not pinned)"),
+    "ddp2-pinned": ("ddp", 2, {"STEP_BENCH_PIN": "1"}, "DDP (Gloo), 2 ranks, pinned"),
 }
 DEFAULT_CONFIGS = ",".join(CONFIGS)
 
@@ -69,8 +69,8 @@ DEFAULT_CONFIGS = ",".join(CONFIGS)
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"comma-separated, from: {', '.join(CONFIGS)}")
-    p.add_argument("--steps", type=int, default=400, help="timed steps per launch")
-    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--steps", type=int, default=200, help="timed steps per launch")
+    p.add_argument("--warmup", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--timeout", type=float, default=300, help="seconds before a launch's ranks are killed")
@@ -89,11 +89,13 @@ def rank_main(args) -> None:
     from ringtrain.training.loop import _grads_finite
     from ringtrain.training.models import TabularMLP
     env = RankEnvironment.from_environ()
-    if os.environ.get("STEP_BENCH_PIN", "1") == "1":  # what the worker does with train.pin_cores (the default)
+    engine_name = os.environ["STEP_BENCH_ENGINE"]
+    # What the worker does with train.pin_cores: auto (the default) pins Horovod's ranks only.
+    if os.environ.get("STEP_BENCH_PIN", "1" if engine_name == "horovod" else "0") == "1":
         pin_to_cores(env.cores(os.sched_getaffinity(0)))
     torch.set_num_threads(int(os.environ.get("STEP_BENCH_THREADS", "1")))
     engines.GRADIENT_GROUP_BYTES = int(os.environ.get("STEP_BENCH_GROUP_BYTES", engines.GRADIENT_GROUP_BYTES))
-    engine = engines.make_engine(os.environ["STEP_BENCH_ENGINE"], torch.device("cpu"), env)
+    engine = engines.make_engine(engine_name, torch.device("cpu"), env)
     torch.manual_seed(0)
     model = TabularMLP(6, [5, 4, 3, 4], hidden=[128, 64], embedding_dim=8)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)

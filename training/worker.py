@@ -80,7 +80,8 @@ def pick_device(placement: dict) -> torch.device:
 
 def train_worker(spec: WorkerSpec, env: RankEnvironment) -> dict:
     cfg = spec.train
-    if cfg.pin_cores:  # before torch and the engine start their threads: they inherit it
+    if cfg.pin_cores == "always" or (cfg.pin_cores == "auto" and cfg.engine == "horovod"):
+        # Before torch and the engine start their threads: they inherit it.
         pin_to_cores(env.cores(os.sched_getaffinity(0)))
     torch.set_num_threads(cfg.threads_per_worker)
     placement = plan_placement(cfg.gpus_per_worker, cfg.pipeline.stages, env)
