@@ -53,9 +53,14 @@ def render_scaling(result: dict) -> str:
     train_rows = (d.get("split_rows") or {}).get("train", "?")
     lines += ["", f"Medians of {p['repeats']} interleaved launches per configuration; {train_rows} train rows, "
               f"{p['epochs']} epoch(s) per launch, batch {p['batch_size']} per rank, reader {p['reader']}, one thread per worker"
-              f"{'' if p.get('pin_cores', 'on') == 'off' else ', ranks pinned to their own cores unless marked unpinned'}.",
+              f"{_pinning(p.get('pin_cores', 'off'))}.",
               _machine(result)]
     return "\n".join(lines)
+
+
+def _pinning(pin_cores: str) -> str:
+    return {"both": ", ranks pinned to their own cores unless marked unpinned", "on": ", ranks pinned to their own cores",
+            "auto": ", train.pin_cores auto (Horovod's ranks pinned to their own cores, DDP's not)"}.get(pin_cores, "")
 
 
 def render_feed(result: dict) -> str:

@@ -31,20 +31,21 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=256, help="per-rank batch size (the demo's)")
     p.add_argument("--repeats", type=int, default=3, help="launches per configuration, interleaved")
     p.add_argument("--engines", default="horovod,ddp")
-    p.add_argument("--pin-cores", default="on", choices=["on", "off", "both"],
-                   help="train.pin_cores of the launches; both: each engine pinned and unpinned, interleaved")
+    p.add_argument("--pin-cores", default="auto", choices=["auto", "on", "off", "both"],
+                   help="auto: train.pin_cores=auto (the default: Horovod pinned, DDP not), on: always, off: never; "
+                        "both: each engine pinned and unpinned, interleaved")
     p.add_argument("--reader", default="petastorm", choices=["petastorm", "arrow"])
     p.add_argument("--out", default="scaling", help="results name: bench/results/<out>.json")
     return p.parse_args(argv)
 
 
-def one_launch(sc, cfg, dataset_dir: str, engine: str, pin: bool, workers: int, args, tag: str) -> dict:
+def one_launch(sc, cfg, dataset_dir: str, engine: str, pin: bool | None, workers: int, args, tag: str) -> dict:
     from ringtrain.store import RunStore
     from ringtrain.training.launcher import launch
     from ringtrain.training.spec import WorkerSpec
     run_cfg = bench_config(cfg.store.root, cfg.demo.rows, [
         f"train.engine={engine}", f"train.num_workers={workers}", "train.threads_per_worker=1",
-        f"train.pin_cores={str(pin).lower()}",
+        f"train.pin_cores={ {None: 'auto', True: 'always', False: 'never'}[pin] }",
         f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}", f"train.reader={args.reader}",
         "train.max_attempts=1", "train.checkpoint_every_steps=0"])
     store = RunStore.create(os.path.join(DATA, "runs"), f"scaling-{tag}-{uuid.uuid4().hex[:6]}").prepare()
@@ -72,9 +73,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     info, spark, cfg, dataset_dir, etl = start(args.rows)
     try:
-        pins = {"on": [True], "off": [False], "both": [True, False]}[args.pin_cores]
-        # label -> (engine, pin): the engine's name alone for ringtrain's default (pinned)
-        variants = {(e if pin or args.pin_cores == "off" else f"{e} (unpinned)"): (e, pin)
+        pins = {"auto": [None], "on": [True], "off": [False], "both": [True, False]}[args.pin_cores]
+        # label -> (engine, pin): marked "(unpinned)" only when both are measured
+        variants = {(f"{e} (unpinned)" if args.pin_cores == "both" and pin is False else e): (e, pin)
                     for e in args.engines.split(",") if e for pin in pins}
         runs = []
         started = time.time()
