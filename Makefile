@@ -21,7 +21,8 @@ test-fast: setup
 bench: setup
 	$(PY) bench/allreduce_bench.py
 	$(PY) bench/feed_bench.py
-	$(PY) bench/scaling_bench.py
+	$(PY) bench/step_bench.py
+	$(PY) bench/scaling_bench.py --pin-cores both
 	$(PY) bench/pipeline_bench.py
 	$(PY) bench/etl_bench.py
 	$(PY) bench/store_bench.py
@@ -34,6 +35,7 @@ bench-smoke: setup
 	$(PY) bench/allreduce_bench.py --max-bytes 262144 --repeats 1 --max-iters 50 --out smoke-allreduce
 	$(PY) bench/feed_bench.py --rows 20000 --repeats 2 --loader-epochs 2 --out smoke-feed
 	$(PY) bench/scaling_bench.py --rows 20000 --epochs 1 --repeats 1 --out smoke-scaling
+	$(PY) bench/step_bench.py --configs hvd1,hvd2,ddp1,ddp2 --steps 50 --warmup 10 --repeats 1 --out smoke-step
 	$(PY) bench/etl_bench.py --rows 50000 --repeats 1 --out smoke-etl
 	$(PY) bench/store_bench.py --rows 20000 --repeats 1 --out smoke-store
 	$(PY) bench/retrain_bench.py --rows 5000 --repeats 1 --out smoke-retrain

@@ -2,17 +2,23 @@
 
 Two ranks on this machine, as two processes whose environment is set exactly as the Spark launcher
 sets it (training.launcher: Horovod's HTTP rendezvous for hvd.init(), MASTER_ADDR/PORT for
-torch.distributed's Gloo group); both libraries live in the same two processes, one torch thread
+torch.distributed's Gloo group), each pinned to its own core as the training worker pins its rank
+(train.pin_cores; --unpinned: not); both libraries live in the same two processes, one torch thread
 each, so they are measured interleaved under the same conditions. For every float32 tensor size
 (default 4 KiB to 64 MiB, x4 steps), each repeat times, in turn:
 
   - `hvd.allreduce_(t, op=Sum)` (in place, Horovod's Gloo ops),
   - `dist.all_reduce(t)` (in place, Gloo process group),
   - `dst.copy_(src)` on rank 0 alone (rank 1 waits at a barrier),
+  - a loopback TCP exchange: over one plain socket between the two ranks, each rank sends the
+    tensor's bytes and receives the peer's at the same time. A 2-rank all-reduce must move exactly
+    that much each way (half in its reduce-scatter, half in its all-gather), so this is the ceiling
+    any all-reduce over loopback TCP can reach here, with no reduction and no library,
 
 each `iters` times in a row after a barrier (memcpy 20 x iters), where iters = clamp(budget / size, min, max).
 time per op = max over ranks of the elapsed time / iters; median over repeats.
-bus bandwidth = bytes x 2(n-1)/n / time (n = 2: bytes / time); memcpy bandwidth = bytes / time.
+bus bandwidth = bytes x 2(n-1)/n / time (n = 2: bytes / time), for the TCP exchange bytes / time;
+memcpy bandwidth = bytes / time.
 
     .venv/bin/python bench/allreduce_bench.py                                  # full run (about a minute)
     .venv/bin/python bench/allreduce_bench.py --max-bytes 262144 --repeats 1 --max-iters 50  # smoke test
@@ -22,8 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -31,7 +39,7 @@ from _common import ROOT, machine, median, warn_if_busy, write_result  # noqa: E
 from render import render_allreduce  # noqa: E402
 
 RESULT = "ALLREDUCE_RESULT "
-KINDS = ("horovod", "ddp", "memcpy")
+KINDS = ("horovod", "ddp", "memcpy", "tcp")
 MEMCPY_ITERS = 20
 
 
@@ -45,6 +53,7 @@ def parse_args(argv=None):
                    help="bytes per timed repeat: iters = clamp(budget / size, min-iters, max-iters)")
     p.add_argument("--min-iters", type=int, default=3)
     p.add_argument("--max-iters", type=int, default=200)
+    p.add_argument("--unpinned", action="store_true", help="do not pin each rank to its own core (train.pin_cores)")
     p.add_argument("--timeout", type=float, default=540, help="seconds before the ranks are killed")
     p.add_argument("--out", default="allreduce", help="results name: bench/results/<out>.json")
     p.add_argument("--rank-child", action="store_true", help=argparse.SUPPRESS)
@@ -69,11 +78,15 @@ def rank_main(args) -> None:
     import torch
     import torch.distributed as dist
     import horovod.torch as hvd
+    from ringtrain.training.environment import RankEnvironment, pin_to_cores
+    if not args.unpinned:  # as the training worker does with train.pin_cores (the default)
+        pin_to_cores(RankEnvironment.from_environ().cores(os.sched_getaffinity(0)))
     torch.set_num_threads(1)
     hvd.init()
     dist.init_process_group("gloo", rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
     rank = dist.get_rank()
     assert hvd.rank() == rank and hvd.size() == dist.get_world_size() == 2
+    tcp = TcpExchange(rank, int(os.environ["ALLREDUCE_TCP_PORT"]))
 
     def timed(kind: str, t: torch.Tensor, src: torch.Tensor, iters: int) -> float:
         dist.barrier()
@@ -84,6 +97,10 @@ def rank_main(args) -> None:
         elif kind == "ddp":
             for _ in range(iters):
                 dist.all_reduce(t)
+        elif kind == "tcp":
+            view = memoryview(t.numpy()).cast("B")
+            for _ in range(iters):
+                tcp.exchange(view, memoryview(src.numpy()).cast("B"))
         elif rank == 0:  # memcpy: one process alone, MEMCPY_ITERS times as many (it is that much faster)
             iters *= MEMCPY_ITERS
             for _ in range(iters):
@@ -104,8 +121,55 @@ def rank_main(args) -> None:
                 out.append({"bytes": nbytes, "kind": kind, "repeat": rep, "iters": iters,
                             "seconds_per_op": timed(kind, t, src, iters)})
     print(RESULT + json.dumps({"rank": rank, "timings": out}), flush=True)
+    tcp.close()
     dist.destroy_process_group()
     hvd.shutdown()
+
+
+class TcpExchange:
+    """One loopback TCP connection between the two ranks; `exchange` sends and receives at the same time
+    (a sender thread, the calling thread receives), as both directions of a 2-rank ring are busy at once."""
+
+    def __init__(self, rank: int, port: int):
+        if rank == 0:
+            with socket.create_server(("127.0.0.1", port)) as server:
+                self.sock, _ = server.accept()
+        else:
+            deadline = time.time() + 60
+            while True:
+                try:
+                    self.sock = socket.create_connection(("127.0.0.1", port))
+                    break
+                except ConnectionRefusedError:
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(0.05)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.outbox: list = []
+        self.ready, self.sent = threading.Semaphore(0), threading.Semaphore(0)
+        threading.Thread(target=self._send_forever, daemon=True).start()
+
+    def _send_forever(self) -> None:
+        while True:
+            self.ready.acquire()
+            data = self.outbox.pop()
+            if data is None:
+                return
+            self.sock.sendall(data)
+            self.sent.release()
+
+    def exchange(self, recv: memoryview, send: memoryview) -> None:
+        self.outbox.append(send)
+        self.ready.release()
+        got, n = 0, len(recv)
+        while got < n:
+            got += self.sock.recv_into(recv[got:], n - got)
+        self.sent.acquire()
+
+    def close(self) -> None:
+        self.outbox.append(None)
+        self.ready.release()
+        self.sock.close()
 
 
 # ----------------------------------------------------------------------------- the parent
@@ -117,14 +181,15 @@ def run_ranks(args, argv: list[str]) -> list[dict]:
     hosts = [host, host]
     placement = _placement(hosts)
     server, hvd_port = _start_rendezvous(host, hosts, placement)
-    torch_port = free_port(host)
+    torch_port, tcp_port = free_port(host), free_port(host)
     procs = []
     try:
         for rank in range(2):
             rank_env = RankEnvironment(rank=rank, size=2, local_rank=placement[rank][0], local_size=placement[rank][1])
             rendezvous = _rendezvous_env("horovod", rank_env, hosts, placement, {"addr": host, "port": hvd_port})
             env = {**os.environ, **rank_env.to_environ(), **rendezvous,
-                   "MASTER_ADDR": host, "MASTER_PORT": str(torch_port), "PYTHONUNBUFFERED": "1"}
+                   "MASTER_ADDR": host, "MASTER_PORT": str(torch_port), "ALLREDUCE_TCP_PORT": str(tcp_port),
+                   "PYTHONUNBUFFERED": "1"}
             cmd = [sys.executable, os.path.abspath(__file__), "--rank-child"] + argv
             procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True))
         deadline = time.time() + args.timeout
@@ -173,11 +238,13 @@ def main(argv=None) -> int:
     for nbytes in sizes(args):
         t = {k: median(v for (b, kind, _), v in per_op.items() if b == nbytes and kind == k) for k in KINDS}
         bus = {k: nbytes * 2 * (n - 1) / n / t[k] for k in ("horovod", "ddp")}
-        memcpy = nbytes / t["memcpy"]
+        memcpy, tcp = nbytes / t["memcpy"], nbytes / t["tcp"]
         rows.append({"bytes": nbytes, "iters": iters_for(nbytes, args),
                      "seconds_per_op": t, "busbw_horovod": bus["horovod"], "busbw_ddp": bus["ddp"],
-                     "memcpy_bw": memcpy, "horovod_over_memcpy": bus["horovod"] / memcpy,
-                     "ddp_over_memcpy": bus["ddp"] / memcpy, "horovod_over_ddp": bus["horovod"] / bus["ddp"]})
+                     "memcpy_bw": memcpy, "tcp_bw": tcp, "horovod_over_memcpy": bus["horovod"] / memcpy,
+                     "ddp_over_memcpy": bus["ddp"] / memcpy, "tcp_over_memcpy": tcp / memcpy,
+                     "horovod_over_tcp": bus["horovod"] / tcp, "ddp_over_tcp": bus["ddp"] / tcp,
+                     "horovod_over_ddp": bus["horovod"] / bus["ddp"]})
     params = {k: v for k, v in vars(args).items() if k != "rank_child"}
     result = {"machine": info, "params": params, "ranks": n, "dtype": "float32", "threads_per_rank": 1,
               "seconds": round(time.time() - started, 1), "sizes": rows,

@@ -52,9 +52,15 @@ def render_scaling(result: dict) -> str:
     d = result.get("dataset", {})
     train_rows = (d.get("split_rows") or {}).get("train", "?")
     lines += ["", f"Medians of {p['repeats']} interleaved launches per configuration; {train_rows} train rows, "
-              f"{p['epochs']} epoch(s) per launch, batch {p['batch_size']} per rank, reader {p['reader']}, one thread per worker.",
+              f"{p['epochs']} epoch(s) per launch, batch {p['batch_size']} per rank, reader {p['reader']}, one thread per worker"
+              f"{_pinning(p.get('pin_cores', 'off'))}.",
               _machine(result)]
     return "\n".join(lines)
+
+
+def _pinning(pin_cores: str) -> str:
+    return {"both": ", ranks pinned to their own cores unless marked unpinned", "on": ", ranks pinned to their own cores",
+            "auto": ", train.pin_cores auto (Horovod's ranks pinned to their own cores, DDP's not)"}.get(pin_cores, "")
 
 
 def render_feed(result: dict) -> str:
@@ -78,14 +84,17 @@ def render_feed(result: dict) -> str:
 
 
 def render_allreduce(result: dict) -> str:
-    lines = ["| size | Horovod busbw (GB/s) | DDP busbw (GB/s) | memcpy (GB/s) | Horovod ÷ memcpy | DDP ÷ memcpy "
-             "| Horovod ÷ DDP |", "|---|---|---|---|---|---|---|"]
+    lines = ["| size | Horovod busbw (GB/s) | DDP busbw (GB/s) | TCP exchange (GB/s) | memcpy (GB/s) "
+             "| Horovod ÷ memcpy | DDP ÷ memcpy | TCP ÷ memcpy | DDP ÷ TCP | Horovod ÷ DDP |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["sizes"]:
         lines.append(f"| {_bytes(r['bytes'])} | {_gbs(r['busbw_horovod'])} | {_gbs(r['busbw_ddp'])} "
-                     f"| {_gbs(r['memcpy_bw'])} | {r['horovod_over_memcpy']:.3g} | {r['ddp_over_memcpy']:.3g} "
+                     f"| {_gbs(r['tcp_bw'])} | {_gbs(r['memcpy_bw'])} | {r['horovod_over_memcpy']:.3g} "
+                     f"| {r['ddp_over_memcpy']:.3g} | {r['tcp_over_memcpy']:.3g} | {r['ddp_over_tcp']:.2f} "
                      f"| **{r['horovod_over_ddp']:.2f}** |")
     p = result["params"]
-    lines += ["", f"{result['ranks']} ranks, float32, one thread per rank; medians of {p['repeats']} interleaved "
+    pinned = "not pinned" if p.get("unpinned") else "each pinned to its own core"
+    lines += ["", f"{result['ranks']} ranks ({pinned}), float32, one thread per rank; medians of {p['repeats']} interleaved "
               f"repeats. GB = 10^9 bytes.", _machine(result)]
     return "\n".join(lines)
 

@@ -31,17 +31,21 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=256, help="per-rank batch size (the demo's)")
     p.add_argument("--repeats", type=int, default=3, help="launches per configuration, interleaved")
     p.add_argument("--engines", default="horovod,ddp")
+    p.add_argument("--pin-cores", default="auto", choices=["auto", "on", "off", "both"],
+                   help="auto: train.pin_cores=auto (the default: Horovod pinned, DDP not), on: always, off: never; "
+                        "both: each engine pinned and unpinned, interleaved")
     p.add_argument("--reader", default="petastorm", choices=["petastorm", "arrow"])
     p.add_argument("--out", default="scaling", help="results name: bench/results/<out>.json")
     return p.parse_args(argv)
 
 
-def one_launch(sc, cfg, dataset_dir: str, engine: str, workers: int, args, tag: str) -> dict:
+def one_launch(sc, cfg, dataset_dir: str, engine: str, pin: bool | None, workers: int, args, tag: str) -> dict:
     from ringtrain.store import RunStore
     from ringtrain.training.launcher import launch
     from ringtrain.training.spec import WorkerSpec
     run_cfg = bench_config(cfg.store.root, cfg.demo.rows, [
         f"train.engine={engine}", f"train.num_workers={workers}", "train.threads_per_worker=1",
+        f"train.pin_cores={ {None: 'auto', True: 'always', False: 'never'}[pin] }",
         f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}", f"train.reader={args.reader}",
         "train.max_attempts=1", "train.checkpoint_every_steps=0"])
     store = RunStore.create(os.path.join(DATA, "runs"), f"scaling-{tag}-{uuid.uuid4().hex[:6]}").prepare()
@@ -57,7 +61,7 @@ def one_launch(sc, cfg, dataset_dir: str, engine: str, workers: int, args, tag: 
         shutil.rmtree(store.run_dir, ignore_errors=True)
     samples = sum(r["train_samples"] for r in results)
     seconds = max(r["train_seconds"] for r in results)
-    return {"engine": engine, "workers": workers, "samples": samples, "train_seconds": seconds,
+    return {"engine": engine, "pin_cores": pin, "workers": workers, "samples": samples, "train_seconds": seconds,
             "samples_per_s": samples / seconds, "wall_s": round(wall, 2),
             "steps_per_epoch": results[0]["steps_per_epoch"],
             "ranks_identical": len({r["param_sha256"] for r in results}) == 1,
@@ -69,31 +73,34 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     info, spark, cfg, dataset_dir, etl = start(args.rows)
     try:
-        engines = [e for e in args.engines.split(",") if e]
+        pins = {"auto": [None], "on": [True], "off": [False], "both": [True, False]}[args.pin_cores]
+        # label -> (engine, pin): marked "(unpinned)" only when both are measured
+        variants = {(f"{e} (unpinned)" if args.pin_cores == "both" and pin is False else e): (e, pin)
+                    for e in args.engines.split(",") if e for pin in pins}
         runs = []
         started = time.time()
         for rep in range(args.repeats):
-            for engine in engines:
+            for label, (engine, pin) in variants.items():
                 for workers in (1, 2):
-                    run = one_launch(spark.sparkContext, cfg, dataset_dir, engine, workers, args,
+                    run = one_launch(spark.sparkContext, cfg, dataset_dir, engine, pin, workers, args,
                                      f"{engine}-{workers}w-r{rep}")
-                    run["repeat"] = rep
+                    run["repeat"], run["label"] = rep, label
                     runs.append(run)
-                    print(f"[scaling] repeat {rep + 1}/{args.repeats} {engine} {workers}w: "
+                    print(f"[scaling] repeat {rep + 1}/{args.repeats} {label} {workers}w: "
                           f"{run['samples_per_s']:,.0f} samples/s ({run['samples']} samples in "
                           f"{run['train_seconds']:.2f}s; launch {run['wall_s']:.1f}s)", file=sys.stderr, flush=True)
     finally:
         spark.stop()
     summary = {}
-    for engine in engines:
-        sps = {w: [r["samples_per_s"] for r in runs if r["engine"] == engine and r["workers"] == w] for w in (1, 2)}
+    for label in variants:
+        sps = {w: [r["samples_per_s"] for r in runs if r["label"] == label and r["workers"] == w] for w in (1, 2)}
         per_repeat = [b / (2 * a) for a, b in zip(sps[1], sps[2])]
-        summary[engine] = {
+        summary[label] = {
             "sps_1_median": median(sps[1]), "sps_2_median": median(sps[2]),
             "efficiency": median(sps[2]) / (2 * median(sps[1])),
             "efficiency_per_repeat": per_repeat,
             "speedup": median(sps[2]) / median(sps[1]),
-            "ranks_identical": all(r["ranks_identical"] for r in runs if r["engine"] == engine),
+            "ranks_identical": all(r["ranks_identical"] for r in runs if r["label"] == label),
         }
     if not all(r["ranks_identical"] for r in runs):
         print("WARNING: some 2-worker launch ended with different parameters on its ranks (see runs[].ranks_identical)",

@@ -343,6 +343,11 @@ class TrainConfig:
     hang_timeout_s: float = 600.0
     """A rank that reports no progress for this long is killed and the attempt fails."""
     threads_per_worker: int = 1
+    pin_cores: Literal["auto", "always", "never"] = "auto"
+    """Pin each rank (every thread of it) to its own share of the cores its process may use, split by local
+    rank. auto: with Horovod only, whose wait for an all-reduce spins and steals the cores its peers need;
+    DDP's wait sleeps, and unpinned its reader threads use whichever core is free (both measured in
+    BENCHMARKS.md, "Training: scaling"). never: when other work shares the host's cores."""
     model: ModelConfig = field(default_factory=ModelConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     """Layer splitting inside each rank (combined with data parallelism across ranks)."""

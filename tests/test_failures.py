@@ -89,6 +89,20 @@ def test_the_spark_launcher_sets_exactly_what_the_worker_reads():
     assert RankEnvironment(rank=1, size=2, local_rank=1, local_size=2).cuda_index(2) == 1  # torchrun: by local rank
 
 
+@pytest.mark.parametrize("local_rank, local_size, allowed, expected", [
+    (0, 1, {0, 1}, {0, 1}),           # alone: every core
+    (0, 2, {0, 1}, {0}),              # two ranks on two cores: one each
+    (1, 2, {0, 1}, {1}),
+    (1, 2, {4, 5, 6, 7}, {6, 7}),     # the cores the executor may use, not core 0 upwards
+    (2, 3, {0, 1, 2, 3, 4, 5, 6}, {4, 5}),  # a spare core stays unused rather than unevenly shared
+    (3, 4, {0, 1}, {1}),              # more ranks than cores: shared round-robin
+    (2, 4, {0, 1}, {0}),
+])
+def test_each_rank_of_a_host_takes_its_own_share_of_the_cores(local_rank, local_size, allowed, expected):
+    env = RankEnvironment(rank=local_rank, size=local_size, local_rank=local_rank, local_size=local_size)
+    assert env.cores(allowed) == expected
+
+
 # ----------------------------------------------------------------------------- a tiny dataset, no Spark
 
 def _tiny_dataset(folder, rows=64):

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ringtrain.training.models import ResidualMLP, TabularMLP
-from ringtrain.training.pipeline import PipelineError, PipelineModel, bubble_fraction, idle_fraction, partition
+from ringtrain.training.pipeline import (PipelineError, PipelineModel, bubble_fraction, idle_fraction, partition,
+                                         replayed_idle_fraction)
 
 CPU = [torch.device("cpu")]
 
@@ -67,6 +68,36 @@ def test_schedule_is_fill_drain_and_its_idle_fraction_is_measured():
                 assert trace[i - 1][2 * m - 1 - j][2] >= ops[2 * m - 1 - j][3]
     assert 0.0 < idle_fraction(trace) < 1.0
     assert bubble_fraction(k, m) == pytest.approx(2 / 6)
+
+
+def fill_drain_trace(k, m, forward, backward, handoff):
+    """The trace of a fill-drain step whose operations take `forward` and `backward` seconds, each input
+    reaching its stage `handoff` seconds after the stage that made it finished."""
+    ends = {}
+    trace = [[] for _ in range(k)]
+    for i in range(k):
+        clock = 0.0
+        for j in range(m):
+            start = max(clock, ends[i - 1, "F", j] + handoff if i else 0.0)
+            clock = ends[i, "F", j] = start + forward
+            trace[i].append(("F", j, start, clock))
+    for i in reversed(range(k)):
+        clock = ends[i, "F", m - 1]
+        for j in reversed(range(m)):
+            start = max(clock, ends[i + 1, "B", j] + handoff if i < k - 1 else 0.0)
+            clock = ends[i, "B", j] = start + backward
+            trace[i].append(("B", j, start, clock))
+    return trace
+
+
+@pytest.mark.parametrize("k, m", [(2, 1), (2, 16), (4, 8)])
+def test_replayed_idle_fraction_is_the_bubble_for_equal_operations_and_removes_hand_off_costs(k, m):
+    exact = fill_drain_trace(k, m, forward=1.0, backward=2.0, handoff=0.0)
+    assert idle_fraction(exact) == pytest.approx(bubble_fraction(k, m))
+    assert replayed_idle_fraction(exact) == pytest.approx(bubble_fraction(k, m))
+    slow_handoffs = fill_drain_trace(k, m, forward=1.0, backward=2.0, handoff=0.5)
+    assert idle_fraction(slow_handoffs) > bubble_fraction(k, m)
+    assert replayed_idle_fraction(slow_handoffs) == pytest.approx(bubble_fraction(k, m))
 
 
 def test_partition_follows_balance_or_parameter_counts():

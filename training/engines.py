@@ -73,7 +73,8 @@ class HorovodEngine:
         # No broadcast_optimizer_state: on resume every rank loads the same checkpoint, and on a
         # fresh optimizer Horovod would take a zero-gradient step (weight decay, step count).
         optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
-                                             backward_passes_per_step=accumulation, op=hvd.Average)
+                                             backward_passes_per_step=accumulation, op=hvd.Average,
+                                             groups=gradient_groups(model, GRADIENT_GROUP_BYTES))
         return model, optimizer
 
     def no_sync(self, model):
@@ -176,6 +177,22 @@ class TorchDDPEngine:
             gc.collect()
             self.dist.barrier()
         self.dist.destroy_process_group()
+
+
+# Horovod hands each gradient to its background thread as backward produces it, and every cycle of that
+# thread (1 ms) all-reduces what has arrived: a backward of a few ms becomes several rounds of
+# negotiation and all-reduce. Grouped, the gradients of a group go as one request once all of them are
+# ready, as DDP's buckets (25 MiB) do; measured in BENCHMARKS.md ("Training: where a step's time goes").
+GRADIENT_GROUP_BYTES = 25 << 20
+
+
+def gradient_groups(model: torch.nn.Module, group_bytes: int) -> int | None:
+    """How many groups Horovod's DistributedOptimizer splits the gradients into (about `group_bytes` each);
+    None (no grouping: one request per gradient) when `group_bytes` is 0."""
+    if not group_bytes:
+        return None
+    total = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return max(1, -(-total // group_bytes))
 
 
 def _grad(p: torch.Tensor) -> torch.Tensor:

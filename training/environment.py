@@ -61,10 +61,28 @@ class RankEnvironment:
             env[TASK_GPUS] = env["CUDA_VISIBLE_DEVICES"] = ",".join(self.task_gpus)
         return env
 
+    def cores(self, allowed: set[int]) -> set[int]:
+        """This rank's share of the cores the process may run on (`os.sched_getaffinity`), split by local rank:
+        the ranks of a host take disjoint shares while there are enough cores, and share them round-robin
+        when there are not."""
+        ordered = sorted(allowed)
+        per_rank = max(1, len(ordered) // self.local_size)
+        first = self.local_rank * per_rank % len(ordered)
+        return set(ordered[first:first + per_rank])
+
     def cuda_index(self, device_count: int) -> int:
         """This rank's GPU among the visible ones: the task's first under Spark (CUDA_VISIBLE_DEVICES holds
         only the task's GPUs), one per local rank under torchrun/horovodrun (all GPUs visible)."""
         return 0 if self.task_gpus is not None else self.local_rank % device_count
+
+
+def pin_to_cores(cores: set[int]) -> None:
+    """Every thread of this process (and every thread it starts later) runs on `cores` only."""
+    for thread_id in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(thread_id), cores)
+        except ProcessLookupError:  # a thread that has exited since the listing
+            pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:

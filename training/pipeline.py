@@ -232,6 +232,33 @@ def idle_fraction(trace: list[list[tuple[str, int, float, float]]]) -> float:
     return 1.0 - busy / (len(trace) * (end - start))
 
 
+def replayed_idle_fraction(trace: list[list[tuple[str, int, float, float]]]) -> float:
+    """The idle fraction the fill-drain schedule would have with the traced operations' own durations and
+    instant hand-offs: each operation starts as soon as its stage's previous one and its input are done
+    (forward m after the stage before finished forward m; backward m after the stage after finished
+    backward m). `idle_fraction(trace)` minus this is what the hand-offs cost (queues, thread wake-ups,
+    bookkeeping between operations); this minus `bubble_fraction` is what unequal durations cost."""
+    k = len(trace)
+    durations = [{(kind, micro): end - start for kind, micro, start, end in ops} for ops in trace]
+    finished: list[dict] = [{} for _ in range(k)]
+    for i in range(k):  # forwards: stage by stage, in micro-batch order
+        clock = 0.0
+        for kind, micro, _, _ in trace[i]:
+            if kind == "F":
+                clock = max(clock, finished[i - 1][("F", micro)] if i else 0.0) + durations[i][("F", micro)]
+                finished[i][("F", micro)] = clock
+    for i in reversed(range(k)):  # backwards: from the last stage, in the traced order
+        clock = max(t for (kind, _), t in finished[i].items() if kind == "F")
+        for kind, micro, _, _ in trace[i]:
+            if kind == "B":
+                ready = finished[i + 1][("B", micro)] if i < k - 1 else 0.0
+                clock = max(clock, ready) + durations[i][("B", micro)]
+                finished[i][("B", micro)] = clock
+    span = max(max(f.values()) for f in finished)
+    busy = sum(sum(d.values()) for d in durations)
+    return 1.0 - busy / (k * span)
+
+
 def bubble_fraction(stages: int, micro_batches: int) -> float:
     """GPipe's idle fraction with equal stage times: (K-1) / (M+K-1)."""
     return (stages - 1) / (micro_batches + stages - 1)

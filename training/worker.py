@@ -36,7 +36,7 @@ from ringtrain.training.artifact import publish_model, write_metrics
 from ringtrain.training.data import Columns, open_reader, plan_reading, verify_shards
 from ringtrain.training.engines import make_engine, unwrap
 from ringtrain.training.checkpoint import load_best
-from ringtrain.training.environment import RankEnvironment
+from ringtrain.training.environment import RankEnvironment, pin_to_cores
 from ringtrain.training.loop import FaultInjector, Heartbeat, fit
 from ringtrain.training.models import build_model
 from ringtrain.training.optimizer import make_optimizer
@@ -80,6 +80,9 @@ def pick_device(placement: dict) -> torch.device:
 
 def train_worker(spec: WorkerSpec, env: RankEnvironment) -> dict:
     cfg = spec.train
+    if cfg.pin_cores == "always" or (cfg.pin_cores == "auto" and cfg.engine == "horovod"):
+        # Before torch and the engine start their threads: they inherit it.
+        pin_to_cores(env.cores(os.sched_getaffinity(0)))
     torch.set_num_threads(cfg.threads_per_worker)
     placement = plan_placement(cfg.gpus_per_worker, cfg.pipeline.stages, env)
     device = pick_device(placement)
