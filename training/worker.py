@@ -80,7 +80,8 @@ def pick_device(placement: dict) -> torch.device:
 
 def train_worker(spec: WorkerSpec, env: RankEnvironment) -> dict:
     cfg = spec.train
-    if cfg.pin_cores == "always" or (cfg.pin_cores == "auto" and cfg.engine == "horovod"):
+    pin = cfg.pin_cores == "always" or (cfg.pin_cores == "auto" and cfg.engine == "horovod")
+    if pin and hasattr(os, "sched_setaffinity"):  # Linux; elsewhere (macOS) ranks run unpinned
         # Before torch and the engine start their threads: they inherit it.
         pin_to_cores(env.cores(os.sched_getaffinity(0)))
     torch.set_num_threads(cfg.threads_per_worker)
