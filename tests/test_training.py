@@ -36,7 +36,7 @@ def state_dict(store):
     return torch.load(io.BytesIO(rstore.read_bytes(rstore.join(store.model_dir, "state_dict.pt"))))
 
 
-@pytest.mark.parametrize("engine", ["horovod", "ddp"])
+@pytest.mark.parametrize("engine", [pytest.param("horovod", marks=pytest.mark.horovod), "ddp"])
 def test_two_ranks_end_with_identical_parameters(spark, small_dataset, tmp_path, engine):
     ports_before = listening_ports()
     results, store = train(spark, small_dataset, tmp_path, engine, [f"train.engine={engine}"])
