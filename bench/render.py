@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/render.py                      # print the tables of every result found
     .venv/bin/python bench/render.py --suffix -spark4     # the same for the Spark 4 stack's results (<name>-spark4.json)
-    .venv/bin/python bench/render.py --suffix -spark4 --write BENCHMARKS.md   # fills the `RESULTS: pending-spark4` lines
+    .venv/bin/python bench/render.py --suffix -spark4 --write BENCHMARKS.md
+        # fills the `RESULTS: pending-spark4` lines of the side-by-side section instead
     .venv/bin/python bench/render.py --write BENCHMARKS.md
         # also put each table in place of the `RESULTS: pending` line of its section
         # (## ETL, ## Training: scaling / feed / all-reduce bandwidth, ## Store); other sections are left alone
@@ -17,6 +18,8 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 PLACEHOLDER = "RESULTS: pending"
+# Where another stack's results go (--suffix): one placeholder per benchmark, in SECTIONS' order.
+OTHER_STACKS = "## Spark 3.5 stack vs Spark 4 stack, side by side"
 
 
 def _machine(result: dict) -> str:
@@ -182,7 +185,8 @@ def main(argv=None) -> int:
             table = render(result)
         print(f"{heading}\n\n{table}\n")
         if text is not None:
-            text = fill(text, heading, table, PLACEHOLDER + args.suffix)  # e.g. "RESULTS: pending-spark4"
+            text = (fill(text, OTHER_STACKS, table, PLACEHOLDER + args.suffix) if args.suffix  # "...pending-spark4"
+                    else fill(text, heading, table))
     if text is not None:
         with open(args.write, "w") as f:
             f.write(text)
