@@ -27,25 +27,16 @@ _DERIVED_REASON = "_derived_reason"
 _NUMERIC = ("double", "float", "int", "long")
 
 
-def _try_cast(name: str, spark_type: T.DataType) -> Column:
-    """Column `name` cast to `spark_type`, null where the text does not parse or overflows. A plain cast
-    raises on bad input under ANSI mode (the default from Spark 4.0, optional in 3.5), which would fail the
-    whole job instead of quarantining the row; the SQL try_cast exists in both (Column.try_cast only in 4)."""
-    quoted = "`" + name.replace("`", "``") + "`"
-    return F.expr(f"try_cast({quoted} AS {spark_type.simpleString()})")
-
-
-def _parsed(spec: ColumnSpec) -> Column:
-    raw = F.col(spec.name)
+def _parsed(spec: ColumnSpec, raw: Column) -> Column:
     if spec.type == "array<float>":
         return F.from_json(raw, T.ArrayType(T.FloatType()))
     if spec.type in ("int", "long"):
         # A plain cast accepts '3.7' as 3: integers must look like integers.
-        return F.when(raw.rlike(r"^\s*[+-]?\d+\s*$"), _try_cast(spec.name, SPARK_TYPES[spec.type]))
+        return F.when(raw.rlike(r"^\s*[+-]?\d+\s*$"), raw.cast(SPARK_TYPES[spec.type]))
     if spec.type == "boolean":
         lowered = F.lower(F.trim(raw))
         return F.when(lowered.isin("true", "1"), F.lit(True)).when(lowered.isin("false", "0"), F.lit(False))
-    return _try_cast(spec.name, SPARK_TYPES[spec.type])
+    return raw.cast(SPARK_TYPES[spec.type])
 
 
 def parse_and_validate(df: DataFrame, columns: list[ColumnSpec], label: LabelConfig | None, *,
@@ -59,7 +50,7 @@ def parse_and_validate(df: DataFrame, columns: list[ColumnSpec], label: LabelCon
     derived_names = {d.name for d in derived}
     for spec in (c for c in columns if c.name not in derived_names):
         raw = F.col(spec.name)
-        value = _parsed(spec) if raw_strings else raw.cast(SPARK_TYPES[spec.type])
+        value = _parsed(spec, raw) if raw_strings else raw.cast(SPARK_TYPES[spec.type])
         if raw_strings:
             empty = raw.isNull() | (F.trim(raw) == "")
             checks.append((~empty & value.isNull(), F.lit(f"wrong_type:{spec.name}")))
