@@ -80,7 +80,7 @@ def test_too_small_for_the_batch_is_a_clear_error(tmp_path):
         plan_reading(str(tmp_path), manifest, "train", 0, 2, 64)
 
 
-@pytest.mark.parametrize("kind", ["arrow", "petastorm"])
+@pytest.mark.parametrize("kind", ["arrow", pytest.param("petastorm", marks=pytest.mark.petastorm)])
 @pytest.mark.parametrize("shard_rows", [[640, 640, 640, 640], [1000]], ids=["whole-shards", "row-groups"])
 def test_readers_stream_the_same_rows_from_s3_as_from_local_files(tmp_path, s3_server, kind, shard_rows):
     """The same shards, uploaded to the S3 server: both readers yield the same batches from the URIs as from

@@ -162,7 +162,7 @@ def tabular_config(root: str, task: str) -> str:
                             {"name": "target", "type": "double", "role": "label" if task == "regression" else "ignore"}],
                 "label": label, "split": {"key": "id"},
                 "shards": {"rows_per_shard": 2000, "row_group_rows": 512, "max_world_size": 2}},
-        "train": {"engine": "horovod", "num_workers": 2, "epochs": 4, "batch_size": 64, "lr": 0.003,
+        "train": {"engine": "auto", "num_workers": 2, "epochs": 4, "batch_size": 64, "lr": 0.003,
                   "model": {"hidden": [32, 16]}},
     }
     path = os.path.join(root, f"{task}.yaml")
