@@ -9,6 +9,7 @@ are installed, DDP and arrow where they are not.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 
 from ringtrain.errors import ConfigError
@@ -26,6 +27,13 @@ _MISSING = {
                   "pyarrow.filesystem, removed in pyarrow 16, and passes ParquetDataset arguments removed in 15), "
                   "while Spark 4 needs pyarrow >= 15 (the stack pins 18)"),
 }
+
+
+def current() -> str:
+    """The pinned stack this environment holds, by its pyspark (read from the metadata, not imported):
+    `spark4` for pyspark 4.x, `spark35` otherwise. The name scripts/bootstrap.sh takes as STACK."""
+    major = int(importlib.metadata.version("pyspark").split(".")[0])
+    return "spark4" if major >= 4 else "spark35"
 
 
 def installed(package: str) -> bool:

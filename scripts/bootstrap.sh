@@ -53,7 +53,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 PY="$VENV/bin/python"
-lock_sum="$(sha256sum "$LOCK" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+# One stack per environment: installing one lock over the other would leave a mix (e.g. petastorm beside pyarrow 18).
+stamped_stack="$(cut -d' ' -f1 "$STAMP" 2>/dev/null || true)"
+case "$stamped_stack" in
+  spark35|spark4) [ "$stamped_stack" = "$STACK" ] \
+    || die "$VENV holds the $stamped_stack stack, not $STACK: remove it (rm -rf $VENV) or set RINGTRAIN_VENV to another folder" ;;
+esac
+lock_sum="$STACK $(sha256sum "$LOCK" "$ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$lock_sum" ] \
    && "$PY" -c "import $STACK_IMPORTS, pyspark, ringtrain.training, ringtrain.etl" 2>/dev/null; then
   echo "bootstrap: environment up to date ($VENV)"
