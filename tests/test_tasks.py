@@ -318,7 +318,7 @@ def test_early_stopped_run_keeps_the_best_epoch(spark, small_dataset, tmp_path):
     # A learning rate high enough that validation loss gets worse after a few epochs; patience 1.
     cfg = demo_config(cfg.store.root, ["train.epochs=8", "train.lr=0.03", "train.early_stopping_patience=1",
                                        "train.checkpoint_every_steps=0", "train.num_workers=2",
-                                       "train.engine=horovod", "train.max_attempts=1"])
+                                       "train.max_attempts=1"])
     store = RunStore.create(str(tmp_path), "early").prepare()
     spec = WorkerSpec(train=cfg.train, dataset_dir=dataset_dir, paths=store.paths(), run_id=store.run_id)
     results = launch(spark.sparkContext, spec)
