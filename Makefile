@@ -48,7 +48,7 @@ endif
 	$(PY) bench/etl_bench.py --out etl$(BENCH_SUFFIX)
 	$(PY) bench/store_bench.py --out store$(BENCH_SUFFIX)
 	$(PY) bench/retrain_bench.py --out retrain$(BENCH_SUFFIX)
-	$(PY) bench/render.py --suffix "$(BENCH_SUFFIX)"
+	$(PY) bench/render.py --suffix="$(BENCH_SUFFIX)"
 
 # The training scaling, feed and all-reduce scripts at small sizes (about 2-3 minutes): they work end to end;
 # the numbers mean nothing.

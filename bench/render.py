@@ -1,8 +1,8 @@
 """Markdown tables from the training benchmarks' results JSON (bench/results/*.json).
 
     .venv/bin/python bench/render.py                      # print the tables of every result found
-    .venv/bin/python bench/render.py --suffix -spark4     # the same for the Spark 4 stack's results (<name>-spark4.json)
-    .venv/bin/python bench/render.py --suffix -spark4 --write BENCHMARKS.md
+    .venv/bin/python bench/render.py --suffix=-spark4     # the same for the Spark 4 stack's results (<name>-spark4.json)
+    .venv/bin/python bench/render.py --suffix=-spark4 --write BENCHMARKS.md
         # fills the `RESULTS: pending-spark4` lines of the side-by-side section instead
     .venv/bin/python bench/render.py --write BENCHMARKS.md
         # also put each table in place of the `RESULTS: pending` line of its section
