@@ -10,6 +10,7 @@ over repeats.
 
     .venv/bin/python bench/feed_bench.py                                      # full run (1-2 minutes with the ETL)
     .venv/bin/python bench/feed_bench.py --rows 20000 --repeats 2 --loader-epochs 2   # smoke test
+    .venv-spark4/bin/python bench/feed_bench.py --out feed-spark4             # the Spark 4 stack: arrow only
 """
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import median, start, write_result  # noqa: E402
 from render import render_feed  # noqa: E402
+from ringtrain.stack import installed  # noqa: E402
 
-READERS = ("petastorm", "arrow")
+# The readers this stack has: petastorm only on the Spark 3.5 stack.
+READERS = ("petastorm", "arrow") if installed("petastorm") else ("arrow",)
 
 
 def parse_args(argv=None):
@@ -33,7 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats (petastorm, arrow, training)")
     p.add_argument("--loader-epochs", type=int, default=8, help="epochs the loader reads per measurement")
     p.add_argument("--train-passes", type=int, default=2, help="passes over the in-memory epoch per measurement")
-    p.add_argument("--readers", default=",".join(READERS))
+    p.add_argument("--readers", default=",".join(READERS), help="default: the readers this stack has")
     p.add_argument("--out", default="feed", help="results name: bench/results/<out>.json")
     return p.parse_args(argv)
 

@@ -1,6 +1,9 @@
 """Markdown tables from the training benchmarks' results JSON (bench/results/*.json).
 
     .venv/bin/python bench/render.py                      # print the tables of every result found
+    .venv/bin/python bench/render.py --suffix=-spark4     # the same for the Spark 4 stack's results (<name>-spark4.json)
+    .venv/bin/python bench/render.py --suffix=-spark4 --write BENCHMARKS.md
+        # fills the `RESULTS: pending-spark4` lines of the side-by-side section instead
     .venv/bin/python bench/render.py --write BENCHMARKS.md
         # also put each table in place of the `RESULTS: pending` line of its section
         # (## ETL, ## Training: scaling / feed / all-reduce bandwidth, ## Store); other sections are left alone
@@ -15,13 +18,18 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 PLACEHOLDER = "RESULTS: pending"
+# Where another stack's results go (--suffix): one placeholder per benchmark, in SECTIONS' order.
+OTHER_STACKS = "## Spark 3.5 stack vs Spark 4 stack, side by side"
 
 
 def _machine(result: dict) -> str:
     m = result.get("machine", {})
     load = m.get("loadavg_at_start", ["?"])[0], m.get("loadavg_at_end", ["?"])[0]
+    v = m.get("versions", {})
+    stack = ", ".join(f"{name} {v[name]}" for name in ("pyspark", "pyarrow", "numpy", "horovod", "petastorm")
+                      if name in v)
     return (f"Measured {result.get('finished_utc', '?')} on {m.get('cores', '?')} cores ({m.get('cpu', '?')}), "
-            f"Python {m.get('python', '?')}, torch {m.get('versions', {}).get('torch', '?')}; "
+            f"Python {m.get('python', '?')}, torch {v.get('torch', '?')}{'; ' + stack if stack else ''}; "
             f"1-minute load average {load[0]} before, {load[1]} after.")
 
 
@@ -152,26 +160,27 @@ SECTIONS = {  # results name -> (section heading in BENCHMARKS.md, renderer); <n
 }
 
 
-def fill(text: str, heading: str, table: str) -> str:
-    """Replace the `RESULTS: pending` line inside the section `heading` (up to the next `## `)."""
+def fill(text: str, heading: str, table: str, placeholder: str = PLACEHOLDER) -> str:
+    """Replace the `placeholder` line inside the section `heading` (up to the next `## `)."""
     lines = text.split("\n")
     start = lines.index(heading)
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     for i in range(start, end):
-        if lines[i].strip() == PLACEHOLDER:
+        if lines[i].strip() == placeholder:
             lines[i:i + 1] = table.split("\n")
             return "\n".join(lines)
-    raise ValueError(f"no '{PLACEHOLDER}' line in section {heading!r}")
+    raise ValueError(f"no '{placeholder}' line in section {heading!r}")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", default=RESULTS, help="folder of the results JSON")
     p.add_argument("--write", metavar="BENCHMARKS.md", help="fill the RESULTS: pending lines of this file")
+    p.add_argument("--suffix", default="", help="read <name><suffix>.json, e.g. -spark4 for the Spark 4 stack")
     args = p.parse_args(argv)
     text = open(args.write).read() if args.write else None
     for name, (heading, render) in SECTIONS.items():
-        path = os.path.join(args.results, f"{name}.json")
+        path = os.path.join(args.results, f"{name}{args.suffix}.json")
         if not os.path.exists(path):
             print(f"{heading}: no {path}", file=sys.stderr)
             continue
@@ -185,7 +194,8 @@ def main(argv=None) -> int:
             table = render(result)
         print(f"{heading}\n\n{table}\n")
         if text is not None:
-            text = fill(text, heading, table)
+            text = (fill(text, OTHER_STACKS, table, PLACEHOLDER + args.suffix) if args.suffix  # "...pending-spark4"
+                    else fill(text, heading, table))
     if text is not None:
         with open(args.write, "w") as f:
             f.write(text)

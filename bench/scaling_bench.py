@@ -9,6 +9,7 @@ reported; scaling efficiency = median sps(2) / (2 x median sps(1)).
 
     .venv/bin/python bench/scaling_bench.py                                   # full run (about 3 minutes)
     .venv/bin/python bench/scaling_bench.py --rows 20000 --epochs 1 --repeats 1   # smoke test
+    .venv-spark4/bin/python bench/scaling_bench.py --out scaling-spark4       # the Spark 4 stack: ddp, arrow
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import DATA, bench_config, median, start, write_result  # noqa: E402
 from render import render_scaling  # noqa: E402
+from ringtrain.stack import installed, resolve  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -30,11 +32,13 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=1, help="epochs per launch")
     p.add_argument("--batch-size", type=int, default=256, help="per-rank batch size (the demo's)")
     p.add_argument("--repeats", type=int, default=3, help="launches per configuration, interleaved")
-    p.add_argument("--engines", default="horovod,ddp")
+    p.add_argument("--engines", default="horovod,ddp" if installed("horovod") else "ddp",
+                   help="default: every engine this stack has (horovod,ddp on Spark 3.5; ddp on Spark 4)")
     p.add_argument("--pin-cores", default="auto", choices=["auto", "on", "off", "both"],
                    help="auto: train.pin_cores=auto (the default: Horovod pinned, DDP not), on: always, off: never; "
                         "both: each engine pinned and unpinned, interleaved")
-    p.add_argument("--reader", default="petastorm", choices=["petastorm", "arrow"])
+    p.add_argument("--reader", default=resolve("auto", "petastorm"), choices=["petastorm", "arrow"],
+                   help="default: what train.reader auto picks here (petastorm on Spark 3.5; arrow on Spark 4)")
     p.add_argument("--out", default="scaling", help="results name: bench/results/<out>.json")
     return p.parse_args(argv)
 

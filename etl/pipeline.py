@@ -39,9 +39,32 @@ def run_etl(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, partiti
     etl.mode incremental: add (or replace) one partition, keeping the other partitions' shards (see
     `etl.incremental`).
     """
-    if cfg.mode == "incremental":
-        from ringtrain.etl.incremental import run_incremental
-        return run_incremental(spark, cfg, datasets, partition, force)
+    with null_on_failure(spark):
+        if cfg.mode == "incremental":
+            from ringtrain.etl.incremental import run_incremental
+            return run_incremental(spark, cfg, datasets, partition, force)
+        return _run_full(spark, cfg, datasets, partition, force)
+
+
+@contextlib.contextmanager
+def null_on_failure(spark: SparkSession):
+    """ANSI mode off for the ETL's queries, restored after. Validation and etl.derived rely on a value that does
+    not cast (or an expression that fails, e.g. a division by zero) giving null, so that the row is quarantined
+    with its reason. Spark 4 turns ANSI mode on by default, under which they raise and fail the whole job."""
+    key = "spark.sql.ansi.enabled"
+    before = spark.conf.get(key, None)
+    spark.conf.set(key, "false")
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)
+
+
+def _run_full(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, partition: str | None,
+              force: bool) -> dict:
     started = time.time()
     datasets.clean_stale_staging()
     raw = read_source(spark, cfg.source, cfg.source_columns(), partition)

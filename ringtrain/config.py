@@ -15,6 +15,7 @@ from typing import Literal
 import yaml
 
 from ringtrain.schema import ConfigError, build, check
+from ringtrain.stack import resolve
 
 ColumnType = Literal["double", "float", "int", "long", "string", "boolean", "array<float>"]
 BUILT_IN_MODELS = ("tabular_mlp", "residual_mlp")
@@ -298,7 +299,10 @@ TASK_METRICS = {"binary": ("loss", "accuracy", "auc"), "multiclass": ("loss", "a
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    engine: Literal["horovod", "ddp"] = "horovod"
+    engine: Literal["auto", "horovod", "ddp"] = "auto"
+    """horovod (Gloo) or ddp (torch.distributed). auto: horovod where it is installed (the Spark 3.5 stack),
+    ddp where not (the Spark 4 stack). Resolved when the config loads: the run's summary and artifact show
+    the engine that ran. Asking for horovod where it is absent fails at load, naming this key."""
     num_workers: int = 2
     """Number of Spark barrier tasks, one rank each."""
     gpus_per_worker: int = 0
@@ -316,7 +320,9 @@ class TrainConfig:
     grad_accumulation: int = 1
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     """auto: bf16 autocast on GPUs that support it, fp16 with loss scaling on older ones (V100, T4), off on CPU."""
-    reader: Literal["petastorm", "arrow"] = "petastorm"
+    reader: Literal["auto", "petastorm", "arrow"] = "auto"
+    """petastorm or arrow (pyarrow). auto: petastorm where it is installed (the Spark 3.5 stack), arrow where
+    not (the Spark 4 stack). Resolved when the config loads, like engine."""
     verify_shards: Literal["footer", "full"] = "footer"
     """What each rank checks of its shards against the manifest when it opens them. footer: the file size and
     the Parquet footer (rows, row groups); full: also the sha256 of every byte (reads each shard once more)."""
@@ -353,6 +359,8 @@ class TrainConfig:
     """Layer splitting inside each rank (combined with data parallelism across ranks)."""
 
     def __post_init__(self) -> None:
+        self.engine = resolve(self.engine, "horovod")
+        self.reader = resolve(self.reader, "petastorm")
         check(self.pipeline.micro_batches <= self.batch_size, "train.pipeline.micro_batches",
               f"{self.pipeline.micro_batches} micro-batches do not fit in batch_size={self.batch_size}")
         for name in ("num_workers", "epochs", "batch_size", "grad_accumulation", "max_attempts",

@@ -2,8 +2,8 @@
 
 Checks on the driver first (Java, the store, the Spark settings, task slots, GPUs), then inside ONE
 barrier stage of `train.num_workers` tasks, as training will run (ringtrain importable in the
-executors' Python; Python, pyarrow, torch and Horovod equal to the driver's; the store writable from
-every task; libhdfs set-up for hdfs://; each task's GPUs). Problems are collected, not raised one
+executors' Python; Python, pyarrow, torch and Horovod (where the stack has it) equal to the driver's;
+the store writable from every task; libhdfs set-up for hdfs://; each task's GPUs). Problems are collected, not raised one
 by one, so a single run lists every fix. The barrier stage only starts when the slot check passed,
 and is bounded by `timeout_s`: a cluster that cannot run it makes doctor report, not hang.
 """
@@ -222,6 +222,8 @@ def executor_problems(driver: dict, tasks: list[dict], cfg: Config) -> list[Prob
         where = f"executors: {task['who']} on {task['host']} ({task['executable']})"
         for name, mine in driver["versions"].items():
             theirs = task["versions"][name]
+            if mine.startswith("missing"):
+                continue  # not part of this stack (the Spark 4 stack has no Horovod): nothing to match
             if theirs.startswith("missing"):
                 out.append(Problem(where, f"{name} is not importable in the executors' Python ({theirs}). "
                                           f"Fix: {PACK_FIX}"))
@@ -264,4 +266,4 @@ def format_report(summary: dict) -> str:
 
 
 def _versions(v: dict) -> str:
-    return " ".join(f"{k} {v[k]}" for k in v)
+    return " ".join(f"{k} {'absent' if v[k].startswith('missing') else v[k]}" for k in v)

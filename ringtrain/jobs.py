@@ -175,7 +175,8 @@ def format_summary(kind: str, summary: dict) -> str:
     if train:
         r0 = train["ranks"][0]
         m = r0["metrics"]
-        lines += [f"TRAIN     {len(train['ranks'])} ranks ({r0['engine']}, {r0['device']}), {r0['epochs_run']} epochs, "
+        lines += [f"TRAIN     {len(train['ranks'])} ranks ({r0['engine']}, {r0['reader']} reader, {r0['device']}), "
+                  f"{r0['epochs_run']} epochs, "
                   f"{r0['steps_per_epoch']} steps/epoch on every rank, {train['train_wall_s']}s "
                   f"(Spark start-up {train['spark_startup_s']}s, ring start-up {r0['ring_init_s']}s)",
                   f"          best epoch {r0['best_epoch'] + 1} of {r0['epochs_run']} by validation "

@@ -1,7 +1,9 @@
 """`ringtrain pack`: the Python environment that executors unpack from `--archives ringtrain-env.tar.gz#env`.
 
-Steps: scripts/bootstrap.sh builds a virtual environment with the pinned stack (a separate one,
-`build/pack-env` by default, so the checkout's editable .venv is untouched); ringtrain is installed
+Steps: scripts/bootstrap.sh builds a virtual environment with the pinned stack of the environment that
+runs `pack` (Spark 3.5 from .venv, Spark 4 from .venv-spark4: the cluster's Spark line decides), a separate
+one (`build/pack-env`, or `build/pack-env-spark4`, by default, so the checkout's editable venvs are
+untouched); ringtrain is installed
 into it NON-editable (an editable install points back into this checkout, which executors do not
 have, and venv-pack refuses it); venv-pack archives it.
 
@@ -17,6 +19,7 @@ import sys
 import time
 
 from ringtrain.errors import PackError
+from ringtrain.stack import current as current_stack
 
 
 # Spark's own jars (about 300 MiB of the pyspark wheel): the cluster's Spark runs the JVMs, and
@@ -37,11 +40,12 @@ def checkout_root() -> str:
 
 def pack(output: str, *, env_dir: str | None = None) -> dict:
     root = checkout_root()
-    env_dir = os.path.abspath(env_dir or os.path.join(root, "build", "pack-env"))
+    stack = current_stack()
+    env_dir = os.path.abspath(env_dir or default_env_dir(root, stack))
     output = os.path.abspath(output)
     started = time.time()
-    _run(["bash", os.path.join(root, "scripts", "bootstrap.sh")], {"RINGTRAIN_VENV": env_dir},
-         "scripts/bootstrap.sh could not build the environment")
+    _run(["bash", os.path.join(root, "scripts", "bootstrap.sh")], {"RINGTRAIN_VENV": env_dir, "STACK": stack},
+         f"scripts/bootstrap.sh could not build the environment ({stack} stack)")
     python = os.path.join(env_dir, "bin", "python")
     # Non-editable, replacing the editable install bootstrap made; dependencies are already pinned there.
     _run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--force-reinstall", root], {},
@@ -52,9 +56,14 @@ def pack(output: str, *, env_dir: str | None = None) -> dict:
         venv_pack.pack(prefix=env_dir, output=output, force=True, filters=[("exclude", SPARK_JARS)])
     except venv_pack.VenvPackException as exc:
         raise PackError(f"venv-pack refused {env_dir}: {exc}") from None
-    return {"archive": output, "bytes": os.path.getsize(output), "env_dir": env_dir, "python": python,
-            "interpreter": interpreter(env_dir), "build_s": round(built_s, 1),
+    return {"archive": output, "bytes": os.path.getsize(output), "env_dir": env_dir, "stack": stack,
+            "python": python, "interpreter": interpreter(env_dir), "build_s": round(built_s, 1),
             "pack_s": round(time.time() - started - built_s, 1)}
+
+
+def default_env_dir(root: str, stack: str) -> str:
+    """One folder per stack, so packing for the other Spark line never installs over this one's packages."""
+    return os.path.join(root, "build", "pack-env" if stack == "spark35" else f"pack-env-{stack}")
 
 
 def _run(cmd: list[str], env: dict, failure: str) -> None:
@@ -102,7 +111,7 @@ def format_report(summary: dict) -> str:
     mib = summary["bytes"] / 2**20
     it = summary["interpreter"]
     return "\n".join([
-        f"PACK      {summary['archive']} ({mib:,.0f} MiB), environment {summary['env_dir']}",
+        f"PACK      {summary['archive']} ({mib:,.0f} MiB), {summary['stack']} stack in {summary['env_dir']}",
         f"          built in {summary['build_s']}s, packed in {summary['pack_s']}s",
         f"CAVEAT    venv-pack does not put the interpreter in the archive: env/bin/python links to {it['path']}",
         f"          (Python {it['version']}). Every node (YARN NodeManagers, and the driver's host in cluster mode)",

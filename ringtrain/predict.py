@@ -32,6 +32,7 @@ from pyspark.sql import functions as F
 from ringtrain.config import ColumnSpec, SourceConfig
 from ringtrain.errors import BadDataError, ConfigError
 from ringtrain.etl.features import FeatureStats, apply_features
+from ringtrain.etl.pipeline import null_on_failure
 from ringtrain.etl.sources import CORRUPT, read_source, source_path
 from ringtrain.etl.validate import REASON, parse_and_validate
 from ringtrain.schema import build
@@ -72,6 +73,13 @@ def input_columns(spark: SparkSession, source: SourceConfig, specs: list[ColumnS
 
 
 def predict(spark: SparkSession, model: ModelFiles, source: SourceConfig, output_dir: str) -> dict:
+    # As in the ETL: a value that does not cast must give null and quarantine its row, also on Spark 4
+    # (ANSI mode on by default there, under which the cast raises and fails the whole job).
+    with null_on_failure(spark):
+        return _predict(spark, model, source, output_dir)
+
+
+def _predict(spark: SparkSession, model: ModelFiles, source: SourceConfig, output_dir: str) -> dict:
     started = time.time()
     if model.task not in TASK_SCORES:
         raise ConfigError(f"{model.folder}: predict scores binary models only for now (this one is "

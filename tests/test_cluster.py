@@ -27,6 +27,7 @@ from ringtrain.etl.pipeline import run_etl
 from ringtrain.etl.sample_data import write_churn_csv
 from ringtrain.manifest import load_manifest
 from ringtrain import store
+from ringtrain.stack import current as current_stack, installed, resolve
 from ringtrain.store import RunStore
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -60,7 +61,10 @@ def test_pack_holds_ringtrain_non_editable_and_names_the_interpreter(packed_env)
         python_link = archive.getmember("bin/python3.11").linkname
     site = "lib/python3.11/site-packages"
     assert {f"{site}/ringtrain/cli.py", f"{site}/ringtrain/etl/pipeline.py", f"{site}/ringtrain/training/worker.py",
-            f"{site}/horovod/torch/__init__.py", f"{site}/torch/__init__.py"} <= names
+            f"{site}/torch/__init__.py", f"{site}/pyarrow/__init__.py"} <= names
+    # The archive holds this environment's stack: Horovod where it has it (Spark 3.5), none on Spark 4.
+    assert packed_env["stack"] == current_stack()
+    assert (f"{site}/horovod/torch/__init__.py" in names) == installed("horovod")
     assert not [n for n in names if "__editable__" in n or n.endswith("ringtrain.egg-link")]
     assert not [n for n in names if "/pyspark/jars/" in n]  # the cluster's Spark brings its own
     # venv-pack does not pack the interpreter: the archive links to it, and pack says so.
@@ -240,7 +244,7 @@ def test_etl_and_training_on_a_standalone_cluster_with_the_packed_env(spark, pac
 
     ranks = train["ranks"]
     assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["param_sha256"] == ranks[1]["param_sha256"]
-    assert ranks[0]["epochs_run"] == 1 and ranks[0]["engine"] == "horovod"
+    assert ranks[0]["epochs_run"] == 1 and ranks[0]["engine"] == resolve("auto", "horovod")
     # The model and the checkpoints are in the store (on the object store when there is one).
     assert train["model_dir"].startswith(root) and store.exists(store.join(train["model_dir"], "artifact.json"))
     assert store.listdir(store.join(train["run_dir"], "checkpoints"))

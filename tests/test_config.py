@@ -1,9 +1,13 @@
 import os
+import re
+import sys
 
 import pytest
 
+from ringtrain.cli import main
 from ringtrain.config import load_config
-from ringtrain.schema import ConfigError
+from ringtrain.schema import ConfigError, to_dict
+from ringtrain.stack import installed
 
 from conftest import ROOT
 
@@ -19,7 +23,8 @@ def test_every_shipped_config_loads(name):
 @pytest.mark.parametrize("override, message", [
     ("train.epochz=3", "unknown key train.epochz"),
     ("train.epochs=three", "train.epochs: expected int, got 'three'"),
-    ("train.engine=mpi", "train.engine: must be one of 'horovod', 'ddp'"),
+    ("train.engine=mpi", "train.engine: must be one of 'auto', 'horovod', 'ddp'"),
+    ("train.reader=parquet", "train.reader: must be one of 'auto', 'petastorm', 'arrow'"),
     ("train.epochs=0", "train.epochs: must be >= 1"),
     ("etl.split.train=0.9", "etl.split: train + val + test must be 1"),
     ("etl.label.column=nope", "etl.label.column: 'nope' is not among etl.columns"),
@@ -50,3 +55,37 @@ def test_missing_file_names_it(tmp_path):
 def test_overrides_apply_typed():
     cfg = load_config(DEMO, ["train.lr=0.01", "train.model.hidden=[32, 16]", "train.grad_clip_norm=null"])
     assert cfg.train.lr == 0.01 and cfg.train.model.hidden == [32, 16] and cfg.train.grad_clip_norm is None
+
+
+@pytest.fixture
+def spark4_like(monkeypatch):
+    """This environment as the Spark 4 stack sees it: Horovod and petastorm cannot be found. A None entry in
+    sys.modules is Python's own marker for an import that must fail (find_spec answers None for it); on the
+    Spark 4 stack they are absent anyway."""
+    for name in ("horovod", "petastorm"):
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+def test_auto_resolves_to_what_is_installed():
+    train = load_config(DEMO).train
+    assert train.engine == ("horovod" if installed("horovod") else "ddp")
+    assert train.reader == ("petastorm" if installed("petastorm") else "arrow")
+
+
+def test_auto_resolves_to_ddp_and_arrow_without_horovod_and_petastorm(spark4_like):
+    train = load_config(DEMO).train
+    assert (train.engine, train.reader) == ("ddp", "arrow")
+    assert to_dict(train)["engine"] == "ddp"  # what the worker spec and the model artifact record
+
+
+@pytest.mark.parametrize("override, why, instead", [
+    ("train.engine=horovod", "Horovod is not installed in this environment", "Use train.engine: ddp"),
+    ("train.reader=petastorm", "petastorm is not installed in this environment", "Use train.reader: arrow"),
+])
+def test_an_absent_engine_or_reader_exits_2_at_load_saying_why_and_what_instead(spark4_like, capsys, override,
+                                                                                why, instead):
+    with pytest.raises(ConfigError, match="^" + re.escape(f"{DEMO}: {override.split('=')[0]}: ")):
+        load_config(DEMO, [override])
+    code = main(["train", "--config", DEMO, "--set", override])  # the CLI door: nothing started, exit 2
+    err = capsys.readouterr().err
+    assert code == 2 and why in err and instead in err and "Spark 4" in err, err

@@ -30,7 +30,7 @@ def batches(folder, manifest, rank, size, kind="arrow", epoch=0, skip=0, batch=3
     return plan, [list(b["key"]) for b in reader.epoch(epoch, skip=skip)]
 
 
-@pytest.mark.parametrize("kind", ["arrow", "petastorm"])
+@pytest.mark.parametrize("kind", ["arrow", pytest.param("petastorm", marks=pytest.mark.petastorm)])
 def test_uneven_shards_give_every_rank_the_same_step_count(tmp_path, kind):
     manifest = make_dataset(str(tmp_path), [1000, 150])  # rank 1 has far fewer rows
     counts = []
@@ -42,7 +42,7 @@ def test_uneven_shards_give_every_rank_the_same_step_count(tmp_path, kind):
     assert counts == [17, 17]
 
 
-@pytest.mark.parametrize("kind", ["arrow", "petastorm"])
+@pytest.mark.parametrize("kind", ["arrow", pytest.param("petastorm", marks=pytest.mark.petastorm)])
 def test_resume_skips_to_the_same_rows(tmp_path, kind):
     manifest = make_dataset(str(tmp_path), [640, 640])
     _, full = batches(str(tmp_path), manifest, 0, 2, kind, epoch=1)
@@ -80,7 +80,7 @@ def test_too_small_for_the_batch_is_a_clear_error(tmp_path):
         plan_reading(str(tmp_path), manifest, "train", 0, 2, 64)
 
 
-@pytest.mark.parametrize("kind", ["arrow", "petastorm"])
+@pytest.mark.parametrize("kind", ["arrow", pytest.param("petastorm", marks=pytest.mark.petastorm)])
 @pytest.mark.parametrize("shard_rows", [[640, 640, 640, 640], [1000]], ids=["whole-shards", "row-groups"])
 def test_readers_stream_the_same_rows_from_s3_as_from_local_files(tmp_path, s3_server, kind, shard_rows):
     """The same shards, uploaded to the S3 server: both readers yield the same batches from the URIs as from

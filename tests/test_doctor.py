@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from importlib.metadata import version
 
 import pytest
 
@@ -13,7 +14,7 @@ from conftest import ROOT
 
 BIN = os.path.dirname(sys.executable)
 PACK_FIX = "build the environment with `ringtrain pack` and submit with --archives ringtrain-env.tar.gz#env"
-OTHER_PYARROW = "25.0.1"  # any release other than requirements.lock's 14.0.2
+OTHER_PYARROW = "25.0.1"  # any release other than the locks' (14.0.2 on Spark 3.5, 18.1.0 on Spark 4)
 
 
 def doctor(root, extra=(), env=None):
@@ -79,7 +80,7 @@ def test_executors_with_another_pyarrow(tmp_path, other_pyarrow):
     conf = f"spark.conf={{spark.ui.enabled: 'false', spark.executorEnv.PYTHONPATH: '{other_pyarrow}'}}"
     out = doctor(tmp_path, [conf])
     assert out.returncode == 2, out.stderr[-3000:]
-    assert f"pyarrow {OTHER_PYARROW} on the executor but 14.0.2 on the driver" in out.stderr
+    assert f"pyarrow {OTHER_PYARROW} on the executor but {version('pyarrow')} on the driver" in out.stderr
     assert "Fix: run both from one environment" in out.stderr and "spark.executorEnv.PYTHONPATH" in out.stderr
 
 

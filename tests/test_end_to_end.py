@@ -6,9 +6,15 @@ import sys
 
 import pytest
 
-from conftest import ROOT, assert_balanced
+from conftest import ROOT, assert_balanced, read_json
 from ringtrain.manifest import load_manifest
 from ringtrain.etl.sample_data import write_churn_csv
+from ringtrain.stack import installed
+
+# What `train.engine: auto` / `train.reader: auto` (conf/demo.yaml) must pick on this stack: Horovod and
+# petastorm on the Spark 3.5 stack, DDP and the arrow reader on the Spark 4 stack.
+EXPECTED_ENGINE = "horovod" if installed("horovod") else "ddp"
+EXPECTED_READER = "petastorm" if installed("petastorm") else "arrow"
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 BIN = os.path.dirname(sys.executable)
@@ -35,10 +41,13 @@ def test_cli_etl_then_training_beats_the_baseline_with_identical_ranks(tmp_path)
     train = door([f"{BIN}/ringtrain", "train"], tmp_path, ["store.run_id=cli"])
     ranks = train["ranks"]
     assert len(ranks) == 2 and ranks[0]["param_sha256"] == ranks[1]["param_sha256"]
+    assert {(r["engine"], r["reader"]) for r in ranks} == {(EXPECTED_ENGINE, EXPECTED_READER)}
     m = ranks[0]["metrics"]
     assert m["accuracy"] > m["baseline_accuracy"] + 0.04, m
     assert m["auc"] > 0.75 and m["loss"] < m["baseline_loss"] - 0.05, m
-    assert os.path.exists(os.path.join(train["model_dir"], "artifact.json"))
+    artifact = read_json(os.path.join(train["model_dir"], "artifact.json"))
+    assert (artifact["train_config"]["engine"], artifact["train_config"]["reader"]) == (EXPECTED_ENGINE,
+                                                                                        EXPECTED_READER)
     assert os.path.exists(os.path.join(train["run_dir"], "metrics.png"))
 
     # The cluster door on the same dataset: spark-submit must also end (exit 0) once the job is done.

@@ -13,7 +13,8 @@ from ringtrain.store import RunStore
 
 pytestmark = pytest.mark.spark
 
-INJECTED = {"malformed": 3, "wrong_type:age": 4, "null:tenure_months": 5, "nonfinite:income": 8, "bad_label": 7}
+INJECTED = {"malformed": 3, "wrong_type:age": 4, "wrong_type:monthly_charges": 2, "null:tenure_months": 5,
+            "nonfinite:income": 8, "bad_label": 7}
 
 
 def write_source(folder, good_rows=2000):
@@ -30,7 +31,9 @@ def write_source(folder, good_rows=2000):
         r["customer_id"] = f"BAD{len(lines):05d}"
         return ",".join("" if pd.isna(v) else str(v) for v in r.values)
     lines += [row() + ",extra,fields" for _ in range(3)]
-    lines += [row(age="abc") for _ in range(4)]
+    # Text that does not parse, and an int that overflows: quarantined under ANSI casts (Spark 4's default) too.
+    lines += [row(age="abc") for _ in range(2)] + [row(age="99999999999") for _ in range(2)]
+    lines += [row(monthly_charges="abc") for _ in range(2)]
     lines += [row(tenure_months=None) for _ in range(5)]
     lines += [row(income="NaN") for _ in range(6)] + [row(income="Infinity") for _ in range(2)]
     lines += [row(churned="2") for _ in range(7)]

@@ -150,7 +150,7 @@ def test_poisoned_loss_makes_loss_and_gradients_non_finite():
 
 @pytest.mark.spark
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["horovod", "ddp"])
+@pytest.mark.parametrize("engine", [pytest.param("horovod", marks=pytest.mark.horovod), "ddp"])
 def test_two_ranks_with_two_stages_each_train_like_the_unsplit_model(spark, small_dataset, tmp_path, engine):
     from test_training import state_dict, train
     opts = [f"train.engine={engine}", "train.model.name=residual_mlp", "train.model.width=32",

@@ -162,7 +162,7 @@ def tabular_config(root: str, task: str) -> str:
                             {"name": "target", "type": "double", "role": "label" if task == "regression" else "ignore"}],
                 "label": label, "split": {"key": "id"},
                 "shards": {"rows_per_shard": 2000, "row_group_rows": 512, "max_world_size": 2}},
-        "train": {"engine": "horovod", "num_workers": 2, "epochs": 4, "batch_size": 64, "lr": 0.003,
+        "train": {"engine": "auto", "num_workers": 2, "epochs": 4, "batch_size": 64, "lr": 0.003,
                   "model": {"hidden": [32, 16]}},
     }
     path = os.path.join(root, f"{task}.yaml")
@@ -318,7 +318,7 @@ def test_early_stopped_run_keeps_the_best_epoch(spark, small_dataset, tmp_path):
     # A learning rate high enough that validation loss gets worse after a few epochs; patience 1.
     cfg = demo_config(cfg.store.root, ["train.epochs=8", "train.lr=0.03", "train.early_stopping_patience=1",
                                        "train.checkpoint_every_steps=0", "train.num_workers=2",
-                                       "train.engine=horovod", "train.max_attempts=1"])
+                                       "train.max_attempts=1"])
     store = RunStore.create(str(tmp_path), "early").prepare()
     spec = WorkerSpec(train=cfg.train, dataset_dir=dataset_dir, paths=store.paths(), run_id=store.run_id)
     results = launch(spark.sparkContext, spec)

@@ -36,7 +36,7 @@ def state_dict(store):
     return torch.load(io.BytesIO(rstore.read_bytes(rstore.join(store.model_dir, "state_dict.pt"))))
 
 
-@pytest.mark.parametrize("engine", ["horovod", "ddp"])
+@pytest.mark.parametrize("engine", [pytest.param("horovod", marks=pytest.mark.horovod), "ddp"])
 def test_two_ranks_end_with_identical_parameters(spark, small_dataset, tmp_path, engine):
     ports_before = listening_ports()
     results, store = train(spark, small_dataset, tmp_path, engine, [f"train.engine={engine}"])
@@ -158,7 +158,8 @@ def test_fp16_overflow_on_one_rank_is_skipped_by_every_rank_and_lowers_the_loss_
     assert ckpt["grad_scaler"]["scale"] == 2.0 ** 15  # GradScaler starts at 2**16 and halved once
 
 
-@pytest.mark.parametrize("launcher, engine", [("torchrun", "ddp"), ("horovodrun", "horovod")])
+@pytest.mark.parametrize("launcher, engine", [("torchrun", "ddp"),
+                                              pytest.param("horovodrun", "horovod", marks=pytest.mark.horovod)])
 def test_the_same_worker_runs_under_torchrun_and_horovodrun(small_dataset, tmp_path, launcher, engine):
     """Outside Spark, the launcher's own variables make the rank environment: two ranks, identical parameters."""
     store = RunStore.create(str(tmp_path), launcher).prepare()

@@ -140,7 +140,8 @@ def _train(spec: WorkerSpec, env: RankEnvironment, engine, device: torch.device,
     final = unwrap(model)
     best = state.history[state.best_epoch] if state.history else {}
     result = {
-        "rank": engine.rank, "size": engine.size, "engine": cfg.engine, "device": str(device),
+        "rank": engine.rank, "size": engine.size, "engine": cfg.engine, "reader": cfg.reader,
+        "device": str(device),
         "param_sha256": param_digest(final), "epochs_run": state.epoch, "opt_steps": state.opt_step,
         "batches_run": state.batches_run, "steps_per_epoch": train_plan.steps_per_epoch,
         "skipped_steps": state.skipped_steps,
