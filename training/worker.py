@@ -46,6 +46,16 @@ from ringtrain.training.spec import WorkerSpec
 
 RESULT_PREFIX = "RINGTRAIN_RESULT "
 ERROR_PREFIX = "RINGTRAIN_ERROR "
+
+
+def emit_line(line: str) -> None:
+    """One line to stdout in a single write(2): ranks that share a pipe (torchrun, horovodrun) cannot cut into
+    each other's lines (print writes the text and its newline separately when stdout is unbuffered). Atomic
+    on a pipe up to PIPE_BUF (4 KiB on Linux); the result lines of the built-in tasks are under 1 KiB."""
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), (line + "\n").encode())
+
+
 log = logging.getLogger("ringtrain.worker")
 
 
@@ -168,7 +178,7 @@ def report_failure(exc: BaseException, spec: WorkerSpec | None, env: RankEnviron
     log_dir, attempt = (spec.paths.get("log_dir"), spec.attempt) if spec else (None, 0)
     found = failure.from_exception(exc, rank=env.rank, attempt=attempt,
                                    log=failure.log_path(log_dir, attempt, env.rank) if log_dir else "")
-    print(ERROR_PREFIX + json.dumps({"kind": found.kind, "message": found.message}), flush=True)
+    emit_line(ERROR_PREFIX + json.dumps({"kind": found.kind, "message": found.message}))
     if log_dir:
         try:
             failure.write_record(log_dir, found)
@@ -213,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         report_failure(exc, spec, env)  # a failure before the ring started (the spec, the engine, the device)
         raise
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    emit_line(RESULT_PREFIX + json.dumps(result))
     return 0
 
 
