@@ -77,9 +77,8 @@ def frozen_settings(cfg: EtlConfig) -> dict:
     }
 
 
-def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, partition: str | None,
-                    force: bool = False) -> dict:
-    started = time.time()
+def check_partition(partition: str | None) -> None:
+    """The --partition an incremental run needs: one plain value (a usage error, raised before Spark is used)."""
     if partition is None:
         raise ConfigError("etl.mode is incremental: pass --partition VALUE, the source partition to add "
                           "(it replaces {partition} in etl.source.path), e.g. --partition 2026-11-22")
@@ -87,6 +86,12 @@ def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore,
         raise ConfigError(f"--partition {partition!r}: in incremental mode a partition is one plain, non-empty "
                           f"value (no glob characters *?[]{{}},); to read many partitions at once, rebuild in "
                           f"full mode (--set etl.mode=full)")
+
+
+def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, partition: str | None,
+                    force: bool = False) -> dict:
+    started = time.time()
+    check_partition(partition)
     datasets.clean_stale_staging()
     latest = datasets.latest()
     previous = load_manifest(latest) if latest else None

@@ -39,10 +39,12 @@ def run_etl(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, partiti
     etl.mode incremental: add (or replace) one partition, keeping the other partitions' shards (see
     `etl.incremental`).
     """
-    with null_on_failure(spark):
-        if cfg.mode == "incremental":
-            from ringtrain.etl.incremental import run_incremental
+    if cfg.mode == "incremental":
+        from ringtrain.etl.incremental import check_partition, run_incremental
+        check_partition(partition)  # a usage error: before Spark is touched
+        with null_on_failure(spark):
             return run_incremental(spark, cfg, datasets, partition, force)
+    with null_on_failure(spark):
         return _run_full(spark, cfg, datasets, partition, force)
 
 
