@@ -5,6 +5,7 @@ import ctypes
 import json
 import os
 import sys
+import time
 
 import pytest
 
@@ -139,6 +140,25 @@ def no_worker_left(grace_s: float = 30.0) -> bool:
     while worker_processes() and time.time() < deadline:
         time.sleep(0.5)
     return not worker_processes()
+
+
+def ports_left(before: set, grace_s: float = 30.0) -> dict:
+    """Ports listening in this test's tree that were not `before`, after giving sockets that are being closed
+    `grace_s` to go (the JVM closes a failed barrier task's sockets from its own threads, a moment later); each
+    with the command line of the process that holds it, so that a leak names its owner."""
+    import psutil
+    deadline = time.time() + grace_s
+    while (new := listening_ports() - before) and time.time() < deadline:
+        time.sleep(0.5)
+    owners = {}
+    for p in own_tree() if new else []:
+        try:
+            for c in p.net_connections(kind="tcp"):
+                if c.status == psutil.CONN_LISTEN and c.laddr.port in new:
+                    owners[c.laddr.port] = " ".join(p.cmdline())[:200]
+        except psutil.NoSuchProcess:
+            pass
+    return {port: owners.get(port, "?") for port in new}
 
 
 def listening_ports() -> set:

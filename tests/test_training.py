@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import ROOT, demo_config, listening_ports, no_worker_left, read_json, worker_processes
+from conftest import ROOT, demo_config, listening_ports, no_worker_left, ports_left, read_json, worker_processes
 from ringtrain import store as rstore
 from ringtrain.errors import NotEnoughSlots, TrainingFailed
 from ringtrain.store import RunStore
@@ -40,7 +40,7 @@ def state_dict(store):
 def test_two_ranks_end_with_identical_parameters(spark, small_dataset, tmp_path, engine):
     ports_before = listening_ports()
     results, store = train(spark, small_dataset, tmp_path, engine, [f"train.engine={engine}"])
-    assert not listening_ports() - ports_before  # the rendezvous server (Horovod) or TCPStore (DDP) is closed
+    assert not ports_left(ports_before)  # the rendezvous server (Horovod) or TCPStore (DDP) is closed
     assert [r["rank"] for r in results] == [0, 1] and all(r["size"] == 2 for r in results)
     assert results[0]["param_sha256"] == results[1]["param_sha256"]
     assert results[0]["batches_run"] == results[1]["batches_run"] == 2 * results[0]["steps_per_epoch"]
@@ -125,7 +125,7 @@ def test_hung_rank_fails_within_the_timeout_and_leaves_no_process(spark, small_d
               fault="hang:0:5")
     assert time.time() - started < 8 + 60  # the timeout, plus start-up and the steps before the hang
     assert no_worker_left()
-    assert not listening_ports() - ports_before  # no rendezvous server or TCPStore left listening
+    assert not ports_left(ports_before)  # no rendezvous server or TCPStore left listening
 
 
 def test_too_few_slots_is_a_clear_error(spark, small_dataset, tmp_path):
