@@ -47,6 +47,7 @@ def test_two_ranks_end_with_identical_parameters(spark, small_dataset, tmp_path,
     assert_exported_model_gives_the_eager_logits(store, small_dataset[1])
 
 
+@pytest.mark.horovod
 def test_horovod_grouped_gradients_with_accumulation_stay_identical_across_ranks(spark, small_dataset, tmp_path):
     # Horovod's gradients go as groups (engines.GRADIENT_GROUP_BYTES); with accumulation every group is
     # requested only on the last backward of each optimizer step.
