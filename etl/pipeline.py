@@ -27,6 +27,7 @@ from ringtrain.etl.sources import CORRUPT, read_source
 from ringtrain.etl.validate import REASON, parse_and_validate
 from ringtrain.config import EtlConfig
 from ringtrain.schema import to_dict
+from ringtrain.spark import session_conf
 from ringtrain.store import DatasetStore, atomic_write_json, join, rmtree
 
 log = logging.getLogger("ringtrain.etl")
@@ -53,16 +54,8 @@ def null_on_failure(spark: SparkSession):
     """ANSI mode off for the ETL's queries, restored after. Validation and etl.derived rely on a value that does
     not cast (or an expression that fails, e.g. a division by zero) giving null, so that the row is quarantined
     with its reason. Spark 4 turns ANSI mode on by default, under which they raise and fail the whole job."""
-    key = "spark.sql.ansi.enabled"
-    before = spark.conf.get(key, None)
-    spark.conf.set(key, "false")
-    try:
+    with session_conf(spark, "spark.sql.ansi.enabled", "false"):
         yield
-    finally:
-        if before is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, before)
 
 
 def _run_full(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, partition: str | None,

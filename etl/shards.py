@@ -27,6 +27,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from ringtrain.errors import DatasetError
+from ringtrain.spark import session_conf
 from ringtrain.store import join, makedirs, open_input, open_output, remove
 
 ORDER, BUCKET, SHARD = "_order", "_bucket", "_shard"
@@ -116,14 +117,8 @@ def _window_rows_in_memory(spark, rows: int):
     if previous is not None and int(previous) >= wanted:
         yield
         return
-    spark.conf.set(_WINDOW_IN_MEMORY, str(wanted))
-    try:
+    with session_conf(spark, _WINDOW_IN_MEMORY, str(wanted)):
         yield
-    finally:
-        if previous is None:
-            spark.conf.unset(_WINDOW_IN_MEMORY)
-        else:
-            spark.conf.set(_WINDOW_IN_MEMORY, previous)
 
 
 def _literal_array(values: list[int]) -> Column:

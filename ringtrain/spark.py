@@ -1,6 +1,7 @@
 """The one place that builds a SparkSession, so every door (CLI, spark-submit, tests) gets the same settings."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -48,3 +49,17 @@ def export_store_settings(conf: dict[str, str], executor_env: dict | None = None
         os.environ.setdefault(name, value)
         if executor_env is not None:
             executor_env.setdefault(name, os.environ[name])
+
+
+@contextlib.contextmanager
+def session_conf(spark: SparkSession, key: str, value: str):
+    """`key` set to `value` in this session for the block, then restored (unset when it was not set)."""
+    before = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)
