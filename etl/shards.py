@@ -1,8 +1,8 @@
 """Load: shuffle rows across exactly balanced shards and write them as Parquet into staging.
 
 Balance is exact, not statistical: rows are ordered by a seeded hash of their key, numbered
-per split (bucketed windows offset by the bucket counts of the first pass, so no single-partition
-sort), and row i goes to shard i mod n. Shard sizes therefore differ by at most one row. Every
+per split (per bucket, offset by the bucket counts of the first pass, so no single task sorts them all),
+and row i goes to shard i mod n. Shard sizes therefore differ by at most one row. Every
 split is numbered and written in one Spark job (two shuffles: the numbering, then by shard).
 
 Each Spark task writes whole shards with pyarrow, so the row-group size is exact in rows and
@@ -14,7 +14,6 @@ plan (`check_written`) without reading any shard.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import math
@@ -23,14 +22,13 @@ from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from ringtrain.errors import DatasetError
-from ringtrain.spark import session_conf
 from ringtrain.store import join, makedirs, open_input, open_output, remove
 
-ORDER, BUCKET, SHARD = "_order", "_bucket", "_shard"
+ORDER, GROUP, SHARD = "_order", "_group", "_shard"
 BUCKET_COUNT = 64
 
 
@@ -83,42 +81,66 @@ class ShardPlan:
 
 
 def number_rows(df: DataFrame, plan: ShardPlan, split_column: str, key: str, seed: int) -> DataFrame:
-    """Add `_order` and `_shard` (global, see ShardPlan): rows of a split are numbered in shuffled order,
-    per bucket (a window over (split, bucket), offset by the rows of the buckets before it), and row i goes
-    to shard i mod n, so sizes differ by at most one. One window numbers every split."""
-    df = df.withColumn(ORDER, shuffle_order(key, seed)).withColumn(BUCKET, order_bucket(F.col(ORDER)))
-    offsets = []
-    for split in plan.splits:
-        offsets += [sum(plan.bucket_rows[split][:b]) for b in range(BUCKET_COUNT)]
+    """Add `_order` and `_shard` (global, see ShardPlan): rows of a split are numbered in shuffled order, per
+    bucket (offset by the rows of the buckets before it), and row i goes to shard i mod n, so sizes differ by
+    at most one. One shuffle numbers every split.
+
+    A (split, bucket) is a group. The rows are shuffled by group into one task per core and sorted by (group,
+    order, key); a row's number within its group is then its position in its task minus the group's first
+    position there, which the driver knows: it has every group's rows (the plan) and the task each group
+    goes to (`group_partitions`, the hash Spark's shuffle uses). No window: a window sorts by its partition
+    columns first, and with a few hundred groups that first key cannot tell rows apart, so nearly every
+    comparison of the sort fell through to the slow full-row comparison (`_sort_key` makes the first key
+    distinct per row)."""
+    spark = df.sparkSession
+    groups = len(plan.splits) * BUCKET_COUNT
+    tasks = max(1, min(spark.sparkContext.defaultParallelism, groups))
     index = F.lit(len(plan.splits) - 1)  # the split's position in the plan (literal arrays: O(1) look-ups)
     for i, split in reversed(list(enumerate(plan.splits[:-1]))):
         index = F.when(F.col(split_column) == split, F.lit(i)).otherwise(index)
-    offset = F.element_at(_literal_array(offsets), index * BUCKET_COUNT + F.col(BUCKET).cast("int") + 1)
-    shards = F.element_at(_literal_array([plan.shards[s] for s in plan.splits]), index + 1)
-    first = F.element_at(_literal_array([plan.first_shard(s) for s in plan.splits]), index + 1)
-    rank = F.row_number().over(Window.partitionBy(split_column, BUCKET).orderBy(ORDER, key)) - 1
-    # One task per core for the window's shuffle (it is what the window needs, so Spark adds no other):
-    # left to adaptive execution, 2 cores got 3 tasks, the third running alone.
-    parallelism = df.sparkSession.sparkContext.defaultParallelism
-    df = df.repartition(parallelism, split_column, BUCKET)
-    return df.withColumn(SHARD, (first + F.pmod(offset + rank, shards)).cast("int")).drop(BUCKET)
+    df = df.withColumn(ORDER, shuffle_order(key, seed))
+    df = df.withColumn(GROUP, (index * BUCKET_COUNT + order_bucket(F.col(ORDER))).cast("int"))
+    rows = [r for split in plan.splits for r in plan.bucket_rows[split]]
+    offsets = [sum(plan.bucket_rows[split][:b]) for split in plan.splits for b in range(BUCKET_COUNT)]
+    first_position, filled = [], [0] * tasks  # each group's first row's position in its task
+    for group, task in enumerate(group_partitions(spark, groups, tasks)):
+        first_position.append(filled[task])
+        filled[task] += rows[group]
+    df = df.repartition(tasks, GROUP).sortWithinPartitions(_sort_key(F.col(GROUP), groups), ORDER, key)
+    # monotonically_increasing_id: the task's id in the upper 31 bits, the row's position in the task below.
+    position = F.monotonically_increasing_id() - F.shiftleft(F.spark_partition_id().cast("long"), 33)
+    rank = position - _at(first_position, F.col(GROUP))
+    split_index = (F.col(GROUP) / BUCKET_COUNT).cast("int")
+    shards = _at([plan.shards[s] for s in plan.splits], split_index)
+    first = _at([plan.first_shard(s) for s in plan.splits], split_index)
+    shard = first + F.pmod(_at(offsets, F.col(GROUP)) + rank, shards)
+    return df.withColumn(SHARD, shard.cast("int")).drop(GROUP)
 
 
-_WINDOW_IN_MEMORY = "spark.sql.windowExec.buffer.in.memory.threshold"
-_WINDOW_IN_MEMORY_CAP = 1 << 17
+def group_partitions(spark, groups: int, tasks: int) -> list[int]:
+    """The task of each group 0..groups-1 under `repartition(tasks, <int column>)`: Spark's hash partitioning,
+    pmod(murmur3(value, seed 42), tasks), which is the SQL function `hash`. Asked of Spark itself (one tiny
+    local job), so it is the same function (tests/test_shards.py checks it against a real shuffle)."""
+    rows = spark.range(groups).select(F.expr(f"pmod(hash(cast(id as int)), {tasks})").alias("task")).collect()
+    return [r["task"] for r in rows]
 
 
-@contextlib.contextmanager
-def _window_rows_in_memory(spark, rows: int):
-    """Let the numbering window hold a bucket's rows in memory (up to 131,072 rows; Spark's default is 4,096,
-    beyond which it moves them to a spillable sorter: 3x slower here at 1M rows). Restored afterwards."""
-    previous = spark.conf.get(_WINDOW_IN_MEMORY, None)
-    wanted = min(rows + 1, _WINDOW_IN_MEMORY_CAP)
-    if previous is not None and int(previous) >= wanted:
-        yield
-        return
-    with session_conf(spark, _WINDOW_IN_MEMORY, str(wanted)):
-        yield
+_SIGN = -(1 << 63)
+
+
+def _sort_key(major: Column, count: int) -> Column:
+    """A non-negative long that sorts like (major, `_order`) except among rows whose orders share their top
+    bits: `major` (0 <= major < count) in the top bits, the order's top bits (as unsigned) below. Sorting by
+    (this, _order, key) is sorting by (major, _order, key), but Spark's sort compares a first key's 8-byte
+    prefix before anything else, and this one differs between nearly all rows."""
+    bits = max(1, (count - 1).bit_length())
+    unsigned = F.col(ORDER).bitwiseXOR(F.lit(_SIGN))  # signed order -> same order as unsigned bits
+    return F.shiftleft(major.cast("long"), 63 - bits) + F.shiftrightunsigned(unsigned, bits + 1)
+
+
+def _at(values: list[int], index: Column) -> Column:
+    """values[index] for a 0-based index column, from a literal array."""
+    return F.element_at(_literal_array(values), index + 1)
 
 
 def _literal_array(values: list[int]) -> Column:
@@ -152,11 +174,9 @@ def write_shards(numbered: DataFrame, plan: ShardPlan, folders: dict[str, str], 
     # one after the other, so a task writes whole shards in turn. One task per core, not one per shard: every
     # task of a mapInArrow pays a fixed cost in its Python worker (at 1M rows, 40 tasks took 3x as long as 2).
     parallelism = numbered.sparkSession.sparkContext.defaultParallelism
-    ordered = numbered.repartition(total, SHARD).sortWithinPartitions(SHARD, ORDER, key).coalesce(
-        min(total, parallelism))
-    largest = max(max(rows) for rows in plan.bucket_rows.values())
-    with _window_rows_in_memory(numbered.sparkSession, largest):
-        written = [r.asDict() for r in ordered.mapInArrow(write_partition, _RESULT_DDL).collect()]
+    ordered = numbered.repartition(total, SHARD).sortWithinPartitions(
+        _sort_key(F.col(SHARD), total), ORDER, key).coalesce(min(total, parallelism))
+    written = [r.asDict() for r in ordered.mapInArrow(write_partition, _RESULT_DDL).collect()]
     missing = sorted(set(range(total)) - {r["shard"] for r in written})
     if missing:  # fewer rows than shards: those shards are empty files
         schema = pa.schema([f for f in _arrow_schema(numbered) if f.name in columns])

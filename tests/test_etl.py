@@ -226,3 +226,48 @@ def test_a_class_the_train_split_lacks_is_quarantined_and_the_shards_stay_balanc
     for split, info in manifest["splits"].items():
         assert sum(s["rows"] for s in info["shards"]) == info["rows"] == summary["split_rows"][split]
     assert len(pd.read_parquet(os.path.join(summary["dataset_dir"], "quarantine"))) == 9
+
+
+@pytest.mark.parametrize("tasks", [2, 3, 7])
+def test_the_driver_knows_which_task_spark_shuffles_each_group_to(spark, tasks):
+    """number_rows numbers a group's rows from the group's first position in its task, which the driver
+    works out with `group_partitions`. That is only right while it is the function Spark's shuffle uses:
+    checked here against a real `repartition(tasks, <int column>)`."""
+    from pyspark.sql import functions as F
+    from ringtrain.etl.shards import group_partitions
+    groups = 192
+    shuffled = (spark.range(groups * 5).select((F.col("id") % groups).cast("int").alias("g"))
+                .repartition(tasks, "g").select("g", F.spark_partition_id().alias("task")).distinct().collect())
+    actual = {r["g"]: r["task"] for r in shuffled}
+    assert len(actual) == groups  # each group in exactly one task
+    assert [actual[g] for g in range(groups)] == group_partitions(spark, groups, tasks)
+
+
+def test_rows_are_numbered_as_a_window_over_split_and_bucket_would(spark):
+    """number_rows gives each row of a (split, bucket) its place in (order, key) order without a window
+    (see its docstring). Reference: Spark's own row_number over that window, on 20,000 keys with
+    duplicates (ties in the order are broken by the key, and equal keys are equal rows here)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    from ringtrain.etl.shards import BUCKET_COUNT, ShardPlan, number_rows, order_bucket, shuffle_order
+    splits = ("train", "val", "test")
+    keys = (spark.range(20000).select((F.col("id") % 19000).cast("string").alias("k"))
+            .withColumn("s", F.element_at(F.array(*[F.lit(s) for s in splits]), (F.col("k") % 3 + 1).cast("int"))))
+    bucket = order_bucket(shuffle_order("k", 7))
+    counts = {(r["s"], r["b"]): r["count"] for r in keys.groupBy("s", bucket.alias("b")).count().collect()}
+    plan = ShardPlan(splits=splits, shards={"train": 8, "val": 4, "test": 4}, row_group_rows=100,
+                     bucket_rows={s: [counts.get((s, b), 0) for b in range(BUCKET_COUNT)] for s in splits})
+    numbered = number_rows(keys, plan, "s", "k", 7).toPandas()
+
+    reference = keys.withColumn("b", bucket).withColumn("o", shuffle_order("k", 7))
+    rank = F.row_number().over(Window.partitionBy("s", "b").orderBy("o", "k")) - 1
+    offsets = {(s, b): sum(plan.bucket_rows[s][:b]) for s in splits for b in range(BUCKET_COUNT)}
+    expected = reference.withColumn("rank", rank).toPandas()
+    expected["shard"] = [plan.first_shard(s) + (offsets[(s, b)] + r) % plan.shards[s]
+                         for s, b, r in zip(expected["s"], expected["b"], expected["rank"])]
+    key = ["s", "k"]
+    got = numbered.sort_values(key + ["_shard"])["_shard"].tolist()
+    assert got == expected.sort_values(key + ["shard"])["shard"].tolist()
+    for s in splits:  # and so: shard sizes within a split differ by at most one row
+        sizes = numbered[numbered["s"] == s]["_shard"].value_counts()
+        assert len(sizes) == plan.shards[s] and sizes.max() - sizes.min() <= 1
