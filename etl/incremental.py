@@ -38,8 +38,8 @@ from pyspark.sql import SparkSession
 from ringtrain.etl.features import SPLITS, FeatureStats
 from ringtrain.manifest import FORMAT_VERSION, load_manifest
 from ringtrain.etl.pipeline import (
-    balance, config_hash, count_rows, features_entry, publish_version, schema_entry, source_fingerprint,
-    staging_area, validated, write_splits, _summary,
+    balance, config_hash, count_rows, features_entry, input_files, publish_version, read_tasks_in_whole_rounds,
+    schema_entry, source_fingerprint, staging_area, validated, write_splits, _summary,
 )
 from ringtrain.etl.sources import read_source
 from ringtrain.config import EtlConfig
@@ -100,7 +100,8 @@ def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore,
         _check_compatible(cfg, previous, frozen, latest)
     raw = read_source(spark, cfg.source, cfg.source_columns(), partition)
     checked = validated(raw, cfg)  # lazy; a derived expression that does not fit the source fails here
-    identity = {"source": source_fingerprint(spark, raw), "config": config_hash(cfg), "partition": partition}
+    files = input_files(spark, raw)
+    identity = {"source": source_fingerprint(raw, files), "config": config_hash(cfg), "partition": partition}
     entries = list(previous["partitions"]) if previous else []
     old = next((p for p in entries if p["name"] == partition), None)
     if old is not None and old["identity"] == identity and not force:
@@ -113,7 +114,8 @@ def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore,
     seed = partition_seed(cfg.seed, partition)
     checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        counts = count_rows(checked, cfg, seed, f" of partition {partition!r}")
+        with read_tasks_in_whole_rounds(spark, files):  # the first pass fills the cache
+            counts = count_rows(checked, cfg, seed, f" of partition {partition!r}")
         with staging_area(datasets) as staging:
             stats, features_path = None, datasets.version_relative(staging, FEATURES)
             if previous is not None:

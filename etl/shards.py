@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame
@@ -163,7 +164,7 @@ def write_shards(numbered: DataFrame, plan: ShardPlan, folders: dict[str, str], 
             shards = batch.column(SHARD).to_numpy()
             start = 0
             # Rows arrive sorted by shard: cut the batch where the shard changes.
-            for end in list(_change_points(shards)) + [len(shards)]:
+            for end in _change_points(shards) + [len(shards)]:
                 writer.add(int(shards[start]), batch.slice(start, end - start).select(columns))
                 start = end
         for row in writer.close():
@@ -263,10 +264,9 @@ _RESULT_DDL = ("shard int, split string, file string, rows long, bytes long, row
                "footer_rows long, footer_row_groups int, stored_bytes long, schema string")
 
 
-def _change_points(values) -> Iterator[int]:
-    for i in range(1, len(values)):
-        if values[i] != values[i - 1]:
-            yield i
+def _change_points(values: np.ndarray) -> list[int]:
+    """Positions where a sorted array's value changes."""
+    return (np.flatnonzero(values[1:] != values[:-1]) + 1).tolist()
 
 
 def _arrow_schema(df: DataFrame) -> pa.Schema:

@@ -31,8 +31,10 @@ def _parsed(spec: ColumnSpec, raw: Column) -> Column:
     if spec.type == "array<float>":
         return F.from_json(raw, T.ArrayType(T.FloatType()))
     if spec.type in ("int", "long"):
-        # A plain cast accepts '3.7' as 3: integers must look like integers.
-        return F.when(raw.rlike(r"^\s*[+-]?\d+\s*$"), raw.cast(SPARK_TYPES[spec.type]))
+        # A plain cast (ANSI off) takes '3.7' as 3: an integer has no decimal point. Otherwise the cast is the
+        # check: it accepts only spaces, a sign and digits, and gives null on overflow. (A regular expression
+        # said the same and made the first pass about a sixth slower.)
+        return F.when(~raw.contains("."), raw.cast(SPARK_TYPES[spec.type]))
     if spec.type == "boolean":
         lowered = F.lower(F.trim(raw))
         return F.when(lowered.isin("true", "1"), F.lit(True)).when(lowered.isin("false", "0"), F.lit(False))

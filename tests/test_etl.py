@@ -13,7 +13,7 @@ from ringtrain.store import RunStore
 
 pytestmark = pytest.mark.spark
 
-INJECTED = {"malformed": 3, "wrong_type:age": 4, "wrong_type:monthly_charges": 2, "null:tenure_months": 5,
+INJECTED = {"malformed": 3, "wrong_type:age": 6, "wrong_type:monthly_charges": 2, "null:tenure_months": 5,
             "nonfinite:income": 8, "bad_label": 7}
 
 
@@ -33,6 +33,7 @@ def write_source(folder, good_rows=2000):
     lines += [row() + ",extra,fields" for _ in range(3)]
     # Text that does not parse, and an int that overflows: quarantined under ANSI casts (Spark 4's default) too.
     lines += [row(age="abc") for _ in range(2)] + [row(age="99999999999") for _ in range(2)]
+    lines += [row(age="41.7"), row(age="42.")]  # a plain cast would take these as 41 and 42
     lines += [row(monthly_charges="abc") for _ in range(2)]
     lines += [row(tenure_months=None) for _ in range(5)]
     lines += [row(income="NaN") for _ in range(6)] + [row(income="Infinity") for _ in range(2)]
@@ -271,3 +272,25 @@ def test_rows_are_numbered_as_a_window_over_split_and_bucket_would(spark):
     for s in splits:  # and so: shard sizes within a split differ by at most one row
         sizes = numbered[numbered["s"] == s]["_shard"].value_counts()
         assert len(sizes) == plan.shards[s] and sizes.max() - sizes.min() <= 1
+
+
+def test_the_source_is_read_in_whole_rounds_of_tasks(spark, tmp_path):
+    """A source Spark would cut into an odd number of read tasks on 2 cores (the last one running alone) is
+    read in 4 tasks instead, each no larger than spark.sql.files.maxPartitionBytes (scaled down here)."""
+    from ringtrain.etl.pipeline import input_files, read_tasks_in_whole_rounds
+    from ringtrain.etl.sample_data import write_churn_csv
+    from ringtrain.spark import session_conf
+    path = write_churn_csv(str(tmp_path / "raw"), 40000, 7)
+    size = os.path.getsize(path)
+    assert 2 << 20 < size < 3 << 20  # 2-3 MiB: 3 tasks of at most 1 MiB
+    with session_conf(spark, "spark.sql.files.maxPartitionBytes", str(1 << 20)), \
+            session_conf(spark, "spark.sql.files.openCostInBytes", "1024"):
+        raw = spark.read.option("header", "true").csv(str(tmp_path / "raw"))
+        assert raw.rdd.getNumPartitions() == 3
+        files = input_files(spark, raw)
+        assert [(os.path.basename(name), bytes_) for name, bytes_, _ in files] == [(os.path.basename(path), size)]
+        with read_tasks_in_whole_rounds(spark, files):
+            again = spark.read.option("header", "true").csv(str(tmp_path / "raw"))
+            assert again.rdd.getNumPartitions() == 4
+            assert again.count() == raw.count() == 40000
+        assert spark.conf.get("spark.sql.files.maxPartitionBytes") == str(1 << 20)  # restored
