@@ -47,7 +47,8 @@ STEPS = {
     "count_rows": "read, validate, count", "count_reasons": "read, validate, count",
     "fit_features": "fit", "_fit_label": "fit", "_moments": "fit", "_value_counts": "fit",
     "_quarantine_unseen_classes": "counts", "assign_shards": "counts", "write_splits": "counts",
-    "write_shards": "encode, shuffle, write", "write_quarantine": "quarantine",
+    "write_shards": "encode, shuffle, write", "group_partitions": "encode, shuffle, write",
+    "write_quarantine": "quarantine",
 }
 VERIFIERS = ("check_staged", "verify_staging")  # ringtrain.etl.pipeline names of the driver's verification
 
