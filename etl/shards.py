@@ -121,7 +121,7 @@ def number_rows(df: DataFrame, plan: ShardPlan, split_column: str, key: str, see
 def group_partitions(spark, groups: int, tasks: int) -> list[int]:
     """The task of each group 0..groups-1 under `repartition(tasks, <int column>)`: Spark's hash partitioning,
     pmod(murmur3(value, seed 42), tasks), which is the SQL function `hash`. Asked of Spark itself (one tiny
-    local job), so it is the same function (tests/test_shards.py checks it against a real shuffle)."""
+    local job), so it is the same function (tests/test_etl.py checks it against a real shuffle)."""
     rows = spark.range(groups).select(F.expr(f"pmod(hash(cast(id as int)), {tasks})").alias("task")).collect()
     return [r["task"] for r in rows]
 
