@@ -18,7 +18,7 @@ $(error STACK=$(STACK): use spark35 or spark4)
 endif
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast clean bench bench-smoke
+.PHONY: setup demo test test-fast clean bench bench-smoke bench-stacks
 
 setup:
 	@STACK=$(STACK) RINGTRAIN_VENV=$(abspath $(VENV)) bash scripts/bootstrap.sh
@@ -50,6 +50,24 @@ endif
 	$(PY) bench/store_bench.py --out store$(BENCH_SUFFIX)
 	$(PY) bench/retrain_bench.py --out retrain$(BENCH_SUFFIX)
 	$(PY) bench/render.py --suffix="$(BENCH_SUFFIX)"
+
+# The two stacks side by side (BENCHMARKS.md "Spark 3.5 stack vs Spark 4 stack"): the like-for-like benchmarks
+# (DDP and the arrow reader, which both stacks have), each on Spark 3.5 then on Spark 4, BENCH_ROUNDS times,
+# writing bench/results/stacks-<bench>-<stack>-r<round>.json; then the table with Spark 4 / Spark 3.5 per round.
+BENCH_ROUNDS ?= 2
+bench-stacks:
+	@STACK=spark35 RINGTRAIN_VENV=$(abspath .venv) bash scripts/bootstrap.sh
+	@STACK=spark4 RINGTRAIN_VENV=$(abspath .venv-spark4) bash scripts/bootstrap.sh
+	set -e; for r in $$(seq 1 $(BENCH_ROUNDS)); do \
+	  for s in spark35 spark4; do \
+	    py=.venv/bin/python; [ $$s = spark4 ] && py=.venv-spark4/bin/python; \
+	    $$py bench/feed_bench.py --readers arrow --out stacks-feed-$$s-r$$r; \
+	    $$py bench/scaling_bench.py --engines ddp --reader arrow --out stacks-scaling-$$s-r$$r; \
+	    $$py bench/etl_bench.py --out stacks-etl-$$s-r$$r; \
+	    $$py bench/store_bench.py --out stacks-store-$$s-r$$r; \
+	  done; \
+	done
+	.venv/bin/python bench/render.py --stacks
 
 # The training scaling, feed and all-reduce scripts at small sizes (about 2-3 minutes): they work end to end;
 # the numbers mean nothing.

@@ -7,6 +7,9 @@
     .venv/bin/python bench/render.py --write BENCHMARKS.md
         # also put each table in place of the `RESULTS: pending` line of its section
         # (## ETL, ## Training: scaling / feed / all-reduce bandwidth, ## Store); other sections are left alone
+    .venv/bin/python bench/render.py --stacks [--write BENCHMARKS.md]
+        # the two stacks side by side from `make bench-stacks`' stacks-<bench>-<stack>-r<round>.json
+        # (its `RESULTS: pending-stacks` line)
 """
 from __future__ import annotations
 
@@ -151,6 +154,80 @@ def render_etl(result: dict, before: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+STACKS = ("spark35", "spark4")
+STACKS_PLACEHOLDER = PLACEHOLDER + "-stacks"
+
+
+def _stack_figures(bench: str, r: dict) -> list[tuple[str, float, str]]:
+    """(figure, value, format) of one result that the stacks side-by-side compares."""
+    if bench == "scaling":
+        s = r["summary"]["ddp"]
+        return [("scaling (ddp, arrow): samples/s, 1 worker", s["sps_1_median"], ",.0f"),
+                ("scaling (ddp, arrow): samples/s, 2 workers", s["sps_2_median"], ",.0f"),
+                ("scaling (ddp, arrow): **efficiency** sps(2) / (2 × sps(1))", s["efficiency"], ".2f")]
+    if bench == "feed":
+        s = r["summary"]
+        return [("feed: training samples/s (data in memory)", s["train_sps_median"], ",.0f"),
+                ("feed: arrow loader samples/s", s["arrow"]["loader_sps_median"], ",.0f"),
+                ("feed: **loader ÷ training**", s["arrow"]["ratio"], ".2f")]
+    if bench == "etl":
+        out = []
+        for size in r["sizes"]:
+            n = f"{size['rows'] / 1e6:g}M"
+            out += [(f"ETL {n} rows: rows/s", size["etl"]["rows_per_s"], ",.0f"),
+                    (f"ETL {n} rows: plain Spark typed + sorted, rows/s", size["baselines"]["spark_typed_sorted"]["rows_per_s"],
+                     ",.0f"),
+                    (f"ETL {n} rows: **ETL ÷ plain Spark typed + sorted**", size["ratios"]["spark_typed_sorted"], ".2f")]
+        return out
+    if bench == "store":
+        return [(f"store: {name}, **S3 ÷ local**", m["ratio"], ".3f") for name, m in r["measured"].items()]
+    raise ValueError(bench)
+
+
+def render_stacks(results: str) -> str:
+    """Each figure per round on both stacks, and Spark 4 ÷ Spark 3.5 within each round (the two ran one after
+    the other, so the quotient of a round is a side-by-side one)."""
+    found = {}  # (bench, stack, round) -> result
+    for name in sorted(os.listdir(results)):
+        parts = name[:-len(".json")].split("-") if name.startswith("stacks-") and name.endswith(".json") else []
+        if len(parts) == 4 and parts[2] in STACKS and parts[3].startswith("r") and parts[3][1:].isdigit():
+            with open(os.path.join(results, name)) as f:
+                found[parts[1], parts[2], int(parts[3][1:])] = json.load(f)
+    rounds = sorted({k[2] for k in found})
+    if not rounds:
+        raise FileNotFoundError(f"no stacks-<bench>-<stack>-r<round>.json in {results}: run `make bench-stacks`")
+    lines = ["| figure | " + " | ".join(f"Spark 3.5, round {n} | Spark 4, round {n}" for n in rounds)
+             + " | Spark 4 ÷ Spark 3.5, per round |", "|---|" + "---:|" * (2 * len(rounds) + 1)]
+    when = {}  # (bench, stack) -> each round's time and load
+    for bench in ("scaling", "feed", "etl", "store"):
+        pairs = [(found.get((bench, "spark35", n)), found.get((bench, "spark4", n))) for n in rounds]
+        complete = [(n, a, b) for n, (a, b) in zip(rounds, pairs) if a and b]
+        if not complete:
+            continue
+        figures = {}
+        for n, a, b in complete:
+            for stack, r in (("spark35", a), ("spark4", b)):
+                m = r.get("machine", {})
+                load = m.get("loadavg_at_start", ["?"])[0], m.get("loadavg_at_end", ["?"])[0]
+                when.setdefault((bench, stack), []).append(
+                    f"round {n} {r.get('finished_utc', '?')} (load {load[0]} before, {load[1]} after)")
+                for figure, value, fmt in _stack_figures(bench, r):
+                    figures.setdefault(figure, {"fmt": fmt})[stack, n] = value
+        for figure, values in figures.items():
+            fmt, cells, quotients = values["fmt"], [], []
+            for n in rounds:
+                a, b = values.get(("spark35", n)), values.get(("spark4", n))
+                cells += [format(a, fmt) if a is not None else "–", format(b, fmt) if b is not None else "–"]
+                if a and b is not None:
+                    quotients.append(f"{b / a:.2f}")
+            lines.append(f"| {figure} | " + " | ".join(cells) + f" | {', '.join(quotients) or '–'} |")
+    lines += ["", "Spark 3.5 = pyspark 3.5.7, pyarrow 14.0.2, numpy 1.26.4 (`.venv`); Spark 4 = pyspark 4.1.4, pyarrow "
+              "18.1.0, numpy 2.2.6 (`.venv-spark4`); the same torch 2.13.0 CPU. Each round ran every benchmark on "
+              "Spark 3.5, then on Spark 4, on the same machine (1-minute load averages below).", ""] + [
+        f"- {bench}, {stack}: {'; '.join(rounds_)}" for (bench, stack), rounds_ in when.items()]
+    return "\n".join(lines)
+
+
 SECTIONS = {  # results name -> (section heading in BENCHMARKS.md, renderer); <name>-before.json: older code
     "etl": ("## ETL", render_etl),
     "scaling": ("## Training: scaling", render_scaling),
@@ -163,6 +240,8 @@ SECTIONS = {  # results name -> (section heading in BENCHMARKS.md, renderer); <n
 def fill(text: str, heading: str, table: str, placeholder: str = PLACEHOLDER) -> str:
     """Replace the `placeholder` line inside the section `heading` (up to the next `## `)."""
     lines = text.split("\n")
+    if lines.count(heading) != 1:  # a second copy of a heading would take the table in the wrong place
+        raise ValueError(f"section {heading!r} appears {lines.count(heading)} times, not once")
     start = lines.index(heading)
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     for i in range(start, end):
@@ -177,8 +256,16 @@ def main(argv=None) -> int:
     p.add_argument("--results", default=RESULTS, help="folder of the results JSON")
     p.add_argument("--write", metavar="BENCHMARKS.md", help="fill the RESULTS: pending lines of this file")
     p.add_argument("--suffix", default="", help="read <name><suffix>.json, e.g. -spark4 for the Spark 4 stack")
+    p.add_argument("--stacks", action="store_true", help="the two stacks side by side (make bench-stacks) instead")
     args = p.parse_args(argv)
     text = open(args.write).read() if args.write else None
+    if args.stacks:
+        table = render_stacks(args.results)
+        print(f"{OTHER_STACKS}\n\n{table}\n")
+        if text is not None:
+            with open(args.write, "w") as f:
+                f.write(fill(text, OTHER_STACKS, table, STACKS_PLACEHOLDER))
+        return 0
     for name, (heading, render) in SECTIONS.items():
         path = os.path.join(args.results, f"{name}{args.suffix}.json")
         if not os.path.exists(path):

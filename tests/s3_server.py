@@ -20,13 +20,9 @@ import uuid
 
 import pyarrow.fs as pafs
 
+from ringtrain.training.environment import free_port
+
 BIN = os.path.dirname(sys.executable)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class S3Server:

@@ -13,7 +13,6 @@ import platform
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -29,6 +28,7 @@ from ringtrain.manifest import load_manifest
 from ringtrain import store
 from ringtrain.stack import current as current_stack, installed, resolve
 from ringtrain.store import RunStore
+from ringtrain.training.environment import free_port
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 BIN = os.path.dirname(sys.executable)
@@ -70,12 +70,6 @@ def test_pack_holds_ringtrain_non_editable_and_names_the_interpreter(packed_env)
     # venv-pack does not pack the interpreter: the archive links to it, and pack says so.
     assert os.path.isabs(python_link) and os.path.realpath(python_link) == packed_env["interpreter"]["path"]
     assert packed_env["interpreter"]["version"] == platform.python_version()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate, what: str, timeout_s: float = 180.0) -> None:
