@@ -75,6 +75,7 @@ bench-smoke: setup
 ifeq ($(STACK),spark35)
 	$(PY) bench/allreduce_bench.py --max-bytes 262144 --repeats 1 --max-iters 50 --out smoke-allreduce
 	$(PY) bench/step_bench.py --configs hvd1,hvd2,ddp1,ddp2 --steps 50 --warmup 10 --repeats 1 --out smoke-step
+	$(PY) bench/pipeline_bench.py --steps 3 --width 64 --out smoke-pipeline
 endif
 	$(PY) bench/feed_bench.py --rows 20000 --repeats 2 --loader-epochs 2 --out smoke-feed$(BENCH_SUFFIX)
 	$(PY) bench/scaling_bench.py --rows 20000 --epochs 1 --repeats 1 --out smoke-scaling$(BENCH_SUFFIX)

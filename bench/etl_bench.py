@@ -64,6 +64,16 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _dataframe_class():
+    """The class of a session's DataFrames, whose `collect` is the one that runs: Spark 4 splits DataFrame
+    into an interface and the classic (JVM) implementation, which has its own `collect`."""
+    try:
+        from pyspark.sql.classic.dataframe import DataFrame
+    except ImportError:  # Spark 3.5: one class
+        from pyspark.sql import DataFrame
+    return DataFrame
+
+
 class StepClock:
     """Driver wall time per ETL step while `run_etl` runs (see the module docstring)."""
 
@@ -73,8 +83,8 @@ class StepClock:
 
     @contextlib.contextmanager
     def installed(self):
-        from pyspark.sql import DataFrame
         import ringtrain.etl.pipeline as pipeline
+        DataFrame = _dataframe_class()
         saved = [(DataFrame, "collect", DataFrame.collect)]
         saved += [(pipeline, name, getattr(pipeline, name)) for name in VERIFIERS if hasattr(pipeline, name)]
         DataFrame.collect = self._timed(DataFrame.collect, None)

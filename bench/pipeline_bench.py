@@ -12,14 +12,13 @@ Stages run in threads with one intra-op thread each; on CPU they share the devic
 need K cores to overlap (this machine has os.cpu_count() of them, reported in the output).
 
     .venv/bin/python bench/pipeline_bench.py                 # full run (about 2 minutes on 2 cores)
-    .venv/bin/python bench/pipeline_bench.py --steps 3 --width 64   # smoke
+    .venv/bin/python bench/pipeline_bench.py --steps 3 --width 64 --out smoke-pipeline   # smoke
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,7 +26,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import machine, warn_if_busy, write_result  # noqa: E402
+from render import render_pipeline  # noqa: E402
 from ringtrain.training.models import ResidualMLP  # noqa: E402
 from ringtrain.training.pipeline import (PipelineModel, bubble_fraction, idle_fraction,  # noqa: E402
                                          replayed_idle_fraction)
@@ -81,8 +82,10 @@ def main() -> None:
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--blocks", type=int, default=8)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "pipeline.json"))
+    p.add_argument("--out", default="pipeline", help="results name: bench/results/<out>.json")
     args = p.parse_args()
+    info = machine()
+    warn_if_busy(info)
     torch.set_num_threads(1)
     batch = make_batch(args.batch)
     rows = []
@@ -98,19 +101,8 @@ def main() -> None:
                          "stage_busy": per_stage, "step_s_split": round(pipe_s, 4), "step_s_plain": round(plain_s, 4),
                          "speed_split_over_plain": round(plain_s / pipe_s, 3)})
             print(json.dumps(rows[-1]), flush=True)
-    result = {"benchmark": "pipeline", "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
-              "torch": torch.__version__, "batch": args.batch, "width": args.width, "blocks": args.blocks,
-              "steps": args.steps, "intra_op_threads": 1, "rows": rows}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print("\n| K stages | M micro-batches | idle measured | idle replayed (op times, instant hand-offs) "
-          "| (K-1)/(M+K-1) | busy per stage | split ÷ unsplit speed |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['stages']} | {r['micro_batches']} | {r['idle_measured']:.3f} | {r['idle_replayed']:.3f} | "
-              f"{r['idle_gpipe']:.3f} | "
-              f"{r['stage_busy']} | {r['speed_split_over_plain']:.2f} |")
+    result = {"params": vars(args), "machine": info, "intra_op_threads": 1, "rows": rows}
+    write_result(args.out, result, render_pipeline)
 
 
 if __name__ == "__main__":

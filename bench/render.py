@@ -6,7 +6,7 @@
         # fills the `RESULTS: pending-spark4` lines of the side-by-side section instead
     .venv/bin/python bench/render.py --write BENCHMARKS.md
         # also put each table in place of the `RESULTS: pending` line of its section
-        # (## ETL, ## Training: scaling / feed / all-reduce bandwidth, ## Store); other sections are left alone
+        # (## ETL, ## Training: scaling / where a step's time goes / feed / all-reduce bandwidth / pipeline, ## Store); other sections are left alone
     .venv/bin/python bench/render.py --stacks [--write BENCHMARKS.md]
         # the two stacks side by side from `make bench-stacks`' stacks-<bench>-<stack>-r<round>.json
         # (its `RESULTS: pending-stacks` line)
@@ -110,6 +110,39 @@ def render_allreduce(result: dict) -> str:
     return "\n".join(lines)
 
 
+def render_step(result: dict) -> str:
+    """One row per configuration: the step and its phases (ms, slower rank), efficiency against 1 rank."""
+    lines = ["| configuration | ranks | step (ms) | forward+backward | synchronize | update | efficiency "
+             "| per repeat (ms) |", "|---|---|---|---|---|---|---|---|"]
+    for name, s in result["summary"].items():
+        ph = s["phases_ms"]
+        eff = f"**{s['efficiency']:.2f}**" if s.get("efficiency") is not None else ""
+        per = ", ".join(f"{x:.2f}" for x in s["step_ms_per_repeat"])
+        lines.append(f"| `{name}`: {s['what']} | {s['ranks']} | {s['step_ms']:.2f} | {ph['forward_backward']:.2f} "
+                     f"| {ph['synchronize']:.2f} | {ph['update']:.2f} | {eff} | {per} |")
+    p = result["params"]
+    lines += ["", f"Medians of {p['repeats']} repeats of {p['steps']} timed steps ({p['warmup']} warm-up), batch "
+              f"{p['batch_size']} per rank; efficiency = step(1 rank) ÷ step(2 ranks) of the same engine.",
+              _machine(result)]
+    return "\n".join(lines)
+
+
+def render_pipeline(result: dict) -> str:
+    """Per (K, M): the measured idle fraction, the replayed one and GPipe's bound; split ÷ unsplit speed."""
+    lines = ["| K stages | M micro-batches | layers per stage | idle measured | idle replayed (op times, instant "
+             "hand-offs) | (K−1)/(M+K−1) | measured ÷ bound | busy per stage | split ÷ unsplit speed |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['stages']} | {r['micro_batches']} | {r['layers_per_stage']} | {r['idle_measured']:.3f} "
+                     f"| {r['idle_replayed']:.3f} | {r['idle_gpipe']:.3f} | **{r['idle_measured'] / r['idle_gpipe']:.2f}** "
+                     f"| {r['stage_busy']} | {r['speed_split_over_plain']:.2f} |")
+    p = result.get("params", {})
+    lines += ["", f"`residual_mlp`, width {p.get('width', '?')}, {p.get('blocks', '?')} residual blocks, batch "
+              f"{p.get('batch', '?')}, one intra-op thread per stage, all stages on the CPU; medians over "
+              f"{p.get('steps', '?')} steps after 2 warm-up steps.", _machine(result)]
+    return "\n".join(lines)
+
+
 def render_store(r: dict) -> str:
     lines = [f"Store on moto's S3-compatible server vs a local store, {r['rows']:,} churn rows on {r['master']} "
              f"({r['machine']['cores']} cores), medians of {r['repeats']} alternated runs:", "",
@@ -180,7 +213,8 @@ def _stack_figures(bench: str, r: dict) -> list[tuple[str, float, str]]:
                     (f"ETL {n} rows: **ETL ÷ plain Spark typed + sorted**", size["ratios"]["spark_typed_sorted"], ".2f")]
         return out
     if bench == "store":
-        return [(f"store: {name}, **S3 ÷ local**", m["ratio"], ".3f") for name, m in r["measured"].items()]
+        # The names' parentheses carry details that differ by stack (the shards' bytes): one row per measurement.
+        return [(f"store: {name.split(' (')[0]}, **S3 ÷ local**", m["ratio"], ".3f") for name, m in r["measured"].items()]
     raise ValueError(bench)
 
 
@@ -232,7 +266,9 @@ SECTIONS = {  # results name -> (section heading in BENCHMARKS.md, renderer); <n
     "etl": ("## ETL", render_etl),
     "scaling": ("## Training: scaling", render_scaling),
     "feed": ("## Training: feed", render_feed),
+    "step": ("## Training: where a step's time goes", render_step),
     "allreduce": ("## Training: all-reduce bandwidth", render_allreduce),
+    "pipeline": ("## Training: pipeline (layer splitting)", render_pipeline),
     "store": ("## Store: S3-compatible server ÷ local", render_store),
 }
 

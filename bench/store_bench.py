@@ -11,7 +11,8 @@ the speed of AWS S3.
 - ETL: `run_etl(..., force=True)` on conf/demo.yaml's columns and shards, into a local store and into
   s3://<bucket>/bench, alternated per repeat (drift on a noisy machine hits both alike), after one
   untimed warm-up ETL; one Spark session (start-up excluded).
-- Readers: `open_reader(kind, ...)` for petastorm and arrow, one epoch of rank 0 of 1 (every train shard),
+- Readers: `open_reader(kind, ...)` for each reader the stack has (petastorm and arrow; arrow alone on the
+  Spark 4 stack), one epoch of rank 0 of 1 (every train shard),
   from each store's published version, alternated per repeat. Rows/s = rows yielded / seconds.
 - Whole-object reads: every train shard's bytes through `ringtrain.store.read_bytes` (one GET per object on
   S3), not parsed, alternated per repeat: the floor that request latency and bandwidth set for any reader.
@@ -35,8 +36,10 @@ from render import render_store  # noqa: E402
 
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 from s3_server import S3Server  # noqa: E402
+from ringtrain.stack import installed  # noqa: E402
 
-READERS = ("petastorm", "arrow")
+# The readers this stack has (the Spark 4 stack has no petastorm).
+READERS = ("petastorm", "arrow") if installed("petastorm") else ("arrow",)
 STORES = ("local", "s3")
 
 
