@@ -36,10 +36,11 @@ from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 
 from ringtrain.etl.features import SPLITS, FeatureStats
-from ringtrain.manifest import FORMAT_VERSION, load_manifest
+from ringtrain.etl.manifest import version_manifest
+from ringtrain.manifest import load_manifest
 from ringtrain.etl.pipeline import (
-    balance, config_hash, count_rows, features_entry, input_files, publish_version, read_tasks_in_whole_rounds,
-    schema_entry, source_fingerprint, staging_area, validated, write_splits, _summary,
+    balance, config_hash, count_rows, input_files, publish_version, read_tasks_in_whole_rounds,
+    source_fingerprint, staging_area, validated, write_splits, _summary,
 )
 from ringtrain.etl.sources import read_source
 from ringtrain.config import EtlConfig
@@ -201,34 +202,22 @@ def _manifest(cfg: EtlConfig, previous: dict | None, latest: str | None, entries
     for e in entries:
         for reason, n in e["quarantine"]["counts"].items():
             counts[reason] = counts.get(reason, 0) + n
-    return {
-        "format_version": FORMAT_VERSION,
-        "dataset": cfg.dataset,
-        "mode": "incremental",
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "identity": identity,           # of the partition this version added or rebuilt
-        "partition": identity["partition"],
-        "features_fitted_on": previous["features_fitted_on"] if previous else identity["partition"],
-        "previous_version": os.path.basename(latest) if latest else None,
-        "frozen": frozen,
-        "source": {"format": cfg.source.format, "path": cfg.source.path, "table": cfg.source.table,
-                   "partition_column": cfg.source.partition_column, "fingerprint": identity["source"]},
-        "schema": schema_entry(cfg),
-        "features": features_entry(cfg, stats, features_path),
-        "partitions": entries,
-        "rows_read": sum(e["rows_read"] for e in entries),
-        "rows_good": sum(e["rows_good"] for e in entries),
+    return version_manifest(
+        cfg, mode="incremental", identity=identity,  # identity: of the partition this version added or rebuilt
+        stats=stats, features_path=features_path,
+        rows_read=sum(e["rows_read"] for e in entries), rows_good=sum(e["rows_good"] for e in entries),
         # Each partition's quarantine is at its own path (partitions[].quarantine.path); one folder holds
         # them all only where they were carried into the version (POSIX).
-        "quarantine": {"path": "quarantine" if quarantines and all(q.startswith("quarantine/") for q in quarantines)
-                       else None, "counts": dict(sorted(counts.items()))},
-        "splits": splits,
-        "row_group_rows": cfg.shards.row_group_rows,
-        "max_world_size": cfg.shards.max_world_size,
+        quarantine={"path": "quarantine" if quarantines and all(q.startswith("quarantine/") for q in quarantines)
+                    else None, "counts": dict(sorted(counts.items()))},
+        splits=splits,
         # Shards are balanced within each partition (and every partition has a multiple of max_world_size
         # shards, so whole-shard reading gives every rank the same rows): the worst partition's ratio.
-        "balance_max_min": max(e["balance_max_min"] for e in entries),
-    }
+        balance_max_min=max(e["balance_max_min"] for e in entries),
+        source_extra={"partition_column": cfg.source.partition_column},
+        features_fitted_on=previous["features_fitted_on"] if previous else identity["partition"],
+        previous_version=os.path.basename(latest) if latest else None,
+        frozen=frozen, partitions=entries)
 
 
 def _partition_summary(manifest: dict, partition: str) -> dict:

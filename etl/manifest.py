@@ -1,9 +1,59 @@
-"""Before publishing: the staged version is checked against its manifest (the contract itself is
-`ringtrain.manifest`, which training reads without importing the ETL)."""
+"""The manifest of a dataset version as both ETL modes write it, and the check of a staged version against it
+before publishing (the contract itself is `ringtrain.manifest`, which training reads without importing the ETL)."""
 from __future__ import annotations
 
-from ringtrain.manifest import DatasetError, shard_paths
+import time
+from typing import TYPE_CHECKING
+
+from ringtrain.config import EtlConfig
+from ringtrain.manifest import FORMAT_VERSION, DatasetError, shard_paths
 from ringtrain.store import open_input
+
+if TYPE_CHECKING:
+    from ringtrain.etl.features import FeatureStats
+
+
+def version_manifest(cfg: EtlConfig, *, mode: str, identity: dict, stats: FeatureStats, features_path: str,
+                     rows_read: int, rows_good: int, quarantine: dict, splits: dict, balance_max_min: float,
+                     source_extra: dict | None = None, **mode_fields) -> dict:
+    """The manifest of a version, for the full (`mode="full"`) and the incremental ETL.
+
+    `identity`: what makes the version (its source fingerprint and partition); `features_path`: features.json,
+    relative to the version folder; `quarantine`: {"path", "counts"}; `splits`: per split its rows and shard
+    entries; `source_extra`: source fields only that mode records; `mode_fields`: top-level fields only that
+    mode records (incremental: its partitions, the version it extends, the frozen features)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "dataset": cfg.dataset,
+        "mode": mode,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "identity": identity,
+        "partition": identity["partition"],
+        "source": {"format": cfg.source.format, "path": cfg.source.path, "table": cfg.source.table,
+                   **(source_extra or {}), "fingerprint": identity["source"]},
+        "schema": schema_entry(cfg),
+        "features": features_entry(stats, features_path),
+        "rows_read": rows_read,
+        "rows_good": rows_good,
+        "quarantine": quarantine,
+        "splits": splits,
+        "row_group_rows": cfg.shards.row_group_rows,
+        "max_world_size": cfg.shards.max_world_size,
+        "balance_max_min": balance_max_min,
+        **mode_fields,
+    }
+
+
+def schema_entry(cfg: EtlConfig) -> dict:
+    return {"columns": [dict(name=c.name, type=c.type, role=c.role, nullable=c.nullable) for c in cfg.columns]}
+
+
+def features_entry(stats: FeatureStats, path: str) -> dict:
+    """`path`: features.json, relative to the version folder."""
+    return {"path": path, "numeric_columns": stats.numeric_columns(),
+            "categorical_cardinalities": stats.categorical_cardinalities(),
+            "arrays": stats.arrays, "label": "label", "key": stats.key, "task": stats.task,
+            "label_values": stats.label_values, "label_stats": stats.label_stats}
 
 
 def check_staged(folder: str, manifest: dict, *, root: str | None = None) -> None:

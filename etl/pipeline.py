@@ -19,8 +19,8 @@ from ringtrain.etl.features import (
     SPLIT, SPLITS, FeatureStats, apply_features, assign_split, fit_features, known_label, split_of,
 )
 from ringtrain.errors import BadDataError
-from ringtrain.etl.manifest import check_staged
-from ringtrain.manifest import FORMAT_VERSION, load_manifest
+from ringtrain.etl.manifest import check_staged, version_manifest
+from ringtrain.manifest import load_manifest
 from ringtrain.etl.shards import (
     BUCKET_COUNT, ShardPlan, number_rows, order_bucket, shard_count, shuffle_order, write_quarantine, write_shards,
 )
@@ -231,43 +231,19 @@ def balance(shards: list[dict]) -> float:
     return round(max(sizes) / max(1, min(sizes)), 4)
 
 
-def schema_entry(cfg: EtlConfig) -> dict:
-    return {"columns": [dict(name=c.name, type=c.type, role=c.role, nullable=c.nullable) for c in cfg.columns]}
-
-
-def features_entry(cfg: EtlConfig, stats: FeatureStats, path: str) -> dict:
-    """`path`: features.json, relative to the version folder."""
-    return {"path": path, "numeric_columns": stats.numeric_columns(),
-            "categorical_cardinalities": stats.categorical_cardinalities(),
-            "arrays": stats.arrays, "label": "label", "key": stats.key, "task": stats.task,
-            "label_values": stats.label_values, "label_stats": stats.label_stats}
-
-
 def _write_version(cfg: EtlConfig, checked: DataFrame, datasets: DatasetStore, staging: str, counts: RowCounts,
                    identity: dict) -> dict:
     stats, splits = write_splits(cfg, checked, staging, counts, seed=cfg.seed,
                                  shard_dir=datasets.shard_dir(staging))
     reasons = counts.reasons  # with any unseen classes write_splits quarantined
     atomic_write_json(join(staging, "features.json"), stats.to_json())
-    return {
-        "format_version": FORMAT_VERSION,
-        "dataset": cfg.dataset,
-        "mode": "full",
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "identity": identity,
-        "partition": identity["partition"],
-        "source": {"format": cfg.source.format, "path": cfg.source.path, "table": cfg.source.table,
-                   "fingerprint": identity["source"]},
-        "schema": schema_entry(cfg),
-        "features": features_entry(cfg, stats, datasets.version_relative(staging, "features.json")),
-        "rows_read": counts.rows_read, "rows_good": counts.rows_good,
-        "quarantine": {"path": datasets.version_relative(staging, "quarantine") if reasons else None,
-                       "counts": dict(sorted(reasons.items()))},
-        "splits": splits,
-        "row_group_rows": cfg.shards.row_group_rows,
-        "max_world_size": cfg.shards.max_world_size,
-        "balance_max_min": balance(splits["train"]["shards"]),
-    }
+    return version_manifest(
+        cfg, mode="full", identity=identity, stats=stats,
+        features_path=datasets.version_relative(staging, "features.json"),
+        rows_read=counts.rows_read, rows_good=counts.rows_good,
+        quarantine={"path": datasets.version_relative(staging, "quarantine") if reasons else None,
+                    "counts": dict(sorted(reasons.items()))},
+        splits=splits, balance_max_min=balance(splits["train"]["shards"]))
 
 
 def input_files(spark: SparkSession, raw: DataFrame) -> list[tuple[str, int, int]]:
