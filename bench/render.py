@@ -246,9 +246,9 @@ def render_stacks(results: str) -> str:
                 when.setdefault((bench, stack), []).append(
                     f"round {n} {r.get('finished_utc', '?')} (load {load[0]} before, {load[1]} after)")
                 for figure, value, fmt in _stack_figures(bench, r):
-                    figures.setdefault(figure, {"fmt": fmt})[stack, n] = value
-        for figure, values in figures.items():
-            fmt, cells, quotients = values["fmt"], [], []
+                    figures.setdefault(figure, (fmt, {}))[1][stack, n] = value
+        for figure, (fmt, values) in figures.items():
+            cells, quotients = [], []
             for n in rounds:
                 a, b = values.get(("spark35", n)), values.get(("spark4", n))
                 cells += [format(a, fmt) if a is not None else "–", format(b, fmt) if b is not None else "–"]
