@@ -66,10 +66,13 @@ class HorovodEngine:
 
     def wrap(self, model, optimizer, accumulation, pipelined=False):
         hvd = self.hvd
-        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         if pipelined:
+            hvd.broadcast_parameters(model.state_dict(), root_rank=0)
             self.manual = [p for p in model.parameters() if p.requires_grad]
             return model, optimizer
+        if self.size == 1:
+            return model, optimizer  # a world of one: nothing to average, no wrapper to pay for
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         # No broadcast_optimizer_state: on resume every rank loads the same checkpoint, and on a
         # fresh optimizer Horovod would take a zero-gradient step (weight decay, step count).
         optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
@@ -81,16 +84,16 @@ class HorovodEngine:
         return contextlib.nullcontext()  # backward_passes_per_step already defers the all-reduce
 
     def synchronize(self, optimizer):
+        if self.size == 1:
+            return  # a world of one has nothing to average
         if self.manual is None:
             optimizer.synchronize()
             return
-        handles = [self.hvd.allreduce_async_(_grad(p), op=self.hvd.Average, name=f"ringtrain.grad.{i}")
-                   for i, p in enumerate(self.manual)]
-        for handle in handles:
-            self.hvd.synchronize(handle)
+        average_flat(self.manual, self.manual[0].device,
+                     lambda flat: self.hvd.allreduce_(flat, op=self.hvd.Average, name="ringtrain.pipeline.grads"))
 
     def step(self, optimizer):
-        if self.manual is not None:
+        if self.manual is not None or self.size == 1:
             optimizer.step()
             return
         with optimizer.skip_synchronize():
@@ -116,9 +119,8 @@ class TorchDDPEngine:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         if self.size == 1:  # alone: a store of its own on a free port
             os.environ.setdefault("MASTER_PORT", str(free_port()))
-        backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = timedelta(seconds=float(os.environ.get("RINGTRAIN_COLLECTIVE_TIMEOUT_S", "1800")))
-        dist.init_process_group(backend, rank=self.rank, world_size=self.size, timeout=timeout)
+        dist.init_process_group(ddp_backend(device), rank=self.rank, world_size=self.size, timeout=timeout)
 
     manual: list | None = None  # parameters averaged explicitly (pipelined models)
 
@@ -130,6 +132,8 @@ class TorchDDPEngine:
                     self.dist.broadcast(tensor, src=0)
             self.manual = [p for p in model.parameters() if p.requires_grad]
             return model, optimizer
+        if self.size == 1:
+            return model, optimizer  # a world of one: nothing to average, no wrapper to pay for (as Ray does)
         ids = [self.device.index] if self.device.type == "cuda" and self._single_device(model) else None
         # DDP broadcasts rank 0's parameters at construction; the optimizer has no state yet.
         return DistributedDataParallel(model, device_ids=ids), optimizer
@@ -138,20 +142,16 @@ class TorchDDPEngine:
         return len({p.device for p in model.parameters()}) == 1
 
     def no_sync(self, model):
-        return contextlib.nullcontext() if self.manual is not None else model.no_sync()
+        return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
 
     def synchronize(self, optimizer):
-        if self.manual is None:
-            return  # DDP has averaged gradients by the end of backward()
-        by_device: dict = {}
-        for p in self.manual:
-            by_device.setdefault((p.device, p.dtype), []).append(_grad(p))
-        for grads in by_device.values():  # one flat all-reduce per device and dtype
-            flat = torch._utils._flatten_dense_tensors(grads)
+        if self.manual is None or self.size == 1:
+            return  # DDP has averaged gradients by the end of backward(); a world of one has nothing to average
+
+        def average(flat: torch.Tensor) -> torch.Tensor:
             self.dist.all_reduce(flat, op=self.dist.ReduceOp.SUM)
-            flat /= self.size
-            for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-                grad.copy_(synced)
+            return flat.div_(self.size)
+        average_flat(self.manual, self.device, average)
 
     def step(self, optimizer):
         optimizer.step()
@@ -175,7 +175,7 @@ class TorchDDPEngine:
             # can abort at interpreter exit ("terminate called without an active exception", seen under
             # torchrun). After a failure no rank waits: a peer may be gone.
             gc.collect()
-            self.dist.barrier()
+            self.dist.barrier(**({"device_ids": [self.device.index]} if self.device.type == "cuda" else {}))
         self.dist.destroy_process_group()
 
 
@@ -195,6 +195,29 @@ def gradient_groups(model: torch.nn.Module, group_bytes: int) -> int | None:
     return max(1, -(-total // group_bytes))
 
 
+def ddp_backend(device: torch.device) -> str:
+    """The torch.distributed backend for a rank on `device`. On a GPU the group is NCCL for CUDA tensors and
+    Gloo for CPU ones: the loop all-reduces its metrics and flags as CPU tensors, which a plain NCCL group
+    refuses ("No backend type associated with device type cpu")."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
+def average_flat(params: list, device: torch.device, allreduce_average) -> None:
+    """Average the gradients of `params` across ranks in one flat all-reduce per dtype, on `device`.
+
+    A pipelined model's stages may sit on several GPUs of the rank; NCCL binds a rank to one device, so
+    every stage's gradients travel through the rank's own device (a device-to-device copy, small next to
+    the all-reduce). `allreduce_average(flat)` averages `flat` in place over the ranks."""
+    by_dtype: dict = {}
+    for p in params:
+        by_dtype.setdefault(p.dtype, []).append(_grad(p))
+    for grads in by_dtype.values():
+        flat = torch._utils._flatten_dense_tensors([g.to(device, non_blocking=True) for g in grads])
+        allreduce_average(flat)
+        for grad, synced in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            grad.copy_(synced, non_blocking=True)
+
+
 def _grad(p: torch.Tensor) -> torch.Tensor:
     """The parameter's gradient, zeros if it got none (every rank must send the same tensors)."""
     if p.grad is None:
@@ -211,5 +234,14 @@ def make_engine(name: str, device: torch.device, env: RankEnvironment) -> Engine
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)
+    """The user's model inside the wrappers training puts around it: torch.compile's (`_orig_mod`), DDP's and
+    the pipeline's (`module`). By type, not by attribute name: a user's model may have a `module` of its own."""
+    from torch.nn.parallel import DistributedDataParallel
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        elif isinstance(model, DistributedDataParallel) or getattr(model, "wraps_module", False):
+            model = model.module
+        else:
+            return model
 
