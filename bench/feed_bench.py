@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     cards = list(manifest["features"]["categorical_cardinalities"].values())
     model = build_model(to_dict(cfg.train.model), len(cols.numeric), cards)
     t = cfg.train
-    optimizer = make_optimizer(t, model.parameters())
+    optimizer = make_optimizer(t, model.parameters(), cpu)
     model.train()
 
     def train(steps) -> tuple[int, float]:

@@ -266,15 +266,19 @@ class PipelineConfig:
     stages: int = 1
     """Split the model's layers into this many pipeline stages (GPipe schedule). 1: no split.
     Stage i runs on the task's GPU i % gpus; with fewer GPUs than stages (or on CPU) stages share a device."""
-    micro_batches: int = 4
+    micro_batches: int | Literal["auto"] = "auto"
     """Each batch is cut into this many micro-batches that flow through the stages; the idle
-    ("bubble") fraction of the schedule is (stages - 1) / (micro_batches + stages - 1)."""
+    ("bubble") fraction of the schedule is (stages - 1) / (micro_batches + stages - 1).
+    auto: 4 where stages can overlap (several GPUs, or CPU cores); 1 where every stage is on one GPU,
+    which runs one stage at a time, so that micro-batches only multiply the kernel launches (measured in
+    BENCHMARKS.md "GPU": 0.36x the unsplit model's speed with 4, 0.94x with 1)."""
     balance: list[int] | None = None
     """Layers per stage, e.g. [3, 3]; default: contiguous stages of about equal parameter count."""
 
     def __post_init__(self) -> None:
         check(self.stages >= 1, "train.pipeline.stages", "must be >= 1")
-        check(self.micro_batches >= 1, "train.pipeline.micro_batches", "must be >= 1")
+        check(self.micro_batches == "auto" or self.micro_batches >= 1, "train.pipeline.micro_batches",
+              "must be >= 1 (or auto)")
         if self.balance is not None:
             check(len(self.balance) == self.stages and all(n >= 1 for n in self.balance), "train.pipeline.balance",
                   f"needs {self.stages} entries (one per stage), each >= 1")
@@ -320,6 +324,10 @@ class TrainConfig:
     grad_accumulation: int = 1
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     """auto: bf16 autocast on GPUs that support it, fp16 with loss scaling on older ones (V100, T4), off on CPU."""
+    compile: bool = False
+    """true: torch.compile the model before training (fuses its small operations: fewer kernel launches per
+    step, which is what limits small models on a GPU; measured in BENCHMARKS.md "GPU"). The first steps
+    then wait for the compilation (tens of seconds). Not with train.pipeline.stages > 1."""
     reader: Literal["auto", "petastorm", "arrow"] = "auto"
     """petastorm or arrow (pyarrow). auto: petastorm where it is installed (the Spark 3.5 stack), arrow where
     not (the Spark 4 stack). Resolved when the config loads, like engine."""
@@ -361,7 +369,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         self.engine = resolve(self.engine, "horovod")
         self.reader = resolve(self.reader, "petastorm")
-        check(self.pipeline.micro_batches <= self.batch_size, "train.pipeline.micro_batches",
+        check(self.pipeline.micro_batches == "auto" or self.pipeline.micro_batches <= self.batch_size,
+              "train.pipeline.micro_batches",
               f"{self.pipeline.micro_batches} micro-batches do not fit in batch_size={self.batch_size}")
         for name in ("num_workers", "epochs", "batch_size", "grad_accumulation", "max_attempts",
                      "threads_per_worker"):
@@ -371,6 +380,8 @@ class TrainConfig:
         check(self.hang_timeout_s > 0, "train.hang_timeout_s", "must be > 0")
         check(self.grad_clip_norm is None or self.grad_clip_norm > 0, "train.grad_clip_norm", "must be > 0")
         check(self.huber_delta > 0, "train.huber_delta", "must be > 0")
+        check(not (self.compile and self.pipeline.stages > 1), "train.compile",
+              "not with train.pipeline.stages > 1 (each stage runs in its own thread); set one of them off")
         check(self.early_stopping_patience is None or self.early_stopping_patience >= 1,
               "train.early_stopping_patience", "must be >= 1 (or null)")
 

@@ -4,9 +4,14 @@ Per optimizer step: `grad_accumulation` forward/backward passes, gradients avera
 engine, a finiteness check of the averaged gradients (bit-identical on every rank, so a NaN on
 any rank is seen by all with no extra collective, and every rank skips the same step or all
 stop), clipping, warmup LR, step. The training loss is all-reduced once per epoch.
+On a GPU no step waits for the device: the finiteness check stays a device flag that the fused
+optimizer reads to skip the update itself, and the host learns of a skipped step one step later,
+while the next one runs (`_DeviceSteps`). On the CPU, where waiting costs nothing, the check is
+read at once.
 Mixed precision: bf16 autocast, or fp16 with a loss scaler whose overflow skips are expected
 (every rank sees the same averaged gradients, so every rank skips them together).
-Dropout masks are seeded from (seed, rank, step), so a resumed run draws the same masks.
+Dropout masks are seeded from (seed, rank, step), so a resumed run draws the same masks (a model that
+draws no random numbers, such as a built-in one without dropout, is not seeded: it would cost time only).
 
 `fit` reads as the order of training: resume, then per batch a micro-step (forward, backward) and,
 every `grad_accumulation` batches, an optimizer step; then the epoch end (validation, the best epoch,
@@ -29,7 +34,7 @@ from ringtrain.config import TrainConfig
 from ringtrain.training.checkpoint import load_latest, save_best, save_checkpoint
 from ringtrain.training.data import prefetch
 from ringtrain.training.engines import Engine, unwrap
-from ringtrain.training.models import model_inputs
+from ringtrain.training.models import draws_random, model_inputs
 from ringtrain.training.pipeline import PipelineModel
 
 log = logging.getLogger("ringtrain.train")
@@ -155,9 +160,11 @@ class _Trainer:
         self.precision = amp_dtype(cfg, device)
         # fp16 needs loss scaling (bf16 has fp32's range and does not); the scaler is part of the checkpoint.
         self.scaler = torch.amp.GradScaler(device.type) if self.precision == torch.float16 else None
-        self.loss_scale = 1.0  # the fp16 scale as a float; read once per optimizer step, not per batch (a sync)
+        self.loss_scale = 1.0  # host path: the fp16 scale as a float, read once per optimizer step (a sync)
         self.base_lr = cfg.lr * (engine.size if cfg.scale_lr else 1)
         self.state = LoopState()
+        self.device_steps = _DeviceSteps(self) if device.type == "cuda" else None
+        self.draws_random = draws_random(unwrap(model))
 
     def autocast(self):  # a fresh context each time: pipeline stages enter it in their own threads
         return torch.autocast(self.device.type, dtype=self.precision) if self.precision else contextlib.nullcontext()
@@ -181,6 +188,9 @@ class _Trainer:
                          self.state.epoch, self.state.step_in_epoch, self.state.opt_step)
         if self.scaler is not None:  # also makes the scaler create its scale
             self.loss_scale = float(self.scaler.scale(torch.ones((), device=self.device)))
+        if self.cfg.compile:
+            # After the engine's wrapper (torch.compile knows DDP's buckets); unwrap() still finds the model.
+            self.model = torch.compile(self.model)
 
     def start_epoch(self) -> None:
         self.model.train()
@@ -192,45 +202,74 @@ class _Trainer:
         """Forward and backward of one batch; True when it completes an accumulation (time to step)."""
         cfg, state = self.cfg, self.state
         fault = self.faults.at(state.opt_step)
-        torch.manual_seed(cfg.seed * 1_000_003 + state.opt_step * 4099 + self.engine.rank * 7 + state.step_in_epoch)
+        if self.draws_random:  # seeding costs a few percent of a small model's GPU step: only where it matters
+            torch.manual_seed(cfg.seed * 1_000_003 + state.opt_step * 4099 + self.engine.rank * 7 + state.step_in_epoch)
         last_micro = (state.step_in_epoch + 1) % cfg.grad_accumulation == 0
-        factor = self.loss_scale / cfg.grad_accumulation  # what backward() starts from
+        factor = 1.0 / cfg.grad_accumulation  # what backward() starts from, before loss scaling
         poison = False
         if fault is not None:
             factor *= fault.backward_factor
             poison = fault.poison_loss
+        scale = self._backward_scale(factor)
         inputs, label = model_inputs(batch), batch["label"]
         if self.pipe is not None:  # forward and backward run stage by stage, micro-batch by micro-batch
-            loss = self.pipe.forward_backward(inputs, label, self.task.loss, scale=factor, autocast=self.autocast,
+            loss = self.pipe.forward_backward(inputs, label, self.task.loss, scale=scale, autocast=self.autocast,
                                               poison=poison)
         else:
             with (contextlib.nullcontext() if last_micro else self.engine.no_sync(self.model)), self.autocast():
                 loss = self.task.loss(self.model(*inputs).float(), label)
                 if poison:
                     loss = loss * float("nan")
-            (loss * factor).backward()
+            (loss * scale).backward()
         self.step_loss += loss.detach().double().to(self.device)
         state.step_in_epoch += 1
         state.batches_run += 1
         state.train_samples += label.shape[0]
         return last_micro
 
+    def _backward_scale(self, factor: float):
+        """What the loss is multiplied by before backward: `factor`, times the fp16 loss scale. On a GPU the
+        scale stays a device tensor (reading it as a float would wait for the device)."""
+        if self.scaler is None:
+            return factor
+        if self.device_steps is not None:
+            return self.scaler.scale(torch.full((), factor, device=self.device))
+        return factor * self.loss_scale
+
     def optimizer_step(self) -> None:
         """Averaged gradients: skip the step when they are not finite, else clip, set the LR and step."""
         cfg, state, optimizer = self.cfg, self.state, self.optimizer
         self.engine.synchronize(optimizer)
+        if self.device_steps is not None:
+            self.device_steps.step()
+        else:
+            self._step_checked_on_host()
+        self.step_loss.zero_()
+        state.opt_step += 1
+        if cfg.checkpoint_every_steps and state.opt_step % cfg.checkpoint_every_steps == 0:
+            self.checkpoint()
+
+    def set_lr(self) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.base_lr * min(1.0, (self.state.opt_step + 1) / max(1, self.cfg.warmup_steps))
+
+    def _step_checked_on_host(self) -> None:
+        cfg, optimizer = self.cfg, self.optimizer
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)  # records whether the averaged gradients overflowed
         # The gradients are averaged now, so they are bit-identical on every rank, and each rank's own
         # check gives the same answer with no extra collective: a NaN loss on any rank made its
         # gradients, and so the average, non-finite.
         if not _grads_finite(self.model):
-            self._skip_step()
+            self.optimizer.zero_grad()
+            if self.scaler is not None:
+                self.scaler.update()  # lowers the scale: the unscale_ above found the overflow
+                self.loss_scale = self.scaler.get_scale()
+            self.skipped(self.state.opt_step, bool(~torch.isfinite(self.step_loss)))
         else:
             if cfg.grad_clip_norm:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip_norm)
-            for group in optimizer.param_groups:
-                group["lr"] = self.base_lr * min(1.0, (state.opt_step + 1) / max(1, cfg.warmup_steps))
+            self.set_lr()
             self.engine.step(optimizer)
             if self.scaler is not None:
                 self.scaler.update()
@@ -238,38 +277,33 @@ class _Trainer:
             optimizer.zero_grad()
             self.epoch_loss += self.step_loss
             self.epoch_steps += 1
-        self.step_loss.zero_()
-        state.opt_step += 1
-        if cfg.checkpoint_every_steps and state.opt_step % cfg.checkpoint_every_steps == 0:
-            self.checkpoint()
 
-    def _skip_step(self) -> None:
-        """Every rank is here (the averaged gradients are the same everywhere): skip, or stop."""
+    def skipped(self, opt_step: int, bad_loss: bool) -> None:
+        """Every rank is here (the averaged gradients are the same everywhere) and skipped `opt_step`: count it,
+        or stop. `bad_loss`: this rank's own loss of that step was not finite."""
         cfg, state = self.cfg, self.state
         # Rare, and every rank is here: one more collective may say where it started.
-        bad_loss_ranks = int(self.engine.allreduce_sum((~torch.isfinite(self.step_loss)).double().reshape(1).cpu())[0])
-        self.optimizer.zero_grad()
-        if self.scaler is not None:
-            self.scaler.update()  # lowers the scale: the unscale_ above found the overflow
-            self.loss_scale = self.scaler.get_scale()
+        bad_loss_ranks = int(self.engine.allreduce_sum(torch.tensor([float(bad_loss)], dtype=torch.float64))[0])
         if self.scaler is not None and bad_loss_ranks == 0:
             # fp16 overflow: expected while the loss scale settles; every rank skips the step.
             state.overflow_steps += 1
             if self.engine.rank == 0:
-                log.info("fp16 overflow at step %d: skipped, loss scale now %g", state.opt_step, self.loss_scale)
+                log.info("fp16 overflow at step %d: skipped, loss scale lowered", opt_step)
             return
         state.skipped_steps += 1
         what = f"non-finite loss on {bad_loss_ranks} rank(s)" if bad_loss_ranks else "non-finite gradients"
         if cfg.on_nonfinite == "fail" or state.skipped_steps > cfg.max_nonfinite_steps:
             raise NonFiniteError(
-                f"{what} at optimizer step {state.opt_step} (skipped so far: {state.skipped_steps}); "
+                f"{what} at optimizer step {opt_step} (skipped so far: {state.skipped_steps}); "
                 f"every rank stops. Lower train.lr or check the data")
         if self.engine.rank == 0:
-            log.warning("%s at step %d: every rank skips it", what, state.opt_step)
+            log.warning("%s at step %d: every rank skips it", what, opt_step)
 
     def end_epoch(self, val_reader) -> None:
         """Training loss and validation metrics (all-reduced), the best epoch, early stopping, checkpoint."""
         cfg, state, engine = self.cfg, self.state, self.engine
+        if self.device_steps is not None:
+            self.device_steps.settle()
         # Every rank applied the same steps; one all-reduce per epoch gives the mean training loss.
         train_loss = float(engine.allreduce_sum(self.epoch_loss.reshape(1).cpu())[0]) / max(
             1, engine.size * cfg.grad_accumulation * self.epoch_steps)
@@ -293,12 +327,80 @@ class _Trainer:
         self.checkpoint()
 
     def checkpoint(self) -> None:
+        if self.device_steps is not None:
+            self.device_steps.settle()  # the skipped-step counts in the checkpoint must be final
         if self.engine.rank == 0:
             s = self.state
             save_checkpoint(self.checkpoint_dir, s.opt_step, {
                 "model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                 "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 **{name: getattr(s, name) for name in _RESUMED}})
+
+
+class _DeviceSteps:
+    """The optimizer step on a GPU, with no wait for the device.
+
+    The finiteness of the averaged gradients is a device flag (from their total norm, which clipping needs
+    anyway); the fused optimizer reads it (`optimizer.found_inf`, as torch's GradScaler hands it) and skips
+    the update on the device. The flag reaches the host through pinned memory, and the host reads it one
+    step later (`settle`), while the device already runs the next step: skipping, counting and stopping
+    then happen as on the CPU, one step late on the host and never late on the device. Every rank reads
+    the same flag at the same step (the averaged gradients are identical), so collectives stay in step."""
+
+    def __init__(self, trainer: "_Trainer"):
+        self.trainer = trainer
+        self.pending: tuple[int, torch.Tensor, "torch.cuda.Event | None"] | None = None
+
+    def step(self) -> None:
+        t = self.trainer
+        cfg, optimizer, device = t.cfg, t.optimizer, t.device
+        if t.scaler is not None:
+            t.scaler.unscale_(optimizer)  # records the overflow for scaler.update(), on the device
+        params = [p for p in t.model.parameters() if p.grad is not None]
+        grads = [p.grad for p in params]
+        norm = torch.nn.utils.get_total_norm(grads).to(device)
+        found = (~torch.isfinite(norm)).float()
+        if cfg.grad_clip_norm:
+            torch.nn.utils.clip_grads_with_norm_(params, cfg.grad_clip_norm, norm)
+        t.set_lr()
+        optimizer.found_inf = found  # the fused step leaves every parameter and its state as they were
+        try:
+            t.engine.step(optimizer)
+        finally:
+            del optimizer.found_inf
+        if t.scaler is not None:
+            t.scaler.update()
+        optimizer.zero_grad()
+        skipped = found.bool()
+        t.epoch_loss += torch.where(skipped, torch.zeros_like(t.step_loss), t.step_loss)
+        t.epoch_steps += 1  # taken back in settle() when the step turns out skipped
+        flags = torch.stack([found.double(), (~torch.isfinite(t.step_loss)).double()])
+        done = None
+        if flags.is_cuda:
+            host = torch.empty(2, dtype=torch.float64, pin_memory=True)
+            host.copy_(flags, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        else:  # the same logic on the CPU (tests): there the flags are ready when read
+            host = flags
+        previous, self.pending = self.pending, (t.state.opt_step, host, done)
+        self._read(previous)
+
+    def settle(self) -> None:
+        """Read the last step's flag now (epoch end, checkpoint)."""
+        previous, self.pending = self.pending, None
+        self._read(previous)
+
+    def _read(self, pending) -> None:
+        if pending is None:
+            return
+        opt_step, host, done = pending
+        if done is not None:
+            done.synchronize()  # waits for that step only: the step after it stays queued on the device
+        found, bad_loss = host.tolist()
+        if found:
+            self.trainer.epoch_steps -= 1
+            self.trainer.skipped(opt_step, bool(bad_loss))
 
 
 def is_better(value: float, best: float | None, direction: str) -> bool:

@@ -99,6 +99,14 @@ BUILT_IN = {cls.name: cls for cls in (TabularMLP, ResidualMLP)}
 assert tuple(BUILT_IN) == BUILT_IN_MODELS, "ringtrain.config.BUILT_IN_MODELS names the classes above"
 
 
+def draws_random(model: nn.Module) -> bool:
+    """Whether a training forward pass may draw random numbers: a built-in model only through dropout with
+    p > 0; a user's model may do anything, so it counts as drawing."""
+    if not isinstance(model, tuple(BUILT_IN.values())):
+        return True
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
+
+
 def build_model(model_cfg: dict, num_numeric: int, cardinalities: list[int], *, array_width: int = 0,
                 num_outputs: int = 1) -> nn.Module:
     """`model_cfg` is the plain `train.model` section; name is built in or 'package.module:factory'.

@@ -41,7 +41,7 @@ from ringtrain.training.loop import FaultInjector, Heartbeat, fit
 from ringtrain.training.models import build_model
 from ringtrain.training.optimizer import make_optimizer
 from ringtrain.training.tasks import make_task
-from ringtrain.training.pipeline import PipelineModel, stage_devices
+from ringtrain.training.pipeline import PipelineModel, micro_batches_for, stage_devices
 from ringtrain.training.spec import WorkerSpec
 
 RESULT_PREFIX = "RINGTRAIN_RESULT "
@@ -80,11 +80,18 @@ def plan_placement(gpus_per_worker: int, stages: int, env: RankEnvironment) -> d
 
 
 def pick_device(placement: dict) -> torch.device:
-    """The planned device when CUDA is there; the CPU otherwise (CPU-only torch, or fake GPUs in tests)."""
-    if placement["device"] != "cpu" and torch.cuda.is_available():
+    """The planned device when CUDA is there; the CPU otherwise (CPU-only torch, or fake GPUs in tests),
+    said in the log: a rank given GPUs never trains on the CPU without a word."""
+    if placement["device"] == "cpu":
+        return torch.device("cpu")
+    if torch.cuda.is_available():
         device = torch.device(placement["device"])
         torch.cuda.set_device(device)
         return device
+    log.warning("this rank was given GPU(s) %s but torch %s sees no CUDA device (a CPU build of torch, or no "
+                "driver): training on the CPU. Install the GPU stack (make setup GPU=1; README \"GPU stack\") "
+                "and check with `ringtrain doctor`", placement["cuda_visible_devices"] or placement["device"],
+                torch.__version__)
     return torch.device("cpu")
 
 
@@ -136,12 +143,14 @@ def _train(spec: WorkerSpec, env: RankEnvironment, engine, device: torch.device,
         model.load_state_dict(torch.load(io.BytesIO(read_bytes(spec.init_weights)), map_location=device))
     if cfg.pipeline.stages > 1:  # layer splitting inside this rank; data parallelism across ranks
         devices = [torch.device(d) for d in placement["stage_devices"]] if device.type == "cuda" else [device]
-        model = PipelineModel(model, cfg.pipeline.stages, cfg.pipeline.micro_batches, devices,
-                              cfg.pipeline.balance)
+        stage_on = [devices[i % len(devices)] for i in range(cfg.pipeline.stages)]
+        model = PipelineModel(model, cfg.pipeline.stages, micro_batches_for(cfg.pipeline.micro_batches, stage_on),
+                              devices, cfg.pipeline.balance)
         if engine.rank == 0:
-            log.info("pipeline: %d stages over layers %s on %s, %d micro-batches", model.num_stages,
-                     model.bounds, [str(d) for d in model.devices], cfg.pipeline.micro_batches)
-    optimizer = make_optimizer(cfg, model.parameters())
+            log.info("pipeline: %d stages over layers %s on %s, %d micro-batches (train.pipeline.micro_batches: %s)",
+                     model.num_stages, model.bounds, [str(d) for d in model.devices], model.micro_batches,
+                     cfg.pipeline.micro_batches)
+    optimizer = make_optimizer(cfg, model.parameters(), device)
     # A fault (tests only) travels in the spec: Spark's Python workers do not see the driver's environment.
     faults = FaultInjector.from_spec(spec.fault or os.environ.get("RINGTRAIN_FAULT"), engine.rank, spec.attempt)
     on_epoch = (lambda state: write_metrics(paths, state.history)) if paths.get("metrics_path") else None
