@@ -63,6 +63,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: no accepted form matches {value!r}")
     if origin is Literal:
         allowed = get_args(tp)
+        if isinstance(value, bool):
+            value = _yaml_word(value, allowed)
         if value not in allowed:
             raise ConfigError(f"{key}: must be one of {', '.join(map(repr, allowed))}, got {value!r}")
         return value
@@ -95,6 +97,17 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     raise ConfigError(f"{key}: unsupported config type {tp!r}")  # a bug in the schema, not the input
+
+
+# YAML 1.1 (PyYAML, so the config files and --set) reads these unquoted words as booleans.
+_YAML_BOOL_WORDS = {True: ("on", "yes", "true"), False: ("off", "no", "false")}
+
+
+def _yaml_word(value: bool, allowed: tuple) -> Any:
+    """The one allowed word that YAML read as `value` (`amp: off` arrives as False); `value` itself when
+    no allowed word, or more than one, reads as it, so the caller's message shows what YAML made of it."""
+    words = [a for a in allowed if isinstance(a, str) and a.lower() in _YAML_BOOL_WORDS[value]]
+    return words[0] if len(words) == 1 else value
 
 
 def to_dict(obj: Any) -> Any:

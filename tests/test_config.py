@@ -57,6 +57,26 @@ def test_overrides_apply_typed():
     assert cfg.train.lr == 0.01 and cfg.train.model.hidden == [32, 16] and cfg.train.grad_clip_norm is None
 
 
+@pytest.mark.parametrize("word, key, expected", [
+    ("off", "train.amp", "off"), ("OFF", "train.amp", "off"), ("Off", "train.amp", "off"),
+    ("bf16", "train.amp", "bf16"), ("'off'", "train.amp", "off"),
+])
+def test_documented_words_that_yaml_reads_as_booleans_keep_their_meaning(tmp_path, word, key, expected):
+    """`amp: off` is read by YAML 1.1 as false; the documented value must still work, in a file and in --set."""
+    section, leaf = key.split(".")
+    with open(DEMO) as f:
+        text = f.read()
+    config = tmp_path / "c.yaml"
+    config.write_text(text.replace(f"{section}:\n", f"{section}:\n  {leaf}: {word}\n", 1))
+    assert getattr(load_config(str(config)).train, leaf) == expected
+    assert getattr(load_config(DEMO, [f"{key}={word}"]).train, leaf) == expected
+
+
+def test_a_boolean_where_no_word_means_it_is_still_refused():
+    with pytest.raises(ConfigError, match="train.amp: must be one of 'auto', 'off', 'bf16', 'fp16', got True"):
+        load_config(DEMO, ["train.amp=on"])
+
+
 @pytest.fixture
 def spark4_like(monkeypatch):
     """This environment as the Spark 4 stack sees it: Horovod and petastorm cannot be found. A None entry in
