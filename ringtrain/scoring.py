@@ -106,6 +106,10 @@ def score_arrays(module: torch.nn.Module, task: str, inputs: list[np.ndarray]) -
 
 # ----------------------------------------------------------------------------- evaluate
 
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
 class _OneProcess:
     """The one thing `training.loop.evaluate` asks of an engine, for a world of one."""
 
@@ -125,9 +129,11 @@ def check_same_features(model: ModelFiles, dataset_dir: str, manifest: dict) -> 
             f"(an incremental dataset keeps its base's features), or score raw rows with `ringtrain predict`")
 
 
-def evaluate(model: ModelFiles, dataset_dir: str, split: str = "test", *, by_partition: bool = True) -> dict:
+def evaluate(model: ModelFiles, dataset_dir: str, split: str = "test", *, by_partition: bool = True,
+             device: torch.device | None = None) -> dict:
     """{"split", "dataset_dir", "overall": metrics, "partitions": {name: metrics}}: the training loop's
-    metrics of the model's task (for binary: loss, accuracy, auc, baselines, rows) on `split`."""
+    metrics of the model's task (for binary: loss, accuracy, auc, baselines, rows) on `split`.
+    `device`: where the model runs; default the first GPU when this process sees one, else the CPU."""
     from ringtrain.config import TrainConfig
     from ringtrain.schema import build
     from ringtrain.training.data import Columns, ReadPlan, open_reader
@@ -136,13 +142,14 @@ def evaluate(model: ModelFiles, dataset_dir: str, split: str = "test", *, by_par
 
     manifest = load_manifest(dataset_dir)
     check_same_features(model, dataset_dir, manifest)
-    module = load_program(model)
+    device = device or default_device()
+    module = load_program(model, device)
     cols = Columns.from_manifest(manifest)
     task = make_task(manifest["features"], build(TrainConfig, model.artifact["train_config"], "train"))
 
     def metrics(files: list[str]) -> dict:
         reader = open_reader("arrow", ReadPlan(files, None, None, 0, 0), cols, 4096, 0, 0)
-        return loop_evaluate(module, reader, _OneProcess(), torch.device("cpu"), task, contextlib.nullcontext())
+        return loop_evaluate(module, reader, _OneProcess(), device, task, contextlib.nullcontext())
 
     result = {"split": split, "dataset_dir": dataset_dir, "overall": metrics(shard_paths(dataset_dir, manifest, split)),
               "partitions": {}}

@@ -95,6 +95,8 @@ class PipelineModel(nn.Module):
     published artifact hold the model's own state-dict keys, independent of the split.
     """
 
+    wraps_module = True  # engines.unwrap: `self.module` is the model
+
     def __init__(self, module: nn.Module, stages: int, micro_batches: int, devices: list[torch.device],
                  balance: list[int] | None = None):
         super().__init__()
@@ -130,9 +132,11 @@ class PipelineModel(nn.Module):
                          poison: bool = False, trace: bool = False) -> torch.Tensor:
         """One GPipe step: forward and backward of every micro-batch; gradients accumulate in .grad.
 
-        `inputs` are the model's inputs (num, cat[, arr]). Returns the batch's mean loss (detached, on CPU). `loss_fn(logits, label)` is a mean over
-        its rows; micro-batch m's loss is weighted by rows_m / rows, then by `scale` (1 / the
-        gradient-accumulation count) before backward. `poison` multiplies the loss by NaN (tests).
+        `inputs` are the model's inputs (num, cat[, arr]). Returns the batch's mean loss, detached, on the last
+        stage's device (nothing here waits for a GPU). `loss_fn(logits, label)` is a mean over its rows;
+        micro-batch m's loss is weighted by rows_m / rows, then by `scale` (1 / the gradient-accumulation
+        count, and the fp16 loss scale: a float, or a tensor on a GPU) before backward. `poison` multiplies
+        the loss by NaN (tests).
         """
         k, rows = self.num_stages, label.shape[0]
         m = min(self.micro_batches, rows)
@@ -141,7 +145,7 @@ class PipelineModel(nn.Module):
         bwd = [queue.Queue() for _ in range(k)]   # bwd[i]: gradients of stage i's outputs
         abort = threading.Event()
         errors: list[BaseException] = []
-        losses = torch.zeros(m, dtype=torch.float64)
+        losses: list[torch.Tensor | None] = [None] * m
         traces: list[list] = [[] for _ in range(k)]
         sync = trace and any(d.type == "cuda" for d in self.devices)
 
@@ -165,8 +169,8 @@ class PipelineModel(nn.Module):
                         loss = loss_fn(out.squeeze(-1).float(), target) * (target.shape[0] / rows)
                         if poison:
                             loss = loss * float("nan")
-                        losses[micro] = loss.detach().double().cpu()
-                        saved.append((x_in, loss * scale))
+                        losses[micro] = loss.detach().double()
+                        saved.append((x_in, loss * (scale.to(device) if torch.is_tensor(scale) else scale)))
                     else:
                         saved.append((x_in, out))
                     if sync:
@@ -202,7 +206,7 @@ class PipelineModel(nn.Module):
             raise PipelineError(f"pipeline stage failed: {real[0] if real else errors[0]!r}") from (
                 real[0] if real else errors[0])
         self.last_trace = traces if trace else None
-        return losses.sum()
+        return torch.stack(losses).sum()
 
 
 class _Aborted(Exception):
@@ -262,6 +266,19 @@ def replayed_idle_fraction(trace: list[list[tuple[str, int, float, float]]]) -> 
 def bubble_fraction(stages: int, micro_batches: int) -> float:
     """GPipe's idle fraction with equal stage times: (K-1) / (M+K-1)."""
     return (stages - 1) / (micro_batches + stages - 1)
+
+
+AUTO_MICRO_BATCHES = 4
+
+
+def micro_batches_for(setting: int | str, devices: list[torch.device]) -> int:
+    """train.pipeline.micro_batches for these stage devices. auto: 1 when every stage is on one GPU (it runs
+    one stage's kernels at a time, so micro-batches overlap nothing and only multiply the launches), else 4
+    (stages on several GPUs, or on CPU cores, work at the same time)."""
+    if setting != "auto":
+        return int(setting)
+    one_gpu = len(set(devices)) == 1 and devices[0].type == "cuda"
+    return 1 if one_gpu else AUTO_MICRO_BATCHES
 
 
 def stage_devices(stages: int, num_gpus: int, local_rank: int, task_gpus: bool) -> list[str]:
