@@ -267,15 +267,17 @@ def cuda_problems(task: dict, gpus_per_worker: int, engine: str) -> list[str]:
                 f"but Spark gave the task GPU(s) {gpus}. Fix: {GPU_STACK_FIX}"]
     out = []
     seen = f"CUDA_VISIBLE_DEVICES={cuda['cuda_visible_devices']}, torch {cuda['torch']}, CUDA {cuda['torch_cuda']}"
-    if cuda["device_count"] != len(task["gpus"]):
-        out.append(f"CUDA shows {cuda['device_count']} device(s) for the task's GPU(s) {gpus} ({seen}). Fix: the "
-                   f"discovery script must print the GPU indices CUDA uses on that node (conf/gpu_discovery.sh "
-                   f"prints nvidia-smi's); in containers that expose only their own GPUs (YARN with GPU "
-                   f"isolation, Docker) those are 0..n-1")
+    indices_fix = ("the discovery script must print the GPU indices CUDA uses on that node (conf/gpu_discovery.sh "
+                   "prints nvidia-smi's); in containers that expose only their own GPUs (YARN with GPU isolation, "
+                   "Docker) those are 0..n-1")
     if cuda["error"]:
-        out.append(f"CUDA does not work on the task's GPU(s) {gpus} ({seen}): {cuda['error'][:400]}. Fix: install "
-                   f"an NVIDIA driver >= 580 (torch's CUDA 13 build needs it) on the node, and check nvidia-smi "
-                   f"there")
+        # No driver, or one too old, says so in torch's message; otherwise CUDA saw none of the task's indices.
+        fix = ("install an NVIDIA driver >= 580 (torch's CUDA 13 build needs it) on the node, and check "
+               "nvidia-smi there" if "driver" in cuda["error"].lower() else indices_fix)
+        out.append(f"CUDA does not work on the task's GPU(s) {gpus} ({seen}): {cuda['error'][:400].rstrip('.')}. Fix: {fix}")
+    elif cuda["device_count"] != len(task["gpus"]):
+        out.append(f"CUDA shows {cuda['device_count']} device(s) for the task's GPU(s) {gpus} ({seen}). "
+                   f"Fix: {indices_fix}")
     if engine == "horovod":
         if cuda["horovod_error"]:
             out.append(f"Horovod does not load beside CUDA torch ({cuda['horovod_error'][:400]}). Fix: if it names "

@@ -175,10 +175,12 @@ def task_report(gpus=("0",), **cuda):
       "task GPU(s) 0. Fix: set up the GPU stack (make setup GPU=1"]),
     # Spark's addresses are not the ones CUDA uses in the container: CUDA sees none of them
     (task_report(("3",), device_count=0, devices=[], error="RuntimeError: No CUDA GPUs are available"), 1, "ddp",
-     ["CUDA shows 0 device(s) for the task's GPU(s) 3 (CUDA_VISIBLE_DEVICES=3, torch 2.13.0, CUDA 13.0). Fix: the "
-      "discovery script must print the GPU indices CUDA uses",
-      "CUDA does not work on the task's GPU(s) 3 (CUDA_VISIBLE_DEVICES=3, torch 2.13.0, CUDA 13.0): RuntimeError: "
-      "No CUDA GPUs are available. Fix: install an NVIDIA driver >= 580"]),
+     ["CUDA does not work on the task's GPU(s) 3 (CUDA_VISIBLE_DEVICES=3, torch 2.13.0, CUDA 13.0): RuntimeError: "
+      "No CUDA GPUs are available. Fix: the discovery script must print the GPU indices CUDA uses"]),
+    # no driver on the node (what CUDA torch says on a machine without one)
+    (task_report(device_count=0, devices=[], error="RuntimeError: Found no NVIDIA driver on your system."), 1,
+     "ddp", ["CUDA does not work on the task's GPU(s) 0 (CUDA_VISIBLE_DEVICES=0, torch 2.13.0, CUDA 13.0): "
+             "RuntimeError: Found no NVIDIA driver on your system. Fix: install an NVIDIA driver >= 580"]),
     # more devices visible than given (the variable was not narrowed to the task's GPUs)
     (task_report(("0",), device_count=8), 1, "ddp", ["CUDA shows 8 device(s) for the task's GPU(s) 0"]),
     # a driver too old for CUDA 13
