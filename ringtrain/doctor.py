@@ -274,7 +274,8 @@ def cuda_problems(task: dict, gpus_per_worker: int, engine: str) -> list[str]:
         # No driver, or one too old, says so in torch's message; otherwise CUDA saw none of the task's indices.
         fix = ("install an NVIDIA driver >= 580 (torch's CUDA 13 build needs it) on the node, and check "
                "nvidia-smi there" if "driver" in cuda["error"].lower() else indices_fix)
-        out.append(f"CUDA does not work on the task's GPU(s) {gpus} ({seen}): {cuda['error'][:400].rstrip('.')}. Fix: {fix}")
+        error = cuda["error"][:400].rstrip(".")
+        out.append(f"CUDA does not work on the task's GPU(s) {gpus} ({seen}): {error}. Fix: {fix}")
     elif cuda["device_count"] != len(task["gpus"]):
         out.append(f"CUDA shows {cuda['device_count']} device(s) for the task's GPU(s) {gpus} ({seen}). "
                    f"Fix: {indices_fix}")

@@ -38,7 +38,10 @@ if [ "$GPU" = 1 ]; then
   if [ -z "$cuda_home" ] && command -v nvcc >/dev/null 2>&1; then
     cuda_home="$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")"
   fi
-  [ -n "$cuda_home" ] && [ -x "$cuda_home/bin/nvcc" ] \
+  if [ -n "$cuda_home" ] && [ ! -x "$cuda_home/bin/nvcc" ]; then
+    die "GPU=1 needs the CUDA toolkit's nvcc, but $cuda_home/bin/nvcc (from \$HOROVOD_CUDA_HOME or \$CUDA_HOME) does not exist: set it to the toolkit's folder, e.g. /usr/local/cuda-13.0"
+  fi
+  [ -n "$cuda_home" ] \
     || die "GPU=1 needs the CUDA toolkit's nvcc (the NCCL build compiles CUDA kernels), and none was found (not in \$HOROVOD_CUDA_HOME, \$CUDA_HOME, /usr/local/cuda or on PATH). Install the CUDA toolkit 13 (https://developer.nvidia.com/cuda-downloads, or apt-get install cuda-toolkit-13-0) and set CUDA_HOME=/usr/local/cuda-13.0, or build for CPU with GPU=0."
   [ -f "$cuda_home/include/cuda_runtime.h" ] \
     || die "$cuda_home/bin/nvcc exists but $cuda_home/include/cuda_runtime.h does not: set CUDA_HOME to the toolkit's folder (the one holding bin/nvcc and include/)."
@@ -57,6 +60,9 @@ command -v "$PY" >/dev/null 2>&1 || die "PY=$PY: not found. Set PY to the Python
 # Horovod's setup.py lists cffi in setup_requires; setuptools would fetch it from the network unless it is installed.
 "$PY" -c 'import cffi' 2>/dev/null \
   || die "$PY cannot import cffi, which Horovod's setup.py requires while building (setup_requires; without it setuptools tries the network). Install it: $PY -m pip install cffi (offline: $PY -m pip install --no-index cffi-*.whl pycparser-*.whl)."
+# Python 3.12's venvs come without setuptools, which builds Horovod's setup.py.
+"$PY" -c 'import setuptools' 2>/dev/null \
+  || die "$PY cannot import setuptools, which runs Horovod's setup.py. Install it: $PY -m pip install setuptools (offline: $PY -m pip install --no-index setuptools-*.whl)"
 "$PY" -c 'import wheel' 2>/dev/null || "$PY" -c 'import setuptools.command.bdist_wheel' 2>/dev/null \
   || die "$PY has neither the wheel package nor setuptools >= 70.1, one of which builds the wheel. Install it: $PY -m pip install wheel"
 torch_cuda="$("$PY" -c 'import torch; print(torch.version.cuda or "")')"
