@@ -56,6 +56,8 @@ case $# in
   *) die "usage: [PY=python] [GPU=0|1] bash scripts/build_horovod.sh [horovod-$HOROVOD_VERSION.tar.gz] OUTDIR" ;;
 esac
 command -v "$PY" >/dev/null 2>&1 || die "PY=$PY: not found. Set PY to the Python whose torch Horovod is built for."
+# Absolute, because the build runs in the unpacked source; not through readlink, which would leave a venv.
+case "$PY" in */*) PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")" ;; esac
 "$PY" -c 'import torch' 2>/dev/null || die "$PY cannot import torch: install torch into it first (Horovod compiles against it)."
 # Horovod's setup.py lists cffi in setup_requires; setuptools would fetch it from the network unless it is installed.
 "$PY" -c 'import cffi' 2>/dev/null \

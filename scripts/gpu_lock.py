@@ -7,9 +7,9 @@ every other pin comes from the CPU lock (requirements.lock, requirements-spark4.
     python scripts/gpu_lock.py write   re-derive the pins after changing the torch line (or to take new CUDA
                                        patch releases), then review the diff
 
-Why `torch===2.13.0`: the index has the CPU build `2.13.0+cpu` and the CUDA 13 build `2.13.0` side by side,
-and `torch==2.13.0` also matches `2.13.0+cpu` (a local version), which pip prefers; `===` matches the CUDA
-build's version string only. The CUDA packages are pinned because torch leaves some open (e.g. nvidia-nvjitlink,
+Why `torch===2.13.0`: `torch==2.13.0` also matches a CPU build `2.13.0+cpu` (a local version) wherever pip sees
+one (PyTorch's CPU index, or a find-links folder as on this project's machines), and pip prefers it; `===`
+matches the CUDA 13 build's version string, `2.13.0`, only. The CUDA packages are pinned because torch leaves some open (e.g. nvidia-nvjitlink,
 cuda-bindings), so an unpinned install would take whatever CUDA patch release is newest on the day.
 
 How it avoids the download: pip needs each wheel's metadata to resolve. Where the index serves it apart
@@ -39,7 +39,7 @@ CUDA_FAMILY = re.compile(r"^(nvidia-.*|cuda-.*|triton)$")
 HEADER = """\
 # torch's CUDA 13 build and the CUDA packages it pulls (Linux x86_64, Python 3.11), for the GPU stacks:
 # `make setup GPU=1` (and STACK=spark4 GPU=1) installs this file in place of the CPU lock's torch line.
-# `===`: the CUDA build's exact version string (`==2.13.0` also matches 2.13.0+cpu, which pip prefers).
+# `===`: the CUDA build's exact version string (`==2.13.0` also matches a 2.13.0+cpu, which pip prefers).
 # Derived by `python scripts/gpu_lock.py write`; CI runs `python scripts/gpu_lock.py check`. Needs an NVIDIA
 # driver >= 580 (CUDA 13) on the nodes that run it.
 """
