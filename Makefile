@@ -2,15 +2,25 @@
 # STACK picks the pinned stack (README "Prerequisites"):
 #   spark35 (default)  .venv          Spark 3.5, pyarrow 14, numpy 1, Horovod and petastorm
 #   spark4             .venv-spark4   Spark 4.1, pyarrow 18, numpy 2; DDP and the arrow reader only
+# GPU=1 picks the GPU flavour of either stack, in its own venv (.venv-gpu, .venv-spark4-gpu): torch's CUDA
+# build (requirements-gpu.lock) and, on spark35, Horovod built with NCCL (README "GPU stack").
 STACK ?= spark35
+GPU ?= 0
+ifeq ($(GPU),1)
+GPU_SUFFIX := -gpu
+else ifeq ($(GPU),0)
+GPU_SUFFIX :=
+else
+$(error GPU=$(GPU): use GPU=0 (CPU torch) or GPU=1 (CUDA torch))
+endif
 ifeq ($(STACK),spark4)
-VENV ?= .venv-spark4
+VENV ?= .venv-spark4$(GPU_SUFFIX)
 # The engine-independent suite: tests that need Horovod or petastorm are deselected (not skipped),
 # so pytest's counts say exactly what ran.
 TEST_SELECT := -m "not horovod and not petastorm"
 BENCH_SUFFIX := -spark4
 else ifeq ($(STACK),spark35)
-VENV ?= .venv
+VENV ?= .venv$(GPU_SUFFIX)
 TEST_SELECT :=
 BENCH_SUFFIX :=
 else
@@ -21,7 +31,7 @@ PY := $(VENV)/bin/python
 .PHONY: setup demo test test-fast clean bench bench-smoke bench-stacks
 
 setup:
-	@STACK=$(STACK) RINGTRAIN_VENV=$(abspath $(VENV)) bash scripts/bootstrap.sh
+	@STACK=$(STACK) GPU=$(GPU) RINGTRAIN_VENV=$(abspath $(VENV)) bash scripts/bootstrap.sh
 
 demo: setup
 	$(VENV)/bin/ringtrain demo --config conf/demo.yaml
@@ -56,8 +66,8 @@ endif
 # writing bench/results/stacks-<bench>-<stack>-r<round>.json; then the table with Spark 4 / Spark 3.5 per round.
 BENCH_ROUNDS ?= 2
 bench-stacks:
-	@STACK=spark35 RINGTRAIN_VENV=$(abspath .venv) bash scripts/bootstrap.sh
-	@STACK=spark4 RINGTRAIN_VENV=$(abspath .venv-spark4) bash scripts/bootstrap.sh
+	@STACK=spark35 GPU=0 RINGTRAIN_VENV=$(abspath .venv) bash scripts/bootstrap.sh
+	@STACK=spark4 GPU=0 RINGTRAIN_VENV=$(abspath .venv-spark4) bash scripts/bootstrap.sh
 	set -e; for r in $$(seq 1 $(BENCH_ROUNDS)); do \
 	  for s in spark35 spark4; do \
 	    py=.venv/bin/python; [ $$s = spark4 ] && py=.venv-spark4/bin/python; \

@@ -38,7 +38,8 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("pack", help="build the environment archive for spark-submit --archives")
     c.add_argument("--output", default="ringtrain-env.tar.gz", help="archive to write (default: %(default)s)")
     c.add_argument("--env-dir", help="where to build the environment (default: build/pack-env in the checkout; "
-                                     "build/pack-env-spark4 from the Spark 4 stack)")
+                                     "build/pack-env-spark4 from the Spark 4 stack, "
+                                     "build/pack-env-gpu and build/pack-env-spark4-gpu from the GPU stacks)")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 

@@ -3,7 +3,8 @@
 Checks on the driver first (Java, the store, the Spark settings, task slots, GPUs), then inside ONE
 barrier stage of `train.num_workers` tasks, as training will run (ringtrain importable in the
 executors' Python; Python, pyarrow, torch and Horovod (where the stack has it) equal to the driver's;
-the store writable from every task; libhdfs set-up for hdfs://; each task's GPUs). Problems are collected, not raised one
+the store writable from every task; libhdfs set-up for hdfs://; each task's GPUs: as many as asked, CUDA seeing
+exactly those, a tensor op on them, and Horovod built with NCCL). Problems are collected, not raised one
 by one, so a single run lists every fix. The barrier stage only starts when the slot check passed,
 and is bounded by `timeout_s`: a cluster that cannot run it makes doctor report, not hang.
 """
@@ -24,6 +25,8 @@ from ringtrain.errors import EnvironmentProblems, UserError
 JOB_GROUP = "ringtrain-doctor"
 PACK_FIX = ("build the environment with `ringtrain pack` and submit with --archives ringtrain-env.tar.gz#env "
             "--conf spark.pyspark.python=./env/bin/python")
+GPU_STACK_FIX = ("set up the GPU stack (make setup GPU=1, or STACK=spark4 GPU=1) and pack it from there "
+                 "(.venv-gpu/bin/ringtrain pack), then submit with that archive")
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,8 @@ def run_barrier_probe(sc, cfg: Config, with_hdfs: bool, timeout_s: float) -> tup
     # By value: the executors may not be able to import ringtrain, which is one thing to find out.
     cloudpickle.register_pickle_by_value(probe)
     n = cfg.train.num_workers
-    task = functools.partial(probe.barrier_task, cfg.store.root, with_hdfs)
+    task = functools.partial(probe.barrier_task, cfg.store.root, with_hdfs,
+                             gpus_per_worker=cfg.train.gpus_per_worker, engine=cfg.train.engine)
     outcome: dict = {}
 
     def collect() -> None:
@@ -244,7 +248,48 @@ def executor_problems(driver: dict, tasks: list[dict], cfg: Config) -> list[Prob
                                       f"--conf spark.task.resource.gpu.amount={cfg.train.gpus_per_worker} with "
                                       f"executors that have them (spark.executor.resource.gpu.amount and a "
                                       f"discovery script), or set train.gpus_per_worker"))
+        out += [Problem(where, text) for text in cuda_problems(task, cfg.train.gpus_per_worker, cfg.train.engine)]
     return _unique(out)
+
+
+def cuda_problems(task: dict, gpus_per_worker: int, engine: str) -> list[str]:
+    """What stops a rank from training on the GPUs Spark gave this task, from the probe's `cuda` report
+    (None where none was asked for or none was given: the GPU count check above covers the latter)."""
+    cuda = task.get("cuda")
+    if not gpus_per_worker or cuda is None:
+        return []
+    gpus = ",".join(task["gpus"])
+    if cuda.get("torch") is None:  # the probe itself failed, or torch does not import
+        return [f"the CUDA check on GPU(s) {gpus} failed: {cuda['error']}. Fix: see the executor's stderr; "
+                f"a GPU run needs the GPU stack: {GPU_STACK_FIX}"]
+    if not cuda["torch_cuda"]:
+        return [f"torch {cuda['torch']} in the executors' Python is a CPU build (torch.version.cuda is None), "
+                f"but Spark gave the task GPU(s) {gpus}. Fix: {GPU_STACK_FIX}"]
+    out = []
+    seen = f"CUDA_VISIBLE_DEVICES={cuda['cuda_visible_devices']}, torch {cuda['torch']}, CUDA {cuda['torch_cuda']}"
+    indices_fix = ("the discovery script must print the GPU indices CUDA uses on that node (conf/gpu_discovery.sh "
+                   "prints nvidia-smi's); in containers that expose only their own GPUs (YARN with GPU isolation, "
+                   "Docker) those are 0..n-1")
+    if cuda["error"]:
+        # No driver, or one too old, says so in torch's message; otherwise CUDA saw none of the task's indices.
+        fix = ("install an NVIDIA driver >= 580 (torch's CUDA 13 build needs it) on the node, and check "
+               "nvidia-smi there" if "driver" in cuda["error"].lower() else indices_fix)
+        error = cuda["error"][:400].rstrip(".")
+        out.append(f"CUDA does not work on the task's GPU(s) {gpus} ({seen}): {error}. Fix: {fix}")
+    elif cuda["device_count"] != len(task["gpus"]):
+        out.append(f"CUDA shows {cuda['device_count']} device(s) for the task's GPU(s) {gpus} ({seen}). "
+                   f"Fix: {indices_fix}")
+    if engine == "horovod":
+        if cuda["horovod_error"]:
+            out.append(f"Horovod does not load beside CUDA torch ({cuda['horovod_error'][:400]}). Fix: if it names "
+                       f"libnccl.so.2, --conf spark.executorEnv.LD_LIBRARY_PATH=./env/lib/python3.11/site-packages/"
+                       f"nvidia/nccl/lib (the packed environment's NCCL); otherwise rebuild it on the GPU stack: "
+                       f"{GPU_STACK_FIX}")
+        elif not cuda["nccl_built"]:
+            out.append(f"Horovod in the executors' Python was built without NCCL: its GPU all-reduce would not "
+                       f"work. Fix: {GPU_STACK_FIX} (its bootstrap builds Horovod with NCCL; needs nvcc), or use "
+                       f"train.engine: ddp")
+    return out
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:
@@ -261,6 +306,8 @@ def format_report(summary: dict) -> str:
              f"          driver {d['host']}: {d['executable']} " + _versions(d["versions"])]
     for t in summary["tasks"]:
         gpus = f", GPUs {','.join(t['gpus'])}" if t["gpus"] else ""
+        if t.get("cuda") and t["cuda"].get("devices"):
+            gpus += f" ({', '.join(t['cuda']['devices'])}, CUDA {t['cuda']['torch_cuda']})"
         lines.append(f"          {t['who']} on {t['host']}: {t['executable']} {_versions(t['versions'])}{gpus}")
     return "\n".join(lines)
 

@@ -1,9 +1,10 @@
 """`ringtrain pack`: the Python environment that executors unpack from `--archives ringtrain-env.tar.gz#env`.
 
 Steps: scripts/bootstrap.sh builds a virtual environment with the pinned stack of the environment that
-runs `pack` (Spark 3.5 from .venv, Spark 4 from .venv-spark4: the cluster's Spark line decides), a separate
-one (`build/pack-env`, or `build/pack-env-spark4`, by default, so the checkout's editable venvs are
-untouched); ringtrain is installed
+runs `pack` (Spark 3.5 from .venv, Spark 4 from .venv-spark4: the cluster's Spark line decides; from a GPU
+stack, .venv-gpu or .venv-spark4-gpu, its GPU flavour: CUDA torch, and Horovod with NCCL on Spark 3.5), a
+separate one (`build/pack-env`, `build/pack-env-spark4`, `build/pack-env-gpu` or `build/pack-env-spark4-gpu`
+by default, so the checkout's editable venvs are untouched); ringtrain is installed
 into it NON-editable (an editable install points back into this checkout, which executors do not
 have, and venv-pack refuses it); venv-pack archives it.
 
@@ -20,6 +21,7 @@ import time
 
 from ringtrain.errors import PackError
 from ringtrain.stack import current as current_stack
+from ringtrain.stack import gpu as gpu_stack
 
 
 # Spark's own jars (about 300 MiB of the pyspark wheel): the cluster's Spark runs the JVMs, and
@@ -40,12 +42,14 @@ def checkout_root() -> str:
 
 def pack(output: str, *, env_dir: str | None = None) -> dict:
     root = checkout_root()
-    stack = current_stack()
-    env_dir = os.path.abspath(env_dir or default_env_dir(root, stack))
+    stack, gpu = current_stack(), gpu_stack()
+    flavour = stack + ("-gpu" if gpu else "")
+    env_dir = os.path.abspath(env_dir or default_env_dir(root, stack, gpu=gpu))
     output = os.path.abspath(output)
     started = time.time()
-    _run(["bash", os.path.join(root, "scripts", "bootstrap.sh")], {"RINGTRAIN_VENV": env_dir, "STACK": stack},
-         f"scripts/bootstrap.sh could not build the environment ({stack} stack)")
+    _run(["bash", os.path.join(root, "scripts", "bootstrap.sh")],
+         {"RINGTRAIN_VENV": env_dir, "STACK": stack, "GPU": "1" if gpu else "0"},
+         f"scripts/bootstrap.sh could not build the environment ({flavour} stack)")
     python = os.path.join(env_dir, "bin", "python")
     # Non-editable, replacing the editable install bootstrap made; dependencies are already pinned there.
     _run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--force-reinstall", root], {},
@@ -56,14 +60,16 @@ def pack(output: str, *, env_dir: str | None = None) -> dict:
         venv_pack.pack(prefix=env_dir, output=output, force=True, filters=[("exclude", SPARK_JARS)])
     except venv_pack.VenvPackException as exc:
         raise PackError(f"venv-pack refused {env_dir}: {exc}") from None
-    return {"archive": output, "bytes": os.path.getsize(output), "env_dir": env_dir, "stack": stack,
+    return {"archive": output, "bytes": os.path.getsize(output), "env_dir": env_dir, "stack": stack, "gpu": gpu,
             "python": python, "interpreter": interpreter(env_dir), "build_s": round(built_s, 1),
             "pack_s": round(time.time() - started - built_s, 1)}
 
 
-def default_env_dir(root: str, stack: str) -> str:
-    """One folder per stack, so packing for the other Spark line never installs over this one's packages."""
-    return os.path.join(root, "build", "pack-env" if stack == "spark35" else f"pack-env-{stack}")
+def default_env_dir(root: str, stack: str, *, gpu: bool = False) -> str:
+    """One folder per stack and flavour, so packing for another Spark line, or CPU after GPU, never installs
+    over this one's packages."""
+    name = "pack-env" + ("" if stack == "spark35" else f"-{stack}") + ("-gpu" if gpu else "")
+    return os.path.join(root, "build", name)
 
 
 def _run(cmd: list[str], env: dict, failure: str) -> None:
@@ -111,11 +117,17 @@ def format_report(summary: dict) -> str:
     mib = summary["bytes"] / 2**20
     it = summary["interpreter"]
     return "\n".join([
-        f"PACK      {summary['archive']} ({mib:,.0f} MiB), {summary['stack']} stack in {summary['env_dir']}",
+        f"PACK      {summary['archive']} ({mib:,.0f} MiB), {summary['stack']}{'-gpu' if summary['gpu'] else ''} "
+        f"stack in {summary['env_dir']}",
         f"          built in {summary['build_s']}s, packed in {summary['pack_s']}s",
         f"CAVEAT    venv-pack does not put the interpreter in the archive: env/bin/python links to {it['path']}",
         f"          (Python {it['version']}). Every node (YARN NodeManagers, and the driver's host in cluster mode)",
         "          needs that Python at that path, same OS and architecture; otherwise use conda-pack.",
         "",
         submit_lines(summary["archive"], summary["python"]),
+        *([] if not summary["gpu"] else [
+            "# GPUs (README \"5. GPUs\"): add to each line --conf spark.executor.resource.gpu.amount=G "
+            "--conf spark.task.resource.gpu.amount=G",
+            "#   --files conf/gpu_discovery.sh --conf spark.executor.resource.gpu.discoveryScript=./gpu_discovery.sh "
+            "and --set train.gpus_per_worker=G; the nodes need an NVIDIA driver >= 580 (CUDA 13)"]),
     ])

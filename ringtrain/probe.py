@@ -8,9 +8,11 @@ function, and a failed import is a fact to report, not an error.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import platform
 import socket
+import subprocess
 import sys
 import uuid
 
@@ -82,11 +84,58 @@ def process_report(store_root: str, who: str, *, with_hdfs: bool) -> dict:
             "hdfs_env": hdfs_env() if with_hdfs else None}
 
 
-def barrier_task(store_root: str, with_hdfs: bool, _rows):
-    """The function of doctor's one barrier stage (one call per task)."""
+# What a training rank would find on the task's GPUs, printed as JSON by a child process. A child, because CUDA
+# reads CUDA_VISIBLE_DEVICES once, when it initialises, and Spark reuses its Python workers: the child gets the
+# task's GPUs exactly as ringtrain's launcher gives them to a rank, and a hung or crashing driver only takes it.
+CUDA_PROBE = r"""
+import json, os, sys
+out = {"cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "torch": None, "torch_cuda": None,
+       "device_count": 0, "devices": [], "error": None, "nccl_built": None, "horovod_error": None}
+try:
+    import torch
+    out["torch"], out["torch_cuda"] = torch.__version__, torch.version.cuda
+    if torch.version.cuda:
+        out["device_count"] = torch.cuda.device_count()
+        torch.cuda.init()  # raises with the reason (no driver, driver too old) where the count is 0
+        out["devices"] = [torch.cuda.get_device_name(i) for i in range(out["device_count"])]
+        x = torch.arange(1024, dtype=torch.float32, device="cuda:0")
+        total = float((x * 2).sum().item())
+        if total != 1023 * 1024:
+            out["error"] = f"a tensor op on cuda:0 returned {total}, not {1023 * 1024.0}"
+except Exception as exc:
+    out["error"] = f"{type(exc).__name__}: {exc}"
+if sys.argv[1] == "horovod":
+    try:
+        import horovod.torch as hvd
+        out["nccl_built"] = int(hvd.nccl_built())
+    except Exception as exc:
+        out["horovod_error"] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(out))
+"""
+
+
+def cuda_report(task_gpus: list[str], engine: str, timeout_s: float = 90.0) -> dict:
+    """CUDA as a rank on `task_gpus` sees it (CUDA_PROBE's fields), or {"error": why the probe itself failed}."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ",".join(task_gpus)}
+    try:
+        done = subprocess.run([sys.executable, "-c", CUDA_PROBE, engine], env=env, capture_output=True, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"the CUDA probe did not finish in {timeout_s:g}s (a hung GPU or driver)"}
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return {"error": f"the CUDA probe exited {done.returncode}: {done.stderr.strip()[-500:]}"}
+    return json.loads(lines[-1])
+
+
+def barrier_task(store_root: str, with_hdfs: bool, _rows, *, gpus_per_worker: int = 0, engine: str = "ddp"):
+    """The function of doctor's one barrier stage (one call per task). CUDA (and Horovod's NCCL) is probed only
+    where GPUs are asked for and the task got some: the CPU doctor stays fast."""
     from pyspark import BarrierTaskContext
     ctx = BarrierTaskContext.get()
     gpus = ctx.resources().get("gpu")
     report = process_report(store_root, f"task{ctx.partitionId()}", with_hdfs=with_hdfs)
     report["gpus"] = list(gpus.addresses) if gpus is not None else []
+    report["executor_cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+    report["cuda"] = cuda_report(report["gpus"], engine) if gpus_per_worker and report["gpus"] else None
     yield report

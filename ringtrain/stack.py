@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
+import re
 
 from ringtrain.errors import ConfigError
 
@@ -34,6 +36,21 @@ def current() -> str:
     `spark4` for pyspark 4.x, `spark35` otherwise. The name scripts/bootstrap.sh takes as STACK."""
     major = int(importlib.metadata.version("pyspark").split(".")[0])
     return "spark4" if major >= 4 else "spark35"
+
+
+def gpu() -> bool:
+    """True where this environment's torch is a CUDA build: the GPU flavour of its stack (`make setup GPU=1`,
+    requirements-gpu.lock). Reads `torch.version.cuda` from torch/version.py rather than importing torch."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    path = os.path.join(list(spec.submodule_search_locations)[0], "version.py")
+    try:
+        with open(path) as f:
+            found = re.search(r"^cuda\b[^=\n]*=\s*(.+)$", f.read(), re.MULTILINE)
+    except OSError:
+        return False
+    return found is not None and found.group(1).strip() != "None"
 
 
 def installed(package: str) -> bool:

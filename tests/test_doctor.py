@@ -151,3 +151,84 @@ def test_missing_java_is_reported_before_spark_starts(tmp_path):
     assert out.returncode == 2, out.stderr[-3000:]
     assert f"Java not found (JAVA_HOME={tmp_path / 'no-jdk'} has no bin/java)" in out.stderr
     assert "Fix: install OpenJDK 17" in out.stderr
+
+
+# A task's report as the probe returns it, with the CUDA part as a rank on the task's GPUs saw it.
+def task_report(gpus=("0",), **cuda):
+    seen = {"cuda_visible_devices": ",".join(gpus), "torch": "2.13.0", "torch_cuda": "13.0",
+            "device_count": len(gpus), "devices": ["NVIDIA H200"] * len(gpus), "error": None,
+            "nccl_built": 22907, "horovod_error": None}
+    return {"who": "task0", "host": "node1", "executable": "/env/bin/python", "gpus": list(gpus),
+            "cuda": {**seen, **cuda} if cuda.pop("probe", True) else None}
+
+
+@pytest.mark.parametrize("task, gpus_per_worker, engine, expected", [
+    # all well: with and without Horovod
+    (task_report(), 1, "horovod", []),
+    (task_report(("2", "3")), 2, "ddp", []),
+    # no GPUs asked for, or none given (the GPU count check says so): nothing probed, nothing to say
+    (task_report(probe=False), 0, "ddp", []),
+    (task_report((), probe=False), 1, "ddp", []),
+    # CPU torch on a task with (fake) GPUs: what tests with a fake discovery script meet
+    (task_report(torch="2.13.0+cpu", torch_cuda=None, device_count=0, devices=[]), 1, "ddp",
+     ["torch 2.13.0+cpu in the executors' Python is a CPU build (torch.version.cuda is None), but Spark gave the "
+      "task GPU(s) 0. Fix: set up the GPU stack (make setup GPU=1"]),
+    # Spark's addresses are not the ones CUDA uses in the container: CUDA sees none of them
+    (task_report(("3",), device_count=0, devices=[], error="RuntimeError: No CUDA GPUs are available"), 1, "ddp",
+     ["CUDA does not work on the task's GPU(s) 3 (CUDA_VISIBLE_DEVICES=3, torch 2.13.0, CUDA 13.0): RuntimeError: "
+      "No CUDA GPUs are available. Fix: the discovery script must print the GPU indices CUDA uses"]),
+    # no driver on the node (what CUDA torch says on a machine without one)
+    (task_report(device_count=0, devices=[], error="RuntimeError: Found no NVIDIA driver on your system."), 1,
+     "ddp", ["CUDA does not work on the task's GPU(s) 0 (CUDA_VISIBLE_DEVICES=0, torch 2.13.0, CUDA 13.0): "
+             "RuntimeError: Found no NVIDIA driver on your system. Fix: install an NVIDIA driver >= 580"]),
+    # more devices visible than given (the variable was not narrowed to the task's GPUs)
+    (task_report(("0",), device_count=8), 1, "ddp", ["CUDA shows 8 device(s) for the task's GPU(s) 0"]),
+    # a driver too old for CUDA 13
+    (task_report(error="RuntimeError: The NVIDIA driver on your system is too old (found version 12020)"), 1,
+     "ddp", ["CUDA does not work on the task's GPU(s) 0 (CUDA_VISIBLE_DEVICES=0, torch 2.13.0, CUDA 13.0): "
+             "RuntimeError: The NVIDIA driver on your system is too old"]),
+    # Horovod without NCCL matters only when Horovod is the engine
+    (task_report(nccl_built=0), 1, "horovod", ["Horovod in the executors' Python was built without NCCL"]),
+    (task_report(nccl_built=0), 1, "ddp", []),
+    (task_report(nccl_built=None, horovod_error="ImportError: libnccl.so.2: cannot open shared object file"), 1,
+     "horovod", ["Horovod does not load beside CUDA torch (ImportError: libnccl.so.2: cannot open shared object "
+                 "file). Fix: if it names libnccl.so.2, --conf spark.executorEnv.LD_LIBRARY_PATH="]),
+    # the probe itself failed (torch missing, a crash, a timeout)
+    ({**task_report(), "cuda": {"error": "the CUDA probe did not finish in 90s (a hung GPU or driver)"}}, 1, "ddp",
+     ["the CUDA check on GPU(s) 0 failed: the CUDA probe did not finish in 90s (a hung GPU or driver)"]),
+])
+def test_cuda_problems_of_a_task(task, gpus_per_worker, engine, expected):
+    from ringtrain.doctor import cuda_problems
+    found = cuda_problems(task, gpus_per_worker, engine)
+    assert len(found) == len(expected), found
+    for text, start in zip(found, expected):
+        assert text.startswith(start), text
+
+
+def test_executor_problems_name_the_task_and_report_a_cpu_torch_once_per_task():
+    from ringtrain.config import load_config
+    from ringtrain.doctor import executor_problems
+    cfg = load_config(os.path.join(ROOT, "conf", "demo.yaml"), ["train.gpus_per_worker=1", "train.engine=ddp"])
+    driver = {"versions": {"python": "3.11.7", "torch": "2.13.0+cpu"}}
+    cpu = {"torch": "2.13.0+cpu", "torch_cuda": None, "device_count": 0, "devices": []}
+    tasks = [{**task_report((gpu,), **cpu), "who": f"task{i}", "versions": driver["versions"], "store_error": None,
+              "hdfs_env": None} for i, gpu in enumerate(("0", "1"))]
+    problems = executor_problems(driver, tasks, cfg)
+    assert [p.where for p in problems] == ["executors: task0 on node1 (/env/bin/python)",
+                                           "executors: task1 on node1 (/env/bin/python)"]
+    assert all("is a CPU build" in p.text for p in problems)
+
+
+def test_the_cuda_probe_runs_and_reports_this_torch():
+    """The child script itself, on this machine's torch: a CPU build here, the real GPU where there is one."""
+    import torch
+    from ringtrain.doctor import cuda_problems
+    from ringtrain.probe import cuda_report
+    report = cuda_report(["0"], "ddp")
+    assert report["torch"] == torch.__version__ and report["torch_cuda"] == torch.version.cuda
+    assert report["cuda_visible_devices"] == "0"
+    problems = cuda_problems({"gpus": ["0"], "cuda": report}, 1, "ddp")
+    if torch.version.cuda is None:
+        assert len(problems) == 1 and "is a CPU build" in problems[0]
+    elif torch.cuda.is_available():
+        assert problems == [] and report["device_count"] == 1 and report["devices"]
