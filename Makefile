@@ -28,7 +28,7 @@ $(error STACK=$(STACK): use spark35 or spark4)
 endif
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-fast clean bench bench-smoke bench-stacks
+.PHONY: setup demo test test-fast clean bench bench-smoke bench-stacks gpu-data test-gpu bench-gpu
 
 setup:
 	@STACK=$(STACK) GPU=$(GPU) RINGTRAIN_VENV=$(abspath $(VENV)) bash scripts/bootstrap.sh
@@ -92,6 +92,17 @@ endif
 	$(PY) bench/etl_bench.py --rows 50000 --repeats 1 --out smoke-etl$(BENCH_SUFFIX)
 	$(PY) bench/store_bench.py --rows 20000 --repeats 1 --out smoke-store$(BENCH_SUFFIX)
 	$(PY) bench/retrain_bench.py --rows 5000 --repeats 1 --out smoke-retrain$(BENCH_SUFFIX)
+
+# The datasets the GPU tests (tests/test_gpu.py) and bench/gpu_bench.py read, published here by the real ETL
+# (Spark), so that they run where there is no Spark or Java (README "GPU tests and benchmarks without Spark").
+gpu-data: setup
+	$(PY) scripts/gpu_data.py
+
+# On a machine with a GPU and the GPU stack: the gpu tests, then the GPU benchmark (bench/results/gpu.json).
+test-gpu: gpu-data
+	$(PY) -m pytest tests/test_gpu.py -v -rs
+bench-gpu: gpu-data
+	$(PY) bench/gpu_bench.py
 
 clean:
 	rm -rf runs .pytest_cache spark-warehouse metastore_db derby.log bench/.data

@@ -41,7 +41,7 @@ from ringtrain.training.environment import RankEnvironment
 from ringtrain.training.loop import NO_FAULTS, _Trainer
 from ringtrain.training.models import build_model, model_inputs
 from ringtrain.training.optimizer import make_optimizer
-from ringtrain.training.pipeline import PipelineModel
+from ringtrain.training.pipeline import PipelineModel, micro_batches_for
 from ringtrain.training.tasks import make_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,8 +53,9 @@ ABLATIONS = {
     "+ finiteness read on the host each step": {"host_check": True},
     "+ host read and an unfused optimizer": {"host_check": True, "unfused": True},
     "+ DDP wrapper in a world of one": {"ddp_wrapper": True},
-    "as before (all three above)": {"host_check": True, "unfused": True, "ddp_wrapper": True},
-    "- per-micro-step seed": {"no_seed": True},
+    "as before (the three above and a seed per micro-step)": {"host_check": True, "unfused": True,
+                                                             "ddp_wrapper": True, "force_seed": True},
+    "+ a seed per micro-step (before: always)": {"force_seed": True},
     "- gradient clipping": {"no_clip": True},
 }
 
@@ -158,29 +159,25 @@ def plain_step(model, device, batches, compiled: bool = False):
 
 
 def ringtrain_step(model, device, batches, engine, task, cfg: TrainConfig, folder: str, *, host_check=False,
-                   unfused=False, ddp_wrapper=False, no_seed=False, pipe=None):
+                   unfused=False, ddp_wrapper=False, force_seed=False, pipe=None):
     """ringtrain's own step: `_Trainer.micro_step` + `optimizer_step`, as `fit` runs them."""
     net = pipe or model
     optimizer = make_optimizer(cfg, net.parameters(), torch.device("cpu") if unfused else device)
     trainer = _Trainer(cfg, engine, net, optimizer, task, device, folder, NO_FAULTS)
     if host_check:
         trainer.device_steps = None
+    if force_seed:
+        trainer.draws_random = True
     trainer.resume()
     if ddp_wrapper:
         from torch.nn.parallel import DistributedDataParallel
         trainer.model = DistributedDataParallel(trainer.model, device_ids=[device.index] if device.index is not None
                                                 else None)
     trainer.start_epoch()
-    seed = torch.manual_seed
 
     def step(i):
-        if no_seed:
-            torch.manual_seed = lambda *_: None
-        try:
-            if trainer.micro_step(batches[i % len(batches)]):
-                trainer.optimizer_step()
-        finally:
-            torch.manual_seed = seed
+        if trainer.micro_step(batches[i % len(batches)]):
+            trainer.optimizer_step()
 
     def finish():
         if trainer.device_steps is not None:
@@ -222,7 +219,34 @@ def bench_steps(data: Data, device, engine, size: dict, folder: str, compile_pla
 
 # ----------------------------------------------------------------------------- feed
 
-def bench_feed(data: Data, device, engine, size: dict, folder: str) -> dict:
+@contextlib.contextmanager
+def switch_interval(seconds: float | None):
+    saved = sys.getswitchinterval()
+    if seconds is not None:
+        sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(saved)
+
+
+# The input path's candidates, measured side by side: (copy to the GPU in the consumer's thread, the
+# interpreter's GIL switch interval in seconds; None: Python's default, 5 ms).
+FEED_VARIANTS = {"prefetch thread copies to the GPU": (False, None),
+                 "training thread copies to the GPU": (True, None),
+                 "prefetch thread copies, switch interval 0.2 ms": (False, 2e-4),
+                 "training thread copies, switch interval 0.2 ms": (True, 2e-4)}
+
+
+def bench_feed(data: Data, device, engine, size: dict, folder: str, variants: bool = False) -> dict:
+    out = {}
+    for name, (consumer, interval) in (FEED_VARIANTS if variants else dict(list(FEED_VARIANTS.items())[:1])).items():
+        with switch_interval(interval):
+            out[name] = bench_feed_once(data, device, engine, size, folder, consumer)
+    return out if variants else next(iter(out.values()))
+
+
+def bench_feed_once(data: Data, device, engine, size: dict, folder: str, copy_in_consumer: bool) -> dict:
     batch, steps, warmup = size["batch"], size["steps"] * 2, size["warmup"]
     task = make_task(data.manifest["features"], train_config(batch))
     cfg = train_config(batch)
@@ -238,7 +262,7 @@ def bench_feed(data: Data, device, engine, size: dict, folder: str) -> dict:
     trainer.start_epoch()
     times = []
     for repeat in range(3):  # as fit() does: an epoch's reader through the prefetch thread
-        batches = prefetch(data.reader(batch).epoch(repeat), device)
+        batches = prefetch(data.reader(batch).epoch(repeat), device, copy_in_consumer=copy_in_consumer)
         for i, b in enumerate(batches):
             if i == warmup:
                 trainer.device_steps and trainer.device_steps.settle()
@@ -275,13 +299,14 @@ def bench_pipeline(data: Data, device, engine, timer: Timer, folder: str) -> dic
     batches = data.resident(batch, device, 16)
     task = make_task(data.manifest["features"], train_config(batch))
     out = {}
-    for name, stages, micro in (("unsplit", 1, 1), ("2 stages, 4 micro-batches", 2, 4),
-                                ("2 stages, 1 micro-batch", 2, 1)):
+    for name, stages, setting in (("unsplit", 1, 1), ("2 stages, 4 micro-batches", 2, 4),
+                                  ("2 stages, micro_batches: auto (the default)", 2, "auto")):
         model = data.model(256, 4, device)
-        cfg = train_config(batch, pipeline={"stages": stages, "micro_batches": micro})
+        cfg = train_config(batch, pipeline={"stages": stages, "micro_batches": setting})
+        micro = micro_batches_for(setting, [device, device])
         pipe = PipelineModel(model, stages, micro, [device]) if stages > 1 else None
         seconds = timer(*ringtrain_step(model, device, batches, engine, task, cfg, folder, pipe=pipe))
-        out[name] = {"ms": round(seconds * 1e3, 3), "samples_s": round(batch / seconds)}
+        out[name] = {"ms": round(seconds * 1e3, 3), "samples_s": round(batch / seconds), "micro_batches": micro}
     unsplit = out["unsplit"]["ms"]
     for row in out.values():
         row["vs_unsplit"] = round(unsplit / row["ms"], 3)
@@ -308,6 +333,8 @@ def table(result: dict) -> str:
     for size, r in result["feed"].items():
         lines.append(f"| {size} (batch {r['batch']}) | {r['resident_samples_s']} | {r['fed_samples_s']} | "
                      f"{r['fed_vs_resident']} |")
+    for name, r in result.get("feed_variants", {}).items():
+        lines.append(f"| small, {name} | {r['resident_samples_s']} | {r['fed_samples_s']} | {r['fed_vs_resident']} |")
     lines.append(f"\nloader alone: {result['loader']['samples_s']} samples/s (batch {result['loader']['batch']})")
     lines += ["", "| pipeline | ms/step | samples/s | x unsplit |", "|---|---|---|---|"]
     for name, r in result["pipeline"].items():
@@ -361,6 +388,7 @@ def main(argv=None) -> int:
             if "feed" in sections:
                 result["feed"] = {name: bench_feed(data, device, engine, size, folder)
                                   for name, size in sizes.items()}
+                result["feed_variants"] = bench_feed(data, device, engine, sizes["small"], folder, variants=True)
                 result["loader"] = bench_loader(data, device, sizes["small"]["batch"])
                 print("feed", json.dumps(result["feed"]), json.dumps(result["loader"]), flush=True)
                 save()

@@ -307,33 +307,41 @@ def open_reader(kind: str, plan: ReadPlan, cols: Columns, batch_size: int, seed:
     raise ValueError(f"train.reader: unknown reader {kind!r}; use 'petastorm' or 'arrow'")
 
 
-def to_tensors(batch: Batch, device: torch.device) -> dict:
-    """Numpy batch -> tensors on `device`; pinned memory and non_blocking copies on GPU."""
+def to_tensors(batch: Batch, device: torch.device, *, pin_only: bool = False) -> dict:
+    """Numpy batch -> tensors on `device`; pinned memory and non_blocking copies on GPU. `pin_only`: stop at
+    pinned CPU tensors (`to_device` finishes the copy)."""
     out = {}
     for name in ("num", "cat", "label", "arr"):
         if name not in batch:
             continue
         t = torch.from_numpy(np.ascontiguousarray(batch[name]))
         if device.type == "cuda":
-            t = t.pin_memory().to(device, non_blocking=True)
+            t = t.pin_memory() if pin_only else t.pin_memory().to(device, non_blocking=True)
         out[name] = t
     if "key" in batch:
         out["key"] = list(batch["key"])
     return out
 
 
-def prefetch(batches: Iterator[Batch], device: torch.device, depth: int = 4) -> Iterator[dict]:
-    """Read and convert in a background thread so the training step does not wait on I/O."""
+def to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def prefetch(batches: Iterator[Batch], device: torch.device, depth: int = 4, *,
+             copy_in_consumer: bool = False) -> Iterator[dict]:
+    """Read and convert in a background thread so the training step does not wait on I/O.
+    `copy_in_consumer`: the thread pins the batch, and the consumer's thread issues the copy to the GPU."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()
+    pin_only = copy_in_consumer and device.type == "cuda"
 
     def produce():
         try:
             for batch in batches:
                 if stop.is_set():
                     return
-                q.put(to_tensors(batch, device))
+                q.put(to_tensors(batch, device, pin_only=pin_only))
             q.put(done)
         except BaseException as exc:  # handed to the consumer, which re-raises it
             q.put(exc)
@@ -347,7 +355,7 @@ def prefetch(batches: Iterator[Batch], device: torch.device, depth: int = 4) -> 
                 return
             if isinstance(item, BaseException):
                 raise item
-            yield item
+            yield to_device(item, device) if pin_only else item
     finally:
         stop.set()
         while thread.is_alive():  # unblock a producer waiting on a full queue
