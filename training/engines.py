@@ -14,7 +14,7 @@ from typing import Protocol
 
 import torch
 
-from ringtrain.training.environment import RankEnvironment, free_port
+from ringtrain.training.environment import RankEnvironment
 
 
 class Engine(Protocol):
@@ -116,10 +116,14 @@ class TorchDDPEngine:
         import torch.distributed as dist
         self.dist, self.device = dist, device
         self.rank, self.size, self.local_rank = env.rank, env.size, env.local_rank
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if self.size == 1:  # alone: a store of its own on a free port
-            os.environ.setdefault("MASTER_PORT", str(free_port()))
         timeout = timedelta(seconds=float(os.environ.get("RINGTRAIN_COLLECTIVE_TIMEOUT_S", "1800")))
+        if self.size == 1 and "MASTER_PORT" not in os.environ:
+            # Alone (no launcher gave a rendezvous): an in-memory store. A TCP store on a port picked
+            # beforehand can lose that port to another process before it binds it (EADDRINUSE, seen in CI).
+            dist.init_process_group(ddp_backend(device), store=dist.HashStore(), rank=0, world_size=1,
+                                    timeout=timeout)
+            return
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         dist.init_process_group(ddp_backend(device), rank=self.rank, world_size=self.size, timeout=timeout)
 
     manual: list | None = None  # parameters averaged explicitly (pipelined models)
