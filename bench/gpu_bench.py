@@ -41,7 +41,7 @@ from ringtrain.training.environment import RankEnvironment
 from ringtrain.training.loop import NO_FAULTS, _Trainer
 from ringtrain.training.models import build_model, model_inputs
 from ringtrain.training.optimizer import make_optimizer
-from ringtrain.training.pipeline import PipelineModel, micro_batches_for
+from ringtrain.training.pipeline import PipelineModel
 from ringtrain.training.tasks import make_task
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -260,19 +260,23 @@ def bench_feed_once(data: Data, device, engine, size: dict, folder: str, copy_in
     trainer = _Trainer(cfg, engine, model, optimizer, task, device, folder, NO_FAULTS)
     trainer.resume()
     trainer.start_epoch()
+
+    def settle():  # the fed trainer's pending step flag, read before the clock starts and stops
+        if trainer.device_steps is not None:
+            trainer.device_steps.settle()
     times = []
     for repeat in range(3):  # as fit() does: an epoch's reader through the prefetch thread
         batches = prefetch(data.reader(batch).epoch(repeat), device, copy_in_consumer=copy_in_consumer)
         for i, b in enumerate(batches):
             if i == warmup:
-                trainer.device_steps and trainer.device_steps.settle()
+                settle()
                 sync(device)
                 started = time.perf_counter()
             if trainer.micro_step(b):
                 trainer.optimizer_step()
             if i == warmup + steps - 1:
                 break
-        trainer.device_steps and trainer.device_steps.settle()
+        settle()
         sync(device)
         times.append((time.perf_counter() - started) / steps)
         batches.close()
@@ -303,8 +307,8 @@ def bench_pipeline(data: Data, device, engine, timer: Timer, folder: str) -> dic
                                   ("2 stages, micro_batches: auto (the default)", 2, "auto")):
         model = data.model(256, 4, device)
         cfg = train_config(batch, pipeline={"stages": stages, "micro_batches": setting})
-        micro = micro_batches_for(setting, [device, device])
-        pipe = PipelineModel(model, stages, micro, [device]) if stages > 1 else None
+        pipe = PipelineModel(model, stages, setting, [device]) if stages > 1 else None
+        micro = pipe.micro_batches if pipe else 1
         seconds = timer(*ringtrain_step(model, device, batches, engine, task, cfg, folder, pipe=pipe))
         out[name] = {"ms": round(seconds * 1e3, 3), "samples_s": round(batch / seconds), "micro_batches": micro}
     unsplit = out["unsplit"]["ms"]

@@ -97,7 +97,7 @@ class PipelineModel(nn.Module):
 
     wraps_module = True  # engines.unwrap: `self.module` is the model
 
-    def __init__(self, module: nn.Module, stages: int, micro_batches: int, devices: list[torch.device],
+    def __init__(self, module: nn.Module, stages: int, micro_batches: int | str, devices: list[torch.device],
                  balance: list[int] | None = None):
         super().__init__()
         if not callable(getattr(module, "layers", None)):
@@ -105,10 +105,10 @@ class PipelineModel(nn.Module):
                              f"modules of its forward pass); {type(module).__name__} has none. Built-in models "
                              f"have it; add it to your model or set train.pipeline.stages=1")
         self.module = module
-        self.micro_batches = micro_batches
         layers = module.layers()
         self.bounds = partition(layers, stages, balance)
         self.devices = [devices[i % len(devices)] for i in range(stages)]
+        self.micro_batches = micro_batches_for(micro_batches, self.devices)  # train.pipeline.micro_batches
         for idx, dev in zip(self.bounds, self.devices):
             for i in idx:
                 layers[i].to(dev)  # in place; _Stage below holds plain references, which .to() would not reach

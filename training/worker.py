@@ -41,7 +41,7 @@ from ringtrain.training.loop import FaultInjector, Heartbeat, fit
 from ringtrain.training.models import build_model
 from ringtrain.training.optimizer import make_optimizer
 from ringtrain.training.tasks import make_task
-from ringtrain.training.pipeline import PipelineModel, micro_batches_for, stage_devices
+from ringtrain.training.pipeline import PipelineModel, stage_devices
 from ringtrain.training.spec import WorkerSpec
 
 RESULT_PREFIX = "RINGTRAIN_RESULT "
@@ -143,9 +143,7 @@ def _train(spec: WorkerSpec, env: RankEnvironment, engine, device: torch.device,
         model.load_state_dict(torch.load(io.BytesIO(read_bytes(spec.init_weights)), map_location=device))
     if cfg.pipeline.stages > 1:  # layer splitting inside this rank; data parallelism across ranks
         devices = [torch.device(d) for d in placement["stage_devices"]] if device.type == "cuda" else [device]
-        stage_on = [devices[i % len(devices)] for i in range(cfg.pipeline.stages)]
-        model = PipelineModel(model, cfg.pipeline.stages, micro_batches_for(cfg.pipeline.micro_batches, stage_on),
-                              devices, cfg.pipeline.balance)
+        model = PipelineModel(model, cfg.pipeline.stages, cfg.pipeline.micro_batches, devices, cfg.pipeline.balance)
         if engine.rank == 0:
             log.info("pipeline: %d stages over layers %s on %s, %d micro-batches (train.pipeline.micro_batches: %s)",
                      model.num_stages, model.bounds, [str(d) for d in model.devices], model.micro_batches,
