@@ -290,7 +290,7 @@ def _before(record: dict, state: str) -> dict:
 def dataset_problem(dataset_dir: str | None) -> str | None:
     """None when `dataset_dir` is a published dataset version; else what is wrong with it."""
     if not dataset_dir:
-        return "is not named in the record"
+        return "is not named"
     if not exists(join(dataset_dir, "manifest.json")):
         return f"{dataset_dir} has no manifest.json (not published)"
     return None

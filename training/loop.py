@@ -12,7 +12,8 @@ Mixed precision: bf16 autocast, or fp16 with a loss scaler whose overflow skips 
 (every rank sees the same averaged gradients, so every rank skips them together).
 Dropout masks are seeded from (seed, rank, step), so a resumed run draws the same masks (a model that
 draws no random numbers, such as a built-in one without dropout, is not seeded: it would cost time only).
-A resumed run is the uninterrupted one, bit for bit: the checkpoint holds every piece of state that decides
+A resumed run is the uninterrupted one, bit for bit on the CPU (to rounding on a GPU, whose atomic adds make
+even two uninterrupted runs differ): the checkpoint holds every piece of state that decides
 what happens next (`_RESUMED`, plus the model, optimizer, loss scaler, RNG and a part-done epoch's sums), so a
 run resumed after it stopped early, or finished, trains no further.
 
