@@ -13,11 +13,16 @@ Per date, under the model's lock (`ringtrain.lock`, exit 75 while another retrai
               moves `champion`; then the per-date record says done (and the MLflow mirror follows)
 
 The per-date record (`models/<model>/retrain/dates/<D>.json`, replaced atomically) holds the state,
-the dataset version, the run id, both models' metrics and the decision. The registry changes only in
-the publish step, by one atomic event: a retrain killed before it leaves the registry as it was,
-and the rerun redoes or resumes the date; killed after it, the rerun finds the date's decision in
-the history and only completes the record. A date that is done is skipped (exit 0, the summary
-says so); --force redoes it (a new run, a new decision).
+the dataset version, the run id, both models' metrics and the decision. Its state is the next step to
+run: etl, train, evaluate, decide (evaluation done: the gate and publish next), done. The registry
+changes only in the publish step, by one atomic event: a retrain killed before it leaves the registry
+as it was, and the rerun continues the date from the record's state, never repeating a finished step:
+after training it evaluates, after evaluation it decides. Each finished step's outputs are checked
+before they are trusted (the published dataset's manifest, the run's complete model artifact, the
+evaluation results and the staged version); a step whose outputs fail the check runs again (training
+then resumes from the run's checkpoints). Killed after the publish step, the rerun finds the date's
+decision in the history and only completes the record. A date that is done is skipped (exit 0, the
+summary says so); --force redoes it (a new run, a new decision).
 """
 from __future__ import annotations
 
@@ -30,8 +35,13 @@ import time
 from ringtrain.config import Config, PromoteConfig
 from ringtrain.errors import ConfigError
 from ringtrain.lock import FileLock
-from ringtrain.registry import CHAMPION, Registry
+from ringtrain.registry import CHAMPION, VERSION_MARKER, Registry
 from ringtrain.store import RunStore, atomic_write_bytes, atomic_write_json, exists, join, listdir, read_json
+
+# The states of a date's record, in order: each names the next step to run.
+STATES = ("etl", "train", "evaluate", "decide", "done")
+# What a resumed record keeps of the stopped one: the outputs of its finished steps (checked before use).
+_CARRIED = ("dataset_dir", "dataset_version", "partition_rows", "warm_start_from", "training", "evaluation")
 
 log = logging.getLogger("ringtrain.retrain")
 BASELINES = {"auc": lambda m: 0.5, "accuracy": lambda m: m["baseline_accuracy"], "loss": lambda m: m["baseline_loss"]}
@@ -156,49 +166,23 @@ def retrain_date(spark, cfg: Config, registry: Registry, records: Records, date:
               "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if resume:
         log.info("date %s: resuming run %s, which stopped in state %r", date, record["run_id"], previous["state"])
+        # The record keeps its state and the outputs of its finished steps: run_phases continues from there.
+        record.update({k: previous[k] for k in _CARRIED if k in previous}, state=previous["state"],
+                      timings_s=dict(previous.get("timings_s") or {}))
     records.save(record)
     return {**run_phases(spark, cfg, registry, records, record, force=force), "skipped": False}
 
 
 def run_phases(spark, cfg: Config, registry: Registry, records: Records, record: dict, *, force: bool) -> dict:
-    from ringtrain.etl.pipeline import run_etl
-    from ringtrain.jobs import run_training
-    from ringtrain.scoring import evaluate, resolve_model
-
+    """Run the date's steps from the record's state on. A step the record says is finished is skipped when
+    its outputs pass their check, and run again when they do not (the log says which)."""
     date, store = record["date"], RunStore.create(cfg.store.root, record["run_id"])
-    timings = record["timings_s"]
-    clock = time.time()
-    log.info("date %s [1/4] ETL of partition %s", date, date)
-    etl = run_etl(spark, cfg.etl, store.dataset(cfg.etl.dataset), partition=date, force=force)
-    timings["etl"] = round(time.time() - clock, 1)
-    record = records.save({**record, "state": "train", "dataset_dir": etl["dataset_dir"],
-                           "dataset_version": etl["version"], "partition_rows": etl["partition_rows"]})
-
-    champion = registry.state().alias(CHAMPION)
-    clock = time.time()
-    init = join(registry.version_dir(champion), "state_dict.pt") if champion and cfg.retrain.warm_start else None
-    log.info("date %s [2/4] training the challenger (run %s, %s)", date, record["run_id"],
-             f"warm start from {champion}" if init else "from scratch")
-    ranks = run_training(spark, cfg, store, etl["dataset_dir"], init_weights=init)
-    timings["train"] = round(time.time() - clock, 1)
-    record = records.save({**record, "state": "evaluate", "warm_start_from": champion if init else None,
-                           "training": {k: ranks[0][k] for k in ("epochs_run", "batches_run", "steps_per_epoch",
-                                                                 "metrics")}})
-
-    clock = time.time()
-    log.info("date %s [3/4] evaluating challenger and champion (%s) on %s of %s", date, champion or "none",
-             cfg.retrain.holdout_split, etl["version"])
-    manifest = read_json(join(etl["dataset_dir"], "manifest.json"))
-    version = registry.stage_version(store.model_dir, join(etl["dataset_dir"], manifest["features"]["path"]), {
-        "model": cfg.retrain.model, "date": date, "run_id": record["run_id"], "run_dir": store.run_dir,
-        "dataset_dir": etl["dataset_dir"], "dataset_version": etl["version"]})
-    split = cfg.retrain.holdout_split
-    # Both from their registry folders (the challenger's is staged, not yet registered): artifacts alone.
-    challenger = evaluate(resolve_model(registry.version_dir(version), store_root=store.root, registry_name=None),
-                          etl["dataset_dir"], split)
-    incumbent = (evaluate(resolve_model(registry.version_dir(champion), store_root=store.root, registry_name=None),
-                          etl["dataset_dir"], split) if champion else None)
-    timings["evaluate"] = round(time.time() - clock, 1)
+    record = _etl_step(spark, cfg, records, record, force=force)
+    record = _train_step(spark, cfg, registry, records, record, store)
+    record = _evaluate_step(cfg, registry, records, record, store)
+    evaluation = record["evaluation"]
+    champion, version = evaluation["champion_version"], evaluation["version"]
+    challenger, incumbent = evaluation["challenger"], evaluation["champion"]
     promoted, reason = decide(cfg.retrain.promote, challenger, incumbent)
     log.info("date %s [4/4] %s: %s", date, "PROMOTED" if promoted else "champion kept", reason)
 
@@ -206,17 +190,163 @@ def run_phases(spark, cfg: Config, registry: Registry, records: Records, record:
         "action": "decide", "date": date, "registers": version, "promoted": promoted, "reason": reason,
         "pushes": {CHAMPION: version} if promoted else {}, "champion_before": champion,
         "champion_after": version if promoted else champion, "metric": cfg.retrain.promote.metric,
-        "holdout": {"split": split, "dataset_version": etl["version"]},
+        "holdout": {"split": evaluation["split"], "dataset_version": record["dataset_version"]},
         "challenger": challenger, "champion": incumbent, "run_id": record["run_id"],
-        "version_info": {"date": date, "run_id": record["run_id"], "dataset_version": etl["version"],
+        "version_info": {"date": date, "run_id": record["run_id"], "dataset_version": record["dataset_version"],
                          "metrics": challenger["overall"]},
     })
     mirrored = mirror(cfg, registry, event)
-    timings["total"] = round(sum(timings[k] for k in ("etl", "train", "evaluate")), 1)
+    timings = record["timings_s"]
+    timings["total"] = round(sum(timings.get(k, 0.0) for k in ("etl", "train", "evaluate")), 1)
     return records.save({**finished_record(record, event), "mlflow": mirrored})
 
 
+def _finished(record: dict, step: str) -> bool:
+    """Whether the record's state is past `step` (its outputs are then in the record)."""
+    return STATES.index(record["state"]) > STATES.index(step)
+
+
+def _etl_step(spark, cfg: Config, records: Records, record: dict, *, force: bool) -> dict:
+    from ringtrain.etl.pipeline import run_etl
+    date = record["date"]
+    if _finished(record, "etl"):
+        problem = dataset_problem(record.get("dataset_dir"))
+        if problem is None:
+            log.info("date %s [1/4] ETL: done before (%s)", date, record["dataset_version"])
+            return record
+        log.warning("date %s [1/4] ETL again: the record's dataset %s", date, problem)
+    clock = time.time()
+    log.info("date %s [1/4] ETL of partition %s", date, date)
+    etl = run_etl(spark, cfg.etl, RunStore.create(cfg.store.root).dataset(cfg.etl.dataset), partition=date,
+                  force=force)
+    timings = {**record["timings_s"], "etl": round(time.time() - clock, 1)}
+    return records.save({**_before(record, "train"), "state": "train", "timings_s": timings,
+                         "dataset_dir": etl["dataset_dir"], "dataset_version": etl["version"],
+                         "partition_rows": etl["partition_rows"]})
+
+
+def _train_step(spark, cfg: Config, registry: Registry, records: Records, record: dict, store: RunStore) -> dict:
+    from ringtrain.jobs import run_training
+    date = record["date"]
+    if _finished(record, "train"):
+        problem = model_problem(store.model_dir) or (None if record.get("training") else "has no training summary")
+        if problem is None:
+            log.info("date %s [2/4] training: done before (run %s, its model artifact is complete): not trained "
+                     "again", date, record["run_id"])
+            return record
+        log.warning("date %s [2/4] training again (resuming run %s from its checkpoints): its model %s", date,
+                    record["run_id"], problem)
+    champion = registry.state().alias(CHAMPION)
+    clock = time.time()
+    init = join(registry.version_dir(champion), "state_dict.pt") if champion and cfg.retrain.warm_start else None
+    log.info("date %s [2/4] training the challenger (run %s, %s)", date, record["run_id"],
+             f"warm start from {champion}" if init else "from scratch")
+    ranks = run_training(spark, cfg, store, record["dataset_dir"], init_weights=init)
+    timings = {**record["timings_s"], "train": round(time.time() - clock, 1)}
+    return records.save({**_before(record, "evaluate"), "state": "evaluate", "timings_s": timings,
+                         "warm_start_from": champion if init else None,
+                         "training": {k: ranks[0][k] for k in ("epochs_run", "batches_run", "steps_per_epoch",
+                                                               "metrics")}})
+
+
+def _evaluate_step(cfg: Config, registry: Registry, records: Records, record: dict, store: RunStore) -> dict:
+    from ringtrain.scoring import evaluate, resolve_model
+    date, dataset_dir = record["date"], record["dataset_dir"]
+    champion = registry.state().alias(CHAMPION)
+    split = cfg.retrain.holdout_split
+    if _finished(record, "evaluate"):
+        problem = evaluation_problem(record.get("evaluation"), registry, champion, split, cfg.retrain.promote.metric)
+        if problem is None:
+            log.info("date %s [3/4] evaluation: done before (%s staged): not evaluated again", date,
+                     record["evaluation"]["version"])
+            return record
+        log.warning("date %s [3/4] evaluating again: the record's evaluation %s", date, problem)
+    clock = time.time()
+    log.info("date %s [3/4] evaluating challenger and champion (%s) on %s of %s", date, champion or "none",
+             split, record["dataset_version"])
+    manifest = read_json(join(dataset_dir, "manifest.json"))
+    version = registry.stage_version(store.model_dir, join(dataset_dir, manifest["features"]["path"]), {
+        "model": cfg.retrain.model, "date": date, "run_id": record["run_id"], "run_dir": store.run_dir,
+        "dataset_dir": dataset_dir, "dataset_version": record["dataset_version"]})
+    # Both from their registry folders (the challenger's is staged, not yet registered): artifacts alone.
+    challenger = evaluate(resolve_model(registry.version_dir(version), store_root=store.root, registry_name=None),
+                          dataset_dir, split)
+    incumbent = (evaluate(resolve_model(registry.version_dir(champion), store_root=store.root, registry_name=None),
+                          dataset_dir, split) if champion else None)
+    timings = {**record["timings_s"], "evaluate": round(time.time() - clock, 1)}
+    return records.save({**record, "state": "decide", "timings_s": timings, "evaluation": {
+        "version": version, "run_id": record["run_id"], "champion_version": champion, "split": split,
+        "challenger": challenger, "champion": incumbent}})
+
+
+def _before(record: dict, state: str) -> dict:
+    """`record` without the outputs of `state` and the steps after it: a step run again invalidates them."""
+    later = {"train": ("warm_start_from", "training", "evaluation"), "evaluate": ("evaluation",)}[state]
+    return {k: v for k, v in record.items() if k not in later}
+
+
+# ----------------------------------------------------------------------------- checks of finished steps
+
+def dataset_problem(dataset_dir: str | None) -> str | None:
+    """None when `dataset_dir` is a published dataset version; else what is wrong with it."""
+    if not dataset_dir:
+        return "is not named"
+    if not exists(join(dataset_dir, "manifest.json")):
+        return f"{dataset_dir} has no manifest.json (not published)"
+    return None
+
+
+def model_problem(model_dir: str) -> str | None:
+    """None when the run's model artifact is complete: artifact.json (written last) present and readable,
+    the program it names and the weights beside it; else what is missing."""
+    path = join(model_dir, "artifact.json")
+    if not exists(path):
+        return f"artifact {path} is missing (the model was never published)"
+    try:
+        program = read_json(path)["program"]
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"artifact {path} is not readable ({type(exc).__name__}: {exc})"
+    missing = [name for name in (program, "state_dict.pt") if not exists(join(model_dir, name))]
+    if missing:
+        return f"folder {model_dir} lacks {', '.join(missing)}"
+    return None
+
+
+def evaluation_problem(evaluation: dict | None, registry: Registry, champion: str | None, split: str,
+                       metric: str) -> str | None:
+    """None when the recorded evaluation can be decided on now; else why it cannot."""
+    if not evaluation:
+        return "is missing"
+    if evaluation.get("champion_version") != champion or evaluation.get("split") != split:
+        return (f"measured champion {evaluation.get('champion_version')} on {evaluation.get('split')}, but now "
+                f"the champion is {champion} and the split {split}")
+    for who in ("challenger", "champion"):
+        result = evaluation.get(who)
+        if who == "champion" and champion is None:
+            continue
+        if not isinstance(result, dict) or not isinstance(result.get("overall"), dict) \
+                or metric not in result["overall"] or not isinstance(result.get("partitions"), dict):
+            return f"of the {who} is incomplete (no overall {metric} or no partitions)"
+    version = evaluation.get("version")
+    state = registry.state()
+    expected = f"v{max((int(v[1:]) for v in state.versions), default=0) + 1:06d}"
+    if version != expected:
+        return f"staged {version}, but the next version is now {expected}"
+    marker = join(registry.version_dir(version), VERSION_MARKER)
+    if not exists(marker):  # written last by stage_version: the copy did not finish
+        return f"staged {version}, but {marker} is missing (the copy did not finish)"
+    try:
+        staged = read_json(marker)
+    except ValueError as exc:
+        return f"staged {version}, whose {marker} is not readable ({type(exc).__name__}: {exc})"
+    if staged.get("run_id") != evaluation.get("run_id"):
+        return f"staged {version} from run {evaluation.get('run_id')}, but it now holds run {staged.get('run_id')}"
+    return None
+
+
 def finished_record(record: dict, event: dict) -> dict:
+    # The evaluation's results move into the decision (kept there once, as the event has them).
+    record = {k: v for k, v in record.items() if k != "evaluation"}
     return {**record, "state": "done", "decision": {
         "outcome": "promoted" if event["promoted"] else "kept", "reason": event["reason"],
         "event": event["seq"], "version": event["registers"], "champion_before": event["champion_before"],

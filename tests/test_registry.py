@@ -147,3 +147,34 @@ def test_loss_is_better_when_lower():
 
 def test_backfill_dates_are_every_day_in_order():
     assert date_range("2026-02-27", "2026-03-02") == ["2026-02-27", "2026-02-28", "2026-03-01", "2026-03-02"]
+
+
+def test_a_finished_training_is_trusted_only_with_a_complete_model_artifact(tmp_path):
+    from ringtrain.retrain import model_problem
+    folder = str(tmp_path / "model")
+    assert "artifact" in model_problem(folder) and "missing" in model_problem(folder)
+    fake_model_dir(folder, "weights")
+    assert model_problem(folder) is None
+    os.remove(os.path.join(folder, "model.pt2"))
+    assert model_problem(folder) == f"folder {folder} lacks model.pt2"
+    with open(os.path.join(folder, "artifact.json"), "w") as f:
+        f.write('{"program": "mod')  # cut short
+    assert "is not readable (JSONDecodeError" in model_problem(folder)
+
+
+def test_a_recorded_evaluation_is_trusted_only_while_it_still_holds(tmp_path):
+    from ringtrain.retrain import evaluation_problem
+    registry = Registry(str(tmp_path), "m")
+    fake_model_dir(str(tmp_path / "run"), "weights")
+    (tmp_path / "features.json").write_text("{}")
+    version = registry.stage_version(str(tmp_path / "run"), str(tmp_path / "features.json"), {"run_id": "r1"})
+    result = {"overall": {"auc": 0.7}, "partitions": {}}
+    evaluation = {"version": version, "run_id": "r1", "champion_version": None, "split": "test",
+                  "challenger": result, "champion": None}
+    assert evaluation_problem(evaluation, registry, None, "test", "auc") is None
+    assert "the champion is v000009" in evaluation_problem(evaluation, registry, "v000009", "test", "auc")
+    assert "incomplete (no overall loss" in evaluation_problem(evaluation, registry, None, "test", "loss")
+    assert evaluation_problem(None, registry, None, "test", "auc") == "is missing"
+    assert "holds run r1" in evaluation_problem({**evaluation, "run_id": "r0"}, registry, None, "test", "auc")
+    os.remove(os.path.join(registry.version_dir(version), "version.json"))
+    assert "the copy did not finish" in evaluation_problem(evaluation, registry, None, "test", "auc")

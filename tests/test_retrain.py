@@ -1,6 +1,7 @@
 """Scheduled retraining on real Spark, real Horovod rings and real files: three dates with drift and a
 day of corrupted labels, then evaluate and predict with the registered models."""
 import glob
+import json
 import os
 
 import numpy as np
@@ -169,3 +170,73 @@ def test_force_redoes_a_date_and_warm_start_begins_from_the_champion(spark, thre
     challenger = torch.load(os.path.join(registry.version_dir("v000004"), "state_dict.pt"))
     for name in champion:
         assert torch.allclose(champion[name], challenger[name], atol=1e-5), name
+
+
+class Killed(Exception):
+    """Stands for a kill: the retrain stops where it is, leaving its record as it was."""
+
+
+def test_a_rerun_never_repeats_a_finished_step_and_decides_as_the_uninterrupted_run(spark, tmp_path, monkeypatch):
+    """A retrain killed during evaluation reruns without training (no barrier stage, the run's checkpoints and
+    model untouched); killed again before its registry event, the rerun neither trains nor evaluates. The
+    decision and the registry are the uninterrupted retrain's."""
+    import ringtrain.jobs
+    import ringtrain.scoring
+    fast = ["train.epochs=1"]
+    roots = {name: str(tmp_path / name) for name in ("clean", "killed")}
+    for root in roots.values():
+        write_daily_churn(os.path.join(root, "raw"), [dict(date=D1, rows=3000)])
+    retrain(spark, retrain_config(roots["clean"], fast), [D1])
+
+    cfg = retrain_config(roots["killed"], fast)
+    registry = Registry(roots["killed"], "churn")
+    records = Records(registry)
+    real = {"run_training": ringtrain.jobs.run_training, "evaluate": ringtrain.scoring.evaluate,
+            "commit": Registry.commit}
+    calls = {"run_training": 0, "evaluate": 0}
+
+    def counted(name):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return real[name](*args, **kwargs)
+        return call
+
+    def killed(*args, **kwargs):
+        raise Killed()
+
+    monkeypatch.setattr(ringtrain.scoring, "evaluate", killed)
+    with pytest.raises(Killed):
+        retrain(spark, cfg, [D1])
+    assert records.load(D1)["state"] == "evaluate" and registry.events() == []
+    run_dir = os.path.join(roots["killed"], "runs", f"churn-{D1}-a1")
+    run_files = {p: os.stat(p).st_mtime_ns for p in glob.glob(os.path.join(run_dir, "*", "*"))
+                 if "/logs/" not in p}
+    assert any("/checkpoints/ckpt-" in p for p in run_files) and any(p.endswith("artifact.json") for p in run_files)
+
+    monkeypatch.setattr(ringtrain.jobs, "run_training", counted("run_training"))
+    monkeypatch.setattr(ringtrain.scoring, "evaluate", counted("evaluate"))
+    monkeypatch.setattr(Registry, "commit", killed)
+    with pytest.raises(Killed):
+        retrain(spark, cfg, [D1])
+    assert calls == {"run_training": 0, "evaluate": 1}  # evaluated (no champion yet), not trained
+    assert records.load(D1)["state"] == "decide" and registry.events() == []
+
+    monkeypatch.setattr(Registry, "commit", real["commit"])
+    (done,) = retrain(spark, cfg, [D1])["dates"]
+    assert calls == {"run_training": 0, "evaluate": 1}  # decided on the recorded evaluation
+    assert done["resumed"] and done["run_id"] == f"churn-{D1}-a1" and done["state"] == "done"
+    assert {p: os.stat(p).st_mtime_ns for p in run_files} == run_files  # the run's files untouched
+
+    clean = Registry(roots["clean"], "churn")
+    same = ("action", "date", "registers", "promoted", "reason", "pushes", "champion_before", "champion_after",
+            "metric", "holdout", "challenger", "champion")
+
+    def where_clean(value, root):  # the two stores' paths differ; everything else must not
+        return json.loads(json.dumps(value).replace(root, roots["clean"]))
+
+    assert where_clean([{k: e[k] for k in same} for e in registry.events()], roots["killed"]) == \
+        [{k: e[k] for k in same} for e in clean.events()]
+    assert registry.state().aliases() == clean.state().aliases() == {"champion": "v000001"}
+    ours, theirs = (torch.load(os.path.join(r.version_dir("v000001"), "state_dict.pt")) for r in (registry, clean))
+    assert all(torch.equal(ours[name], theirs[name]) for name in theirs)
+    assert where_clean(records.load(D1)["decision"], roots["killed"]) == Records(clean).load(D1)["decision"]

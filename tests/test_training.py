@@ -102,6 +102,9 @@ def test_killed_rank_is_retried_from_checkpoint_and_matches_uninterrupted_run(sp
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
     assert resumed[0]["param_sha256"] == resumed[1]["param_sha256"]
+    if where == "local":  # bit for bit, the history too: each rank resumed its own part of epoch 1's loss sum
+        assert resumed[0]["param_sha256"] == clean[0]["param_sha256"]
+        assert read_json(resumed_store.metrics_path) == read_json(clean_store.metrics_path)
     assert not worker_processes()
 
 
@@ -178,3 +181,60 @@ def test_the_same_worker_runs_under_torchrun_and_horovodrun(small_dataset, tmp_p
                       if "RINGTRAIN_RESULT " in line), key=lambda r: r["rank"])
     assert [(r["rank"], r["size"]) for r in results] == [(0, 2), (1, 2)]
     assert results[0]["param_sha256"] == results[1]["param_sha256"]
+
+
+# Early stopping on purpose: loss "higher is better" makes every epoch after the first a bad one, so with
+# patience 2 training stops after epoch 3 of 4. Dropout makes the RNG state part of what must resume.
+RESUME_OPTS = ["train.epochs=4", "train.early_stopping_patience=2", "train.monitor.mode=max",
+               "train.batch_size=512", "train.checkpoint_every_steps=10", "train.model.hidden=[16]",
+               "train.model.dropout=0.2", "train.warmup_steps=5"]
+
+
+def run_worker_alone(small_dataset, store, tmp_path, *, attempt=0, fault=None, overrides=RESUME_OPTS):
+    """One process of `python -m ringtrain.training.worker`, world size 1: (returncode, result or None)."""
+    spec = worker_spec(small_dataset, store, overrides, fault)
+    spec_path = tmp_path / f"spec-{store.run_id}-{attempt}.json"
+    spec_path.write_text(spec.for_attempt(attempt).to_json())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HOROVOD_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))}
+    out = subprocess.run([sys.executable, "-m", "ringtrain.training.worker", str(spec_path)], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    if "RINGTRAIN_RESULT " not in out.stdout:
+        return out.returncode, None
+    return out.returncode, json.loads(out.stdout.split("RINGTRAIN_RESULT ", 1)[1])
+
+
+def test_a_resumed_worker_is_the_uninterrupted_run_bit_for_bit(small_dataset, tmp_path):
+    """One run killed at every kind of point, resumed each time: mid-epoch (after a checkpoint part-way through
+    the epoch), during an epoch's validation, right after the early stop's checkpoint (its last epoch: the run
+    is complete on disk), and once more after it finished (as a retrain killed during its evaluation reruns
+    it). Weights, history, best epoch and the early stop are the uninterrupted run's, bit for bit."""
+    clean_store = RunStore.create(str(tmp_path), "clean").prepare()
+    rc, clean = run_worker_alone(small_dataset, clean_store, tmp_path)
+    assert rc == 0 and clean["stopped_early"] and clean["epochs_run"] == 3 and clean["best_epoch"] == 0, clean
+    steps = clean["steps_per_epoch"]
+    assert steps > 12  # the kill below falls part-way through epoch 1, after its checkpoint at step 10*k
+    mid_epoch = (steps // 10 + 1) * 10 + 3
+    assert steps < mid_epoch - 3 < mid_epoch < 2 * steps
+    clean_history = read_json(clean_store.metrics_path)["epochs"]
+
+    store = RunStore.create(str(tmp_path), "killed").prepare()
+    for attempt, fault in enumerate([f"crash:0:{mid_epoch}:0", "crash_validating:0:1:1", "crash_checkpointed:0:2:2"]):
+        rc, result = run_worker_alone(small_dataset, store, tmp_path, attempt=attempt, fault=fault)
+        assert rc == 17 and result is None, (fault, rc)
+    checkpoints = sorted(os.listdir(store.checkpoint_dir))
+    rc, resumed = run_worker_alone(small_dataset, store, tmp_path, attempt=3)
+    assert rc == 0
+    assert resumed["batches_run"] == 0  # resumed after the early stop: no epoch 4
+    assert sorted(os.listdir(store.checkpoint_dir)) == checkpoints  # and nothing new to checkpoint
+    rc, again = run_worker_alone(small_dataset, store, tmp_path, attempt=4)
+    assert rc == 0 and again["batches_run"] == 0
+    for result in (resumed, again):
+        assert result["param_sha256"] == clean["param_sha256"]
+        assert {k: result[k] for k in ("epochs_run", "opt_steps", "best_epoch", "metrics", "stopped_early",
+                                       "skipped_steps")} == \
+               {k: clean[k] for k in ("epochs_run", "opt_steps", "best_epoch", "metrics", "stopped_early",
+                                      "skipped_steps")}
+    assert read_json(store.metrics_path)["epochs"] == clean_history  # exact floats, train_loss included
+    assert read_json(os.path.join(store.model_dir, "artifact.json"))["history"] == clean_history
+    assert torch.equal(torch.cat([t.flatten() for t in state_dict(store).values()]),
+                       torch.cat([t.flatten() for t in state_dict(clean_store).values()]))

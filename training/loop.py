@@ -12,6 +12,10 @@ Mixed precision: bf16 autocast, or fp16 with a loss scaler whose overflow skips 
 (every rank sees the same averaged gradients, so every rank skips them together).
 Dropout masks are seeded from (seed, rank, step), so a resumed run draws the same masks (a model that
 draws no random numbers, such as a built-in one without dropout, is not seeded: it would cost time only).
+A resumed run is the uninterrupted one, bit for bit on the CPU (to rounding on a GPU, whose atomic adds make
+even two uninterrupted runs differ): the checkpoint holds every piece of state that decides
+what happens next (`_RESUMED`, plus the model, optimizer, loss scaler, RNG and a part-done epoch's sums), so a
+run resumed after it stopped early, or finished, trains no further.
 
 `fit` reads as the order of training: resume, then per batch a micro-step (forward, backward) and,
 every `grad_accumulation` batches, an optimizer step; then the epoch end (validation, the best epoch,
@@ -61,9 +65,13 @@ class LoopState:
     train_samples: int = 0      # this attempt: rows this rank trained on
 
 
-# What a checkpoint restores of LoopState (the rest is per attempt).
+# What a checkpoint restores of LoopState: everything that decides what happens next, so that a resumed
+# run is the uninterrupted one bit for bit (stopped_early included: without it a run that stopped early
+# and was resumed trained on). The rest (batches_run, train_seconds, train_samples) is per attempt.
+# The trainer adds the running sums of a part-done epoch (its training loss), and the model, optimizer,
+# loss scaler and RNG states.
 _RESUMED = ("epoch", "step_in_epoch", "opt_step", "best_value", "best_epoch", "bad_epochs", "skipped_steps",
-            "overflow_steps", "history")
+            "overflow_steps", "history", "stopped_early")
 
 
 class Heartbeat:
@@ -93,26 +101,41 @@ class NoFaults:
     def at(self, opt_step: int) -> Fault | None:
         return None
 
+    def at_epoch_end(self, epoch: int, point: str) -> None:
+        pass
+
 
 NO_FAULTS = NoFaults()
 
 
 class FaultInjector:
-    """Failure tests only: 'kind:rank:opt_step[:attempt]', e.g. 'crash:1:30:0' (the spec's 'fault' or
-    RINGTRAIN_FAULT). crash exits the process, hang sleeps forever, nan poisons the loss, overflow
-    makes the gradients overflow in fp16."""
+    """Failure tests only: 'kind:rank:when[:attempt]', e.g. 'crash:1:30:0' (the spec's 'fault' or
+    RINGTRAIN_FAULT). At optimizer step `when`: crash exits the process, hang sleeps forever, nan
+    poisons the loss, overflow makes the gradients overflow in fp16. At the end of epoch `when`
+    (0-based), points that are not an optimizer step: crash_validating exits as the epoch's validation
+    starts (before its checkpoint), crash_checkpointed right after the epoch's checkpoint is written
+    (after the early stop or the last epoch: the run is complete on disk, its process is not)."""
+
+    EPOCH_END = {"crash_validating": "validating", "crash_checkpointed": "checkpointed"}
 
     def __init__(self, spec: str, rank: int, attempt: int):
-        kind, fault_rank, step, *fault_attempt = spec.split(":")
-        self.kind, self.step = kind, int(step)
+        kind, fault_rank, when, *fault_attempt = spec.split(":")
+        if kind not in ("crash", "hang", "nan", "overflow", *self.EPOCH_END):
+            raise ValueError(f"fault {spec!r}: unknown kind {kind!r}; one of crash, hang, nan, overflow, "
+                             f"{', '.join(self.EPOCH_END)}")
+        self.kind, self.step = kind, int(when)
         self.active = int(fault_rank) == rank and (not fault_attempt or int(fault_attempt[0]) == attempt)
 
     @classmethod
     def from_spec(cls, spec: str | None, rank: int, attempt: int):
         return cls(spec, rank, attempt) if spec else NO_FAULTS
 
+    def at_epoch_end(self, epoch: int, point: str) -> None:
+        if self.active and self.EPOCH_END.get(self.kind) == point and epoch == self.step:
+            os._exit(17)
+
     def at(self, opt_step: int) -> Fault | None:
-        if not self.active or opt_step != self.step:
+        if not self.active or opt_step != self.step or self.kind in self.EPOCH_END:
             return None
         if self.kind == "crash":
             os._exit(17)
@@ -128,6 +151,10 @@ def fit(cfg: TrainConfig, engine: Engine, model: torch.nn.Module, optimizer: tor
     trainer = _Trainer(cfg, engine, model, optimizer, task, device, checkpoint_dir, faults)
     trainer.resume()
     state = trainer.state
+    if on_epoch and engine.rank == 0 and state.history:
+        # Resumed: the per-epoch outputs may predate the checkpoint (a run killed between the two, or one
+        # that had finished and runs again); write them again from the restored history.
+        on_epoch(state)
     steps = (train_reader.plan.steps_per_epoch // cfg.grad_accumulation) * cfg.grad_accumulation
     progress = _Progress(engine.rank, cfg.epochs, steps)
     while state.epoch < cfg.epochs and not state.stopped_early:
@@ -163,6 +190,7 @@ class _Trainer:
         self.loss_scale = 1.0  # host path: the fp16 scale as a float, read once per optimizer step (a sync)
         self.base_lr = cfg.lr * (engine.size if cfg.scale_lr else 1)
         self.state = LoopState()
+        self.resumed_epoch_sums: tuple[float, int] | None = None  # this rank's, of an epoch resumed part-way
         self.device_steps = _DeviceSteps(self) if device.type == "cuda" else None
         self.draws_random = draws_random(unwrap(model))
 
@@ -183,6 +211,16 @@ class _Trainer:
             for name in _RESUMED:
                 if name in resumed:
                     setattr(self.state, name, resumed[name])
+            if "stopped_early" not in resumed:  # a checkpoint from before it was saved: bad_epochs tells
+                patience = self.cfg.early_stopping_patience
+                self.state.stopped_early = patience is not None and self.state.bad_epochs >= patience
+            sums = resumed.get("epoch_loss_sums")
+            if self.state.step_in_epoch and sums is not None:
+                # Each rank continues its own sum, so the epoch's all-reduce adds what it adds uninterrupted;
+                # on another world size the epoch's loss can only be close: rank 0 carries the total.
+                mine = sums[self.engine.rank] if len(sums) == self.engine.size else (
+                    sum(sums) if self.engine.rank == 0 else 0.0)
+                self.resumed_epoch_sums = (mine, resumed["epoch_steps"])
             if self.engine.rank == 0:
                 log.info("resumed from checkpoint at epoch %d, batch %d (optimizer step %d)",
                          self.state.epoch, self.state.step_in_epoch, self.state.opt_step)
@@ -194,9 +232,12 @@ class _Trainer:
 
     def start_epoch(self) -> None:
         self.model.train()
-        self.epoch_loss = torch.zeros((), dtype=torch.float64, device=self.device)  # summed over applied steps
+        # Summed over applied steps; an epoch resumed part-way continues its checkpoint's sums, so that its
+        # training loss is the uninterrupted epoch's.
+        loss_sum, self.epoch_steps = self.resumed_epoch_sums or (0.0, 0)
+        self.resumed_epoch_sums = None
+        self.epoch_loss = torch.tensor(loss_sum, dtype=torch.float64, device=self.device)
         self.step_loss = torch.zeros((), dtype=torch.float64, device=self.device)
-        self.epoch_steps = 0
 
     def micro_step(self, batch: dict) -> bool:
         """Forward and backward of one batch; True when it completes an accumulation (time to step)."""
@@ -304,6 +345,7 @@ class _Trainer:
         cfg, state, engine = self.cfg, self.state, self.engine
         if self.device_steps is not None:
             self.device_steps.settle()
+        self.faults.at_epoch_end(state.epoch, "validating")
         # Every rank applied the same steps; one all-reduce per epoch gives the mean training loss.
         train_loss = float(engine.allreduce_sum(self.epoch_loss.reshape(1).cpu())[0]) / max(
             1, engine.size * cfg.grad_accumulation * self.epoch_steps)
@@ -325,15 +367,25 @@ class _Trainer:
             state.stopped_early = True
         state.epoch, state.step_in_epoch = state.epoch + 1, 0
         self.checkpoint()
+        self.faults.at_epoch_end(state.epoch - 1, "checkpointed")
 
     def checkpoint(self) -> None:
         if self.device_steps is not None:
             self.device_steps.settle()  # the skipped-step counts in the checkpoint must be final
+        s = self.state
+        # Part-way through an epoch (train.checkpoint_every_steps), the epoch's training-loss sums are every
+        # rank's own; rank 0 writes them all. Every rank checkpoints at the same step, so all are here for the
+        # one small collective (slots of zeros elsewhere: each sum comes back exactly).
+        sums = None
+        if s.step_in_epoch:
+            slots = torch.zeros(self.engine.size, dtype=torch.float64)
+            slots[self.engine.rank] = float(self.epoch_loss)
+            sums = self.engine.allreduce_sum(slots).tolist()
         if self.engine.rank == 0:
-            s = self.state
             save_checkpoint(self.checkpoint_dir, s.opt_step, {
                 "model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                 "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "epoch_loss_sums": sums, "epoch_steps": self.epoch_steps,
                 **{name: getattr(s, name) for name in _RESUMED}})
 
 

@@ -36,7 +36,8 @@ class WorkerSpec:
     """A state_dict file (path or URI) to start from instead of train.seed's initialization: a warm start
     (scheduled retraining). A checkpoint of this run, when there is one, still wins."""
     fault: str | None = None
-    """Tests only: 'kind:rank:opt_step[:attempt]', a fault the loop injects (see training.loop.FaultInjector)."""
+    """Tests only: 'kind:rank:when[:attempt]', a fault the loop injects at an optimizer step or an epoch's end
+    (see training.loop.FaultInjector)."""
 
     def for_attempt(self, attempt: int) -> "WorkerSpec":
         return dataclasses.replace(self, attempt=attempt)
