@@ -167,3 +167,13 @@ def test_the_etl_takes_row_group_crc32s_from_the_bytes_as_they_go_out(tmp_path):
     assert all(a + n == b for (a, n), (b, _) in zip(ranges, ranges[1:]))
     assert [sink.crc.range_crc(o, n) for o, n in ranges] == [zlib.crc32(data[o:o + n]) for o, n in ranges]
     assert RunningCrc().range_crc(0, 1) is None
+
+
+@pytest.mark.petastorm
+def test_petastorm_prints_nothing_on_stdout(tmp_path, capfd):
+    """stdout carries a rank's result line and the CLI's --json output: petastorm's "Cache cleanup complete."
+    (printed as each reader closes, once per epoch) stays out of it."""
+    manifest = make_dataset(str(tmp_path), [640, 640])
+    for epoch in (0, 1):
+        assert batches(str(tmp_path), manifest, 0, 2, "petastorm", epoch=epoch)[1]
+    assert capfd.readouterr().out == ""

@@ -18,7 +18,9 @@ footer check only (`verify_shards` logs it).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import logging
 import os
 import queue
@@ -275,12 +277,21 @@ class PetastormReader(_Reader):
         urls, fs = petastorm_source(self.plan.files, self.plan.row_group_crc32)
         shuffle = epoch >= 0
         seed = int(self._rng(epoch, pass_no).integers(2**31)) if shuffle else None
-        with make_batch_reader(urls, filesystem=fs, schema_fields=self.cols.names(), reader_pool_type="dummy",
-                               workers_count=1, shuffle_row_groups=shuffle, seed=seed, num_epochs=1,
-                               cur_shard=self.plan.cur_shard, shard_count=self.plan.shard_count,
-                               shard_seed=0 if self.plan.shard_count else None) as reader:
+        reader = make_batch_reader(urls, filesystem=fs, schema_fields=self.cols.names(), reader_pool_type="dummy",
+                                   workers_count=1, shuffle_row_groups=shuffle, seed=seed, num_epochs=1,
+                                   cur_shard=self.plan.cur_shard, shard_count=self.plan.shard_count,
+                                   shard_seed=0 if self.plan.shard_count else None)
+        try:
             for rows in reader:
                 yield rows._asdict()
+        finally:
+            # petastorm prints "Cache cleanup complete." on stdout as a reader closes (once per epoch per rank):
+            # stdout carries a rank's result line and the CLI's --json output, so it goes to the debug log.
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                reader.__exit__(None, None, None)
+            if printed.getvalue().strip():
+                log.debug("petastorm: %s", " ".join(printed.getvalue().split()))
 
 
 def petastorm_source(files: list[str], row_group_crc32: dict | None = None):
