@@ -3,6 +3,7 @@ the checks that catch a bad model or a damaged shard before training starts."""
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -359,6 +360,9 @@ def test_ctrl_c_stops_the_run_in_one_attempt_with_exit_130_and_the_run_resumes(s
     assert proc.returncode == 130, err[-3000:]
     assert _our_line(err) == ("ringtrain train: interrupted during attempt 1: stopped, not retried. "
                                             "Resume from the last checkpoint with --set store.run_id=sigint")
+    # The one clean line, no Java stack trace of the Python workers the interrupt stopped.
+    java = [line for line in err.splitlines() if re.search(r"Exception|Traceback|^\s+at |crashed", line)]
+    assert not java, "\n".join(java[:40])
     assert not [name for name in _logs(root, "sigint") if name.startswith("attempt1")]
     assert no_worker_left()
 
