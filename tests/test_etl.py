@@ -303,3 +303,14 @@ def test_the_source_is_read_in_whole_rounds_of_tasks(spark, tmp_path):
             assert again.rdd.getNumPartitions() == 4
             assert again.count() == raw.count() == 40000
         assert spark.conf.get("spark.sql.files.maxPartitionBytes") == str(1 << 20)  # restored
+
+
+def test_apply_features_keeps_the_declared_key_type_only_when_asked(spark):
+    """Shards hold the key as a string; predict's output keeps the type the config declares (a long stays one)."""
+    from ringtrain.etl.features import FeatureStats, apply_features
+    stats = FeatureStats(numeric={"x": {"mean": 0.0, "std": 1.0, "nullable": False}}, categorical={}, hashed={},
+                         arrays={}, label="label", label_values=None, key="id")
+    df = spark.createDataFrame([(7, 1.5)], "id long, x double")
+    assert dict(apply_features(df, stats).dtypes)["id"] == "string"
+    kept = apply_features(df, stats, key_as_string=False)
+    assert dict(kept.dtypes)["id"] == "bigint" and kept.collect()[0]["id"] == 7
