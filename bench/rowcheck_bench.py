@@ -112,7 +112,7 @@ def measure(args, manifest: dict, dirs: dict) -> dict:
                 for mode in modes:
                     plan = plan_reading(dataset_dir, manifest, "train", 0, 1, args.batch_size)
                     if mode == "unchecked":
-                        plan = dataclasses.replace(plan, row_group_crc32={})
+                        plan = dataclasses.replace(plan, chunk_crc32={})
                     reader = open_reader(kind, plan, cols, args.batch_size, 0, 0)
                     t = time.perf_counter()
                     with contextlib.redirect_stdout(sys.stderr):  # petastorm prints when a reader closes

@@ -9,12 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from ringtrain.manifest import DatasetError
-from ringtrain.rowcheck import RunningCrc, row_group_ranges
+from ringtrain.rowcheck import RunningCrc, chunk_ranges
 from ringtrain.training.data import Columns, open_reader, plan_reading, verify_shards
 
 
 def make_dataset(folder, shard_rows, row_group_rows=100, crc32=True):
-    """A manifest plus shards of the given sizes, keys k<shard>-<row>; with each row group's CRC32 as the ETL
+    """A manifest plus shards of the given sizes, keys k<shard>-<row>; with each column chunk's CRC32 as the ETL
     records it, unless not `crc32` (a manifest published before the ETL recorded them)."""
     os.makedirs(os.path.join(folder, "train"), exist_ok=True)
     shards = []
@@ -28,8 +28,8 @@ def make_dataset(folder, shard_rows, row_group_rows=100, crc32=True):
                        "bytes": os.path.getsize(path)})
         if crc32:
             data = open(path, "rb").read()
-            shards[-1]["row_group_crc32"] = [[o, n, zlib.crc32(data[o:o + n])] for o, n in
-                                             row_group_ranges(pq.ParquetFile(path).metadata, len(data))]
+            shards[-1]["chunk_crc32"] = [[g, c, o, n, zlib.crc32(data[o:o + n])] for g, c, o, n in
+                                         chunk_ranges(pq.ParquetFile(path).metadata, len(data))]
     return {"splits": {"train": {"rows": sum(shard_rows), "shards": shards}},
             "features": {"numeric_columns": ["x"], "categorical_cardinalities": {"c": 1}, "label": "label", "key": "id"}}
 
@@ -126,7 +126,7 @@ def test_a_row_group_damaged_after_publication_fails_as_it_is_read_naming_shard_
     _zero_in_row_group(path, 4)
     assert pq.read_table(path).num_rows == clean.num_rows  # unchecked, the damage reads silently
     verify_shards(str(tmp_path), manifest, "train", [path], checksum=False)  # the footer check cannot see it
-    with pytest.raises(DatasetError, match=rf"^shard {path} row group 4 \(bytes \d+\.\.\d+\) does not match "
+    with pytest.raises(DatasetError, match=rf"^shard {path} row group 4 \(column chunk 0, bytes \d+\.\.\d+\) does not match "
                                            r"the dataset's manifest: crc32 [0-9a-f]{8}, the manifest says "
                                            r"[0-9a-f]{8}\. The published version is damaged"):
         batches(str(tmp_path), manifest, 0, 2, kind)
@@ -146,13 +146,13 @@ def test_a_manifest_without_row_group_checksums_reads_with_a_log_line(tmp_path, 
     path = os.path.join(str(tmp_path), "train", "part-00000.parquet")
     with caplog.at_level(logging.WARNING, logger="ringtrain.data"):
         verify_shards(str(tmp_path), manifest, "train", [path], checksum=False)
-    assert "1 of the train shards this rank reads have no row-group checksums in the manifest" in caplog.text
+    assert "1 of the train shards this rank reads have no column-chunk checksums in the manifest" in caplog.text
     assert batches(str(tmp_path), manifest, 0, 2)[1]
 
 
-def test_the_etl_takes_row_group_crc32s_from_the_bytes_as_they_go_out(tmp_path):
+def test_the_etl_takes_column_chunk_crc32s_from_the_bytes_as_they_go_out(tmp_path):
     """What the ETL's writer records (RunningCrc at write boundaries, ranges from the footer) is the CRC32
-    of each row group's bytes, and the ranges cover every byte between the magic and the footer."""
+    of each column chunk's bytes, and the ranges cover every byte between the magic and the footer."""
     from ringtrain.etl.shards import HashingSink
     path = str(tmp_path / "s.parquet")
     table = pa.table({"x": np.random.default_rng(0).random(5000), "k": [f"k{i}" for i in range(5000)]})
@@ -162,10 +162,12 @@ def test_the_etl_takes_row_group_crc32s_from_the_bytes_as_they_go_out(tmp_path):
             writer.write_table(table.slice(start, 1200), row_group_size=1200)
     sink.close()
     data = open(path, "rb").read()
-    ranges = row_group_ranges(pq.ParquetFile(path).metadata, len(data))
-    assert len(ranges) == 5 and ranges[0][0] == 4
-    assert all(a + n == b for (a, n), (b, _) in zip(ranges, ranges[1:]))
-    assert [sink.crc.range_crc(o, n) for o, n in ranges] == [zlib.crc32(data[o:o + n]) for o, n in ranges]
+    meta = pq.ParquetFile(path).metadata
+    ranges = chunk_ranges(meta, len(data))
+    assert [(g, c) for g, c, _, _ in ranges] == [(g, c) for g in range(5) for c in range(2)] and ranges[0][2] == 4
+    assert all(a + n == b for (_, _, a, n), (_, _, b, _) in zip(ranges, ranges[1:]))
+    assert ranges[-1][2] + ranges[-1][3] == len(data) - 8 - meta.serialized_size
+    assert [sink.crc.range_crc(o, n) for _, _, o, n in ranges] == [zlib.crc32(data[o:o + n]) for _, _, o, n in ranges]
     assert RunningCrc().range_crc(0, 1) is None
 
 

@@ -105,14 +105,14 @@ def test_rerun_is_idempotent_and_forced_rerun_has_identical_checksums(spark, sma
     assert forced["dataset_dir"] != dataset_dir and datasets.latest() == forced["dataset_dir"]
     first, second = load_manifest(dataset_dir), load_manifest(forced["dataset_dir"])
     for split in ("train", "val", "test"):
-        assert [(s["sha256"], s["row_group_crc32"]) for s in first["splits"][split]["shards"]] == \
-               [(s["sha256"], s["row_group_crc32"]) for s in second["splits"][split]["shards"]]
+        assert [(s["sha256"], s["chunk_crc32"]) for s in first["splits"][split]["shards"]] == \
+               [(s["sha256"], s["chunk_crc32"]) for s in second["splits"][split]["shards"]]
         # The recorded CRC32s are those of the bytes published (every byte between magic and footer).
         for shard, path in zip(first["splits"][split]["shards"], shard_paths(dataset_dir, first, split)):
             data = open(path, "rb").read()
-            assert [[o, n, zlib.crc32(data[o:o + n])] for o, n, _ in shard["row_group_crc32"]] == \
-                shard["row_group_crc32"]
-            assert len(shard["row_group_crc32"]) == shard["row_groups"]
+            assert [[g, c, o, n, zlib.crc32(data[o:o + n])] for g, c, o, n, _ in shard["chunk_crc32"]] == \
+                shard["chunk_crc32"]
+            assert len({g for g, *_ in shard["chunk_crc32"]}) == shard["row_groups"]
 
 
 def test_training_refuses_a_folder_without_manifest(tmp_path):
@@ -185,7 +185,7 @@ def _report(shard, split="train", index=None, rows=10, **changes):
     name = f"part-{shard if index is None else index:05d}.parquet"
     return {"shard": shard, "split": split, "file": name, "rows": rows, "bytes": 900,
             "row_groups": 1, "sha256": "ab" * 32, "footer_rows": rows, "footer_row_groups": 1, "stored_bytes": 900,
-            "schema": "x: float", "row_group_crc32": [[4, 800, 7]], **changes}
+            "schema": "x: float", "chunk_crc32": [[0, 0, 4, 800, 7]], **changes}
 
 
 @pytest.mark.parametrize("changes, what", [
@@ -194,7 +194,7 @@ def _report(shard, split="train", index=None, rows=10, **changes):
     ({"footer_row_groups": 2}, r"2 row groups in its footer \(1 written\), 1 planned"),
     ({"stored_bytes": 512}, r"512 bytes stored, 900 written"),
     ({"schema": "x: double"}, r"its schema differs from the other shards'"),
-    ({"row_group_crc32": []}, r"0 row-group checksums for 1 row groups"),
+    ({"chunk_crc32": []}, r"column-chunk checksums for 0 row groups, 1 planned"),
 ])
 def test_the_plan_check_names_the_shard_and_what_differs(changes, what):
     from ringtrain.etl.shards import ShardPlan, check_written
@@ -202,7 +202,7 @@ def test_the_plan_check_names_the_shard_and_what_differs(changes, what):
                      bucket_rows={"train": [12, 8], "val": [10, 0]})
     reports = [_report(0), _report(1), _report(2, "val", index=0)]
     entries = check_written(plan, reports)
-    checks = {"row_group_crc32": [[4, 800, 7]]}
+    checks = {"chunk_crc32": [[0, 0, 4, 800, 7]]}
     assert entries == {"train": [{"shard": i, "rows": 10, "bytes": 900, "row_groups": 1, "sha256": "ab" * 32,
                                   **checks, "file": f"part-{i:05d}.parquet"} for i in (0, 1)],
                        "val": [{"shard": 0, "rows": 10, "bytes": 900, "row_groups": 1, "sha256": "ab" * 32,

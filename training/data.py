@@ -11,7 +11,7 @@ row group. That is what makes resume exact: skip the batches already trained on,
 the epoch is the same rows in the same order as an uninterrupted run.
 
 Two readers sit behind `open_reader`: petastorm (the default) and a native pyarrow reader. Both read every
-shard through `ringtrain.rowcheck.CheckedFile`, which checks each row group against the CRC32 the manifest
+shard through `ringtrain.rowcheck.CheckedFile`, which checks each column chunk against the CRC32 the manifest
 records for it as it is read: a damaged byte fails the rank with a DatasetError (exit 2, not retried) that
 names the shard and the row group. Shards of manifests written before the ETL recorded those CRC32s get the
 footer check only (`verify_shards` logs it).
@@ -35,7 +35,7 @@ import torch
 
 from ringtrain import store
 from ringtrain.manifest import DatasetError, shard_paths
-from ringtrain.rowcheck import FIELD as ROW_GROUP_CRC32, CheckedFile
+from ringtrain.rowcheck import FIELD as CHUNK_CRC32, CheckedFile
 from ringtrain.store import filesystem, is_posix, open_input
 
 log = logging.getLogger("ringtrain.data")
@@ -48,8 +48,9 @@ class ReadPlan:
     shard_count: int | None
     steps_per_epoch: int
     rows: int                  # rows in the split (all ranks)
-    # path -> its row groups' [offset, length, crc32] from the manifest; a shard without is read unchecked
-    row_group_crc32: dict = field(default_factory=dict)
+    # path -> its column chunks' [row group, column, offset, length, crc32] from the manifest; a shard without
+    # them is read unchecked
+    chunk_crc32: dict = field(default_factory=dict)
 
 
 def plan_reading(dataset_dir: str, manifest: dict, split: str, rank: int, size: int, batch_size: int,
@@ -57,7 +58,7 @@ def plan_reading(dataset_dir: str, manifest: dict, split: str, rank: int, size: 
     """Which files this rank reads, and how many batches every rank yields per epoch."""
     info = manifest["splits"][split]
     files = shard_paths(dataset_dir, manifest, split)
-    checks = {path: shard[ROW_GROUP_CRC32] for path, shard in zip(files, info["shards"]) if ROW_GROUP_CRC32 in shard}
+    checks = {path: shard[CHUNK_CRC32] for path, shard in zip(files, info["shards"]) if CHUNK_CRC32 in shard}
     num_row_groups = sum(s["row_groups"] for s in info["shards"])
     steps = info["rows"] // (size * batch_size) if drop_last else 0
     if drop_last and steps < 1:
@@ -78,13 +79,13 @@ def plan_reading(dataset_dir: str, manifest: dict, split: str, rank: int, size: 
 def verify_shards(dataset_dir: str, manifest: dict, split: str, files: list[str], *, checksum: bool) -> None:
     """Check the shards this rank will read against the manifest before training: size and Parquet footer,
     and the sha256 when `checksum` (train.verify_shards: full). A damaged or replaced file fails here, naming
-    itself, instead of as a read error deep in an epoch. The bytes of the row groups are checked in any case,
+    itself, instead of as a read error deep in an epoch. The bytes of the column chunks are checked in any case,
     as they are read (`CheckedFile`), where the manifest records their CRC32s; a manifest written before the
     ETL recorded them gets only this check, and a log line says so."""
     expected = dict(zip(shard_paths(dataset_dir, manifest, split), manifest["splits"][split]["shards"]))
-    unchecked = [path for path in files if ROW_GROUP_CRC32 not in expected[path]]
+    unchecked = [path for path in files if CHUNK_CRC32 not in expected[path]]
     if unchecked:
-        log.warning("%d of the %s shards this rank reads have no row-group checksums in the manifest (published "
+        log.warning("%d of the %s shards this rank reads have no column-chunk checksums in the manifest (published "
                     "before ringtrain recorded them): their bytes are read unchecked%s. Publish the dataset again "
                     "(`ringtrain etl --force`) to have them checked", len(unchecked), split,
                     "" if checksum else " (train.verify_shards: full checks their sha256 before training)")
@@ -228,9 +229,9 @@ class _Reader:
 
 
 def open_checked(path: str, plan: ReadPlan):
-    """A shard open for reading, its row groups checked as they are read when the manifest has their CRC32s."""
+    """A shard open for reading, its column chunks checked as they are read when the manifest has their CRC32s."""
     raw = open_input(path)
-    checks = plan.row_group_crc32.get(path)
+    checks = plan.chunk_crc32.get(path)
     return CheckedFile(raw, path, checks) if checks is not None else raw
 
 
@@ -256,12 +257,12 @@ class ArrowReader(_Reader):
         for path, index in groups:
             # Row groups are read in byte ranges straight from the store: no rank copies a shard first. On an
             # object store, pre-buffering fetches a row group's column chunks in a few coalesced range
-            # requests instead of one request per column (each a round trip); a checked shard reads each
-            # row group in one request anyway (the whole range, to check it).
+            # requests instead of one request per column (each a round trip). A checked shard too: its
+            # CheckedFile then gets one read per row group, which it serves from one request.
             if path not in files:  # each shard opened, and its footer read, once per pass
-                checked = path in self.plan.row_group_crc32
+                checked = path in self.plan.chunk_crc32
                 files[path] = pq.ParquetFile(open_checked(path, self.plan),
-                                             pre_buffer=not checked and not is_posix(path))
+                                             pre_buffer=checked or not is_posix(path))
             f = files[path]
             table = f.read_row_group(index, columns=names)
             yield {n: table.column(n).to_numpy() for n in names}
@@ -274,7 +275,7 @@ class PetastormReader(_Reader):
 
     def _chunks(self, epoch, pass_no):
         from petastorm import make_batch_reader
-        urls, fs = petastorm_source(self.plan.files, self.plan.row_group_crc32)
+        urls, fs = petastorm_source(self.plan.files, self.plan.chunk_crc32)
         shuffle = epoch >= 0
         seed = int(self._rng(epoch, pass_no).integers(2**31)) if shuffle else None
         reader = make_batch_reader(urls, filesystem=fs, schema_fields=self.cols.names(), reader_pool_type="dummy",
@@ -294,16 +295,16 @@ class PetastormReader(_Reader):
                 log.debug("petastorm: %s", " ".join(printed.getvalue().split()))
 
 
-def petastorm_source(files: list[str], row_group_crc32: dict | None = None):
+def petastorm_source(files: list[str], chunk_crc32: dict | None = None):
     """(urls, filesystem) for petastorm's make_batch_reader.
 
     petastorm 0.13.1 resolves s3:// URLs through s3fs (not in this stack) and hdfs:// through the removed
     pyarrow.hdfs, and its ParquetDataset arguments need a legacy `pyarrow.filesystem` object. So stores go
     as file:// URLs of their paths on the store's pyarrow.fs filesystem, through `_legacy_store_fs`; local
-    files too when their row groups are checked (`row_group_crc32`: path -> checks, see ReadPlan), since
+    files too when their row groups are checked (`chunk_crc32`: path -> checks, see ReadPlan), since
     that filesystem's open() is where `CheckedFile` comes in; unchecked local files go as file:// URLs
     (petastorm's own local filesystem)."""
-    checks = row_group_crc32 or {}
+    checks = chunk_crc32 or {}
     if is_posix(files[0]) and not any(p in checks for p in files):
         return ["file://" + os.path.abspath(filesystem(p)[1]) for p in files], None
     fs = filesystem(files[0])[0]
