@@ -334,7 +334,7 @@ class TrainConfig:
     verify_shards: Literal["footer", "full"] = "footer"
     """What each rank checks of its shards against the manifest before training. footer: the file size and
     the Parquet footer (rows, row groups); full: also the sha256 of every byte (reads each shard once more).
-    Either way, every row group is checked against the manifest's CRC32 of it as it is read (ringtrain.rowcheck)."""
+    Either way, every column chunk read is checked against the manifest's CRC32 of it (ringtrain.rowcheck)."""
     seed: int = 0
     checkpoint_every_steps: int = 0
     """0: checkpoint at the end of every epoch only."""
