@@ -327,3 +327,14 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def render_rowcheck(r: dict) -> str:
+    lines = [f"One epoch of {r['train_rows']:,} train rows ({r['shards']} shards, {r['row_groups']} row groups, "
+             f"{r['train_mb']} MB), rank 0 of 1, batch size {r['batch_size']}, on {r['machine']['cores']} cores; "
+             f"medians of {r['repeats']} alternated runs:", "",
+             "| reader | store | unchecked s | checked s | cost |", "|---|---|---:|---:|---:|"]
+    for m in r["measured"]:
+        lines.append(f"| {m['reader']} | {m['store']} | {m['unchecked_s']:.2f} | {m['checked_s']:.2f} | "
+                     f"**{m['cost'] * 100:+.1f}%** |")
+    return "\n".join(lines)

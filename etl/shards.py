@@ -8,7 +8,8 @@ split is numbered and written in one Spark job (two shuffles: the numbering, the
 Each Spark task writes whole shards with pyarrow, so the row-group size is exact in rows and
 the bytes are a pure function of the rows and the seed: rerunning the same input gives
 identical files and checksums. Tasks write straight to the store (any `ringtrain.store` URI;
-nothing passes through the driver) and hash the bytes as they go out; each task then reads its
+nothing passes through the driver) and hash the bytes as they go out (a sha256 of the shard, and the CRC32 of
+each column chunk's byte range, which readers check as they read: `ringtrain.rowcheck`); each task then reads its
 shards' footers back from the store and reports them. The driver checks those reports against the
 plan (`check_written`) without reading any shard.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -27,6 +29,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from ringtrain.errors import DatasetError
+from ringtrain.rowcheck import FIELD as CHUNK_CRC32, RunningCrc, chunk_ranges
 from ringtrain.store import join, makedirs, open_input, open_output, remove
 
 ORDER, GROUP, SHARD = "_order", "_group", "_shard"
@@ -152,7 +155,7 @@ def write_shards(numbered: DataFrame, plan: ShardPlan, folders: dict[str, str], 
                  prefix: str = "part") -> dict[str, list[dict]]:
     """Write each shard of `numbered` (see number_rows) as <folders[split]>/<prefix>-NNNNN.parquet, every
     split in one Spark job; check what the tasks report against the plan (`check_written`) and return per
-    split its shards' manifest entries: rows, bytes, row groups, sha256, file."""
+    split its shards' manifest entries: rows, bytes, row groups, sha256, column chunks' CRC32s, file."""
     for folder in folders.values():
         makedirs(folder)
     columns = [c for c in numbered.columns if c not in (ORDER, SHARD, split_column)]
@@ -226,8 +229,12 @@ def check_written(plan: ShardPlan, written: list[dict]) -> dict[str, list[dict]]
                               f"{groups} planned")
             if r["stored_bytes"] != r["bytes"]:
                 raise fail(r, f"{r['stored_bytes']} bytes stored, {r['bytes']} written")
+            checked_groups = len({c[0] for c in r[CHUNK_CRC32]})
+            if checked_groups != groups:
+                raise fail(r, f"column-chunk checksums for {checked_groups} row groups, {groups} planned")
             entries.append({"shard": i, "rows": rows, "bytes": r["bytes"], "row_groups": groups,
-                            "sha256": r["sha256"], "file": r["file"]})
+                            "sha256": r["sha256"], CHUNK_CRC32: [list(c) for c in r[CHUNK_CRC32]],
+                            "file": r["file"]})
         result[split] = entries
     return result
 
@@ -259,9 +266,10 @@ def write_quarantine(bad: DataFrame, folder: str, prefix: str = "part") -> None:
 _RESULT = pa.schema([("shard", pa.int32()), ("split", pa.string()), ("file", pa.string()), ("rows", pa.int64()),
                      ("bytes", pa.int64()), ("row_groups", pa.int32()), ("sha256", pa.string()),
                      ("footer_rows", pa.int64()), ("footer_row_groups", pa.int32()), ("stored_bytes", pa.int64()),
-                     ("schema", pa.string())])
+                     ("schema", pa.string()), (CHUNK_CRC32, pa.list_(pa.list_(pa.int64())))])
 _RESULT_DDL = ("shard int, split string, file string, rows long, bytes long, row_groups int, sha256 string, "
-               "footer_rows long, footer_row_groups int, stored_bytes long, schema string")
+               f"footer_rows long, footer_row_groups int, stored_bytes long, schema string, "
+               f"{CHUNK_CRC32} array<array<long>>")
 
 
 def _change_points(values: np.ndarray) -> list[int]:
@@ -326,11 +334,18 @@ class _ShardWriter:
         with open_input(self.path) as f:
             stored_bytes = f.size()
             footer = pq.ParquetFile(f).metadata
+            checks = []
+            for group, column, offset, length in chunk_ranges(footer, stored_bytes):
+                crc = self.sink.crc.range_crc(offset, length)
+                if crc is None:  # not on a write boundary (no pyarrow does this): read the range back
+                    crc = zlib.crc32(f.read_at(length, offset))
+                checks.append([group, column, offset, length, crc])
         self.results.append({
             "shard": self.shard, "split": self.split, "file": self.name, "rows": self.rows,
             "bytes": self.sink.bytes, "row_groups": self.row_groups, "sha256": self.sink.digest.hexdigest(),
             "footer_rows": footer.num_rows, "footer_row_groups": footer.num_row_groups,
-            "stored_bytes": stored_bytes, "schema": footer.schema.to_arrow_schema().to_string()})
+            "stored_bytes": stored_bytes, "schema": footer.schema.to_arrow_schema().to_string(),
+            CHUNK_CRC32: checks})
         self.writer, self.shard = None, None
 
     def close(self) -> list[dict]:
@@ -340,13 +355,15 @@ class _ShardWriter:
 
 class HashingSink:
     """A write-only file that forwards to a store stream and hashes the bytes on their way out, so a shard's
-    checksum needs no second read (on an object store that would be a second download)."""
+    checksums (its sha256, its column chunks' CRC32s) need no second read (on an object store that would be a
+    second download)."""
 
     def __init__(self, stream):
-        self.stream, self.digest, self.bytes, self.closed = stream, hashlib.sha256(), 0, False
+        self.stream, self.digest, self.crc, self.bytes, self.closed = stream, hashlib.sha256(), RunningCrc(), 0, False
 
     def write(self, data) -> int:
         self.digest.update(data)
+        self.crc.update(data)
         self.bytes += len(data)
         self.stream.write(data)
         return len(data)

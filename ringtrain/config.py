@@ -332,8 +332,9 @@ class TrainConfig:
     """petastorm or arrow (pyarrow). auto: petastorm where it is installed (the Spark 3.5 stack), arrow where
     not (the Spark 4 stack). Resolved when the config loads, like engine."""
     verify_shards: Literal["footer", "full"] = "footer"
-    """What each rank checks of its shards against the manifest when it opens them. footer: the file size and
-    the Parquet footer (rows, row groups); full: also the sha256 of every byte (reads each shard once more)."""
+    """What each rank checks of its shards against the manifest before training. footer: the file size and
+    the Parquet footer (rows, row groups); full: also the sha256 of every byte (reads each shard once more).
+    Either way, every column chunk read is checked against the manifest's CRC32 of it (ringtrain.rowcheck)."""
     seed: int = 0
     checkpoint_every_steps: int = 0
     """0: checkpoint at the end of every epoch only."""

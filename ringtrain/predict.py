@@ -8,7 +8,7 @@ once (on its GPU when Spark gave it one), scores Arrow batches, and writes its o
 through the store functions, so the output can live on any store.
 
 Output folder:
-    part-NNNNN.parquet            key column + `score` (the probability, for binary)
+    part-NNNNN.parquet            key column (its declared type) + `score` (the probability, for binary)
     quarantine/part-NNNNN.parquet the rejected rows as text, with `_reason`
     _manifest.json                model, input, counts, every file with rows and sha256
     _SUCCESS                      written last: the output is published
@@ -92,7 +92,7 @@ def _predict(spark: SparkSession, model: ModelFiles, source: SourceConfig, outpu
     unpublish(output_dir)
     bad = checked.where(F.col(REASON).isNotNull()).select(*[F.col(c).cast("string") for c in checked.columns])
     quarantined = write_parts(bad, join(output_dir, "quarantine"))
-    good = apply_features(checked.where(F.col(REASON).isNull()).drop(REASON, CORRUPT), stats)
+    good = apply_features(checked.where(F.col(REASON).isNull()).drop(REASON, CORRUPT), stats, key_as_string=False)
     scored = score_and_write(good, model, output_dir, stats.key)
     reasons = {r[REASON]: r["count"] for r in bad.groupBy(REASON).count().collect()} if quarantined else {}
     manifest = {
@@ -129,7 +129,8 @@ def write_parts(df: DataFrame, folder: str) -> list[dict]:
 
 
 def score_and_write(df: DataFrame, model: ModelFiles, folder: str, key: str) -> list[dict]:
-    """Score each task's rows (the model loaded once per task) and write them with the key column."""
+    """Score each task's rows (the model loaded once per task) and write them with the key column, in the type
+    `df` has it (the declared one)."""
     # The model's positional inputs, in order (num, cat[, arr]), as training.artifact.input_schema wrote them.
     # artifact.json is written with sorted keys, so the order comes from the names, not from the file.
     inputs = model.artifact["inputs"]
@@ -139,8 +140,6 @@ def score_and_write(df: DataFrame, model: ModelFiles, folder: str, key: str) -> 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from ringtrain.scoring import ModelFiles, load_program, score_arrays
         module = None
-        out_schema = pa.schema([(key, pa.string()), ("score", pa.float64())])
-
         def scored() -> Iterator[pa.RecordBatch]:
             nonlocal module
             for batch in batches:
@@ -150,6 +149,7 @@ def score_and_write(df: DataFrame, model: ModelFiles, folder: str, key: str) -> 
                     files = ModelFiles(model_folder, features, artifact)
                     module = load_program(files, task_device())
                 inputs = [_matrix(batch, columns, dtype, arrays=name == "arr") for name, columns, dtype in schema]
+                out_schema = pa.schema([batch.schema.field(key), ("score", pa.float64())])
                 yield pa.RecordBatch.from_arrays(
                     [batch.column(key), pa.array(score_arrays(module, task, inputs))], schema=out_schema)
         yield from _write_task(folder, scored())

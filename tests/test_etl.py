@@ -1,11 +1,12 @@
 """ETL on real Spark (local[2]) and real files: validation counts, publishing, balance, idempotence."""
 import os
+import zlib
 
 import pandas as pd
 import pytest
 
 from conftest import assert_balanced, demo_config, read_json
-from ringtrain.manifest import DatasetError, load_manifest
+from ringtrain.manifest import DatasetError, load_manifest, shard_paths
 from ringtrain.etl.pipeline import BadDataError, run_etl
 from ringtrain.etl.sample_data import generate_churn
 from ringtrain.etl.sources import SchemaDriftError
@@ -104,8 +105,14 @@ def test_rerun_is_idempotent_and_forced_rerun_has_identical_checksums(spark, sma
     assert forced["dataset_dir"] != dataset_dir and datasets.latest() == forced["dataset_dir"]
     first, second = load_manifest(dataset_dir), load_manifest(forced["dataset_dir"])
     for split in ("train", "val", "test"):
-        assert [s["sha256"] for s in first["splits"][split]["shards"]] == \
-               [s["sha256"] for s in second["splits"][split]["shards"]]
+        assert [(s["sha256"], s["chunk_crc32"]) for s in first["splits"][split]["shards"]] == \
+               [(s["sha256"], s["chunk_crc32"]) for s in second["splits"][split]["shards"]]
+        # The recorded CRC32s are those of the bytes published (every byte between magic and footer).
+        for shard, path in zip(first["splits"][split]["shards"], shard_paths(dataset_dir, first, split)):
+            data = open(path, "rb").read()
+            assert [[g, c, o, n, zlib.crc32(data[o:o + n])] for g, c, o, n, _ in shard["chunk_crc32"]] == \
+                shard["chunk_crc32"]
+            assert len({g for g, *_ in shard["chunk_crc32"]}) == shard["row_groups"]
 
 
 def test_training_refuses_a_folder_without_manifest(tmp_path):
@@ -178,7 +185,7 @@ def _report(shard, split="train", index=None, rows=10, **changes):
     name = f"part-{shard if index is None else index:05d}.parquet"
     return {"shard": shard, "split": split, "file": name, "rows": rows, "bytes": 900,
             "row_groups": 1, "sha256": "ab" * 32, "footer_rows": rows, "footer_row_groups": 1, "stored_bytes": 900,
-            "schema": "x: float", **changes}
+            "schema": "x: float", "chunk_crc32": [[0, 0, 4, 800, 7]], **changes}
 
 
 @pytest.mark.parametrize("changes, what", [
@@ -187,6 +194,7 @@ def _report(shard, split="train", index=None, rows=10, **changes):
     ({"footer_row_groups": 2}, r"2 row groups in its footer \(1 written\), 1 planned"),
     ({"stored_bytes": 512}, r"512 bytes stored, 900 written"),
     ({"schema": "x: double"}, r"its schema differs from the other shards'"),
+    ({"chunk_crc32": []}, r"column-chunk checksums for 0 row groups, 1 planned"),
 ])
 def test_the_plan_check_names_the_shard_and_what_differs(changes, what):
     from ringtrain.etl.shards import ShardPlan, check_written
@@ -194,10 +202,11 @@ def test_the_plan_check_names_the_shard_and_what_differs(changes, what):
                      bucket_rows={"train": [12, 8], "val": [10, 0]})
     reports = [_report(0), _report(1), _report(2, "val", index=0)]
     entries = check_written(plan, reports)
+    checks = {"chunk_crc32": [[0, 0, 4, 800, 7]]}
     assert entries == {"train": [{"shard": i, "rows": 10, "bytes": 900, "row_groups": 1, "sha256": "ab" * 32,
-                                  "file": f"part-{i:05d}.parquet"} for i in (0, 1)],
+                                  **checks, "file": f"part-{i:05d}.parquet"} for i in (0, 1)],
                        "val": [{"shard": 0, "rows": 10, "bytes": 900, "row_groups": 1, "sha256": "ab" * 32,
-                                "file": "part-00000.parquet"}]}
+                                **checks, "file": "part-00000.parquet"}]}
     with pytest.raises(DatasetError, match=r"^the shards as written do not match the ETL's plan: shard 0 of split "
                                            r"val is missing; nothing was published"):
         check_written(plan, reports[:2])
@@ -294,3 +303,14 @@ def test_the_source_is_read_in_whole_rounds_of_tasks(spark, tmp_path):
             assert again.rdd.getNumPartitions() == 4
             assert again.count() == raw.count() == 40000
         assert spark.conf.get("spark.sql.files.maxPartitionBytes") == str(1 << 20)  # restored
+
+
+def test_apply_features_keeps_the_declared_key_type_only_when_asked(spark):
+    """Shards hold the key as a string; predict's output keeps the type the config declares (a long stays one)."""
+    from ringtrain.etl.features import FeatureStats, apply_features
+    stats = FeatureStats(numeric={"x": {"mean": 0.0, "std": 1.0, "nullable": False}}, categorical={}, hashed={},
+                         arrays={}, label="label", label_values=None, key="id")
+    df = spark.createDataFrame([(7, 1.5)], "id long, x double")
+    assert dict(apply_features(df, stats).dtypes)["id"] == "string"
+    kept = apply_features(df, stats, key_as_string=False)
+    assert dict(kept.dtypes)["id"] == "bigint" and kept.collect()[0]["id"] == 7

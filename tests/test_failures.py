@@ -3,6 +3,7 @@ the checks that catch a bad model or a damaged shard before training starts."""
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -272,6 +273,49 @@ def test_cli_corrupted_shard_fails_in_one_attempt_with_exit_2_naming_the_file_an
     assert no_worker_left()
 
 
+def _zero_in_a_data_page(path: str, key: str) -> int:
+    """Zero 64 bytes in the middle of the data page of the largest column chunk that training reads (not the
+    key's) in the shard's middle row group: same size, footer intact (what `verify_shards: footer` cannot see).
+    Returns the row group."""
+    meta = pq.ParquetFile(path).metadata
+    group = meta.num_row_groups // 2
+    chunks = [meta.row_group(group).column(c) for c in range(meta.num_columns)]
+    chunk = max((c for c in chunks if c.path_in_schema != key), key=lambda c: c.total_compressed_size)
+    data = bytearray(open(path, "rb").read())
+    start = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+    middle = (chunk.data_page_offset + start + chunk.total_compressed_size) // 2  # among the data pages
+    data[middle:middle + 64] = bytes(64)
+    open(path, "wb").write(bytes(data))
+    return group
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+@pytest.mark.parametrize("reader", ["arrow", pytest.param("petastorm", marks=pytest.mark.petastorm)])
+def test_cli_a_data_page_damaged_after_publication_fails_with_exit_2_naming_shard_and_row_group(
+        small_dataset, tmp_path, reader):
+    """The default settings (verify_shards: footer) catch it: every row group is checked as it is read."""
+    _, dataset_dir = small_dataset
+    copy = str(tmp_path / "dataset")
+    shutil.copytree(dataset_dir, copy)
+    manifest = json.load(open(os.path.join(copy, "manifest.json")))
+    shard = os.path.join(copy, "train", manifest["splits"]["train"]["shards"][0]["file"])  # read by rank 0
+    size = os.path.getsize(shard)
+    group = _zero_in_a_data_page(shard, manifest["features"]["key"])
+    assert os.path.getsize(shard) == size
+    proc = _run_cli(str(tmp_path), copy, ["store.run_id=pagedamage", "train.max_attempts=2", f"train.reader={reader}"])
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 2, err[-3000:]
+    last = _our_line(err)
+    assert last.startswith(f"ringtrain train: error: rank 0 failed first: DatasetError: shard {shard} row group "
+                           f"{group} (column chunk "), last
+    assert ") does not match the dataset's manifest: crc32 " in last, last
+    assert last.endswith(f"Log: {tmp_path}/runs/pagedamage/logs/attempt0-rank0.log. Not retried: the same settings "
+                         f"would fail the same way"), last
+    assert not [name for name in _logs(str(tmp_path), "pagedamage") if name.startswith("attempt1")]
+    assert no_worker_left()
+
+
 @pytest.mark.spark
 @pytest.mark.slow
 def test_a_rank_user_error_is_not_retried(spark, small_dataset, tmp_path):
@@ -317,6 +361,9 @@ def test_ctrl_c_stops_the_run_in_one_attempt_with_exit_130_and_the_run_resumes(s
     assert proc.returncode == 130, err[-3000:]
     assert _our_line(err) == ("ringtrain train: interrupted during attempt 1: stopped, not retried. "
                                             "Resume from the last checkpoint with --set store.run_id=sigint")
+    # The one clean line, no Java stack trace of the Python workers the interrupt stopped.
+    java = [line for line in err.splitlines() if re.search(r"Exception|Traceback|^\s+at |crashed", line)]
+    assert not java, "\n".join(java[:40])
     assert not [name for name in _logs(root, "sigint") if name.startswith("attempt1")]
     assert no_worker_left()
 

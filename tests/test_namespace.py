@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT
 
 CORE = ["ringtrain.config", "ringtrain.schema", "ringtrain.store", "ringtrain.manifest", "ringtrain.errors",
-        "ringtrain.registry", "ringtrain.lock", "ringtrain.stack"]
+        "ringtrain.registry", "ringtrain.lock", "ringtrain.stack", "ringtrain.rowcheck"]
 
 
 def _modules_after(code: str) -> set:

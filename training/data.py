@@ -10,15 +10,22 @@ Order is a pure function of (seed, epoch, rank): row groups are shuffled, then r
 row group. That is what makes resume exact: skip the batches already trained on, and the rest of
 the epoch is the same rows in the same order as an uninterrupted run.
 
-Two readers sit behind `open_reader`: petastorm (the default) and a native pyarrow reader.
+Two readers sit behind `open_reader`: petastorm (the default) and a native pyarrow reader. Both read every
+shard through `ringtrain.rowcheck.CheckedFile`, which checks each column chunk against the CRC32 the manifest
+records for it as it is read: a damaged byte fails the rank with a DatasetError (exit 2, not retried) that
+names the shard and the row group. Shards of manifests written before the ETL recorded those CRC32s get the
+footer check only (`verify_shards` logs it).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import logging
 import os
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -28,7 +35,10 @@ import torch
 
 from ringtrain import store
 from ringtrain.manifest import DatasetError, shard_paths
+from ringtrain.rowcheck import FIELD as CHUNK_CRC32, CheckedFile
 from ringtrain.store import filesystem, is_posix, open_input
+
+log = logging.getLogger("ringtrain.data")
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,9 @@ class ReadPlan:
     shard_count: int | None
     steps_per_epoch: int
     rows: int                  # rows in the split (all ranks)
+    # path -> its column chunks' [row group, column, offset, length, crc32] from the manifest; a shard without
+    # them is read unchecked
+    chunk_crc32: dict = field(default_factory=dict)
 
 
 def plan_reading(dataset_dir: str, manifest: dict, split: str, rank: int, size: int, batch_size: int,
@@ -45,6 +58,7 @@ def plan_reading(dataset_dir: str, manifest: dict, split: str, rank: int, size: 
     """Which files this rank reads, and how many batches every rank yields per epoch."""
     info = manifest["splits"][split]
     files = shard_paths(dataset_dir, manifest, split)
+    checks = {path: shard[CHUNK_CRC32] for path, shard in zip(files, info["shards"]) if CHUNK_CRC32 in shard}
     num_row_groups = sum(s["row_groups"] for s in info["shards"])
     steps = info["rows"] // (size * batch_size) if drop_last else 0
     if drop_last and steps < 1:
@@ -52,9 +66,10 @@ def plan_reading(dataset_dir: str, manifest: dict, split: str, rank: int, size: 
                            f"{batch_size}; lower train.batch_size or train.num_workers")
     if len(files) >= size:
         # Whole shards per rank: ETL makes the shard count a multiple of max_world_size.
-        return ReadPlan(files[rank::size], None, None, steps, info["rows"])
+        mine = files[rank::size]
+        return ReadPlan(mine, None, None, steps, info["rows"], {p: checks[p] for p in mine if p in checks})
     if num_row_groups >= size:
-        return ReadPlan(files, rank, size, steps, info["rows"])
+        return ReadPlan(files, rank, size, steps, info["rows"], checks)
     raise DatasetError(
         f"split {split!r} has {len(files)} shards and {num_row_groups} row groups, fewer than {size} ranks: "
         f"some ranks would get no data. Rerun the ETL with etl.shards.max_world_size >= {size} "
@@ -62,10 +77,18 @@ def plan_reading(dataset_dir: str, manifest: dict, split: str, rank: int, size: 
 
 
 def verify_shards(dataset_dir: str, manifest: dict, split: str, files: list[str], *, checksum: bool) -> None:
-    """Check the shards this rank will read against the manifest: size and Parquet footer, and the sha256
-    when `checksum` (train.verify_shards: full). A damaged or replaced file fails here, naming itself,
-    instead of as a read error deep in an epoch (or not at all, when its bytes still parse)."""
+    """Check the shards this rank will read against the manifest before training: size and Parquet footer,
+    and the sha256 when `checksum` (train.verify_shards: full). A damaged or replaced file fails here, naming
+    itself, instead of as a read error deep in an epoch. The bytes of the column chunks are checked in any case,
+    as they are read (`CheckedFile`), where the manifest records their CRC32s; a manifest written before the
+    ETL recorded them gets only this check, and a log line says so."""
     expected = dict(zip(shard_paths(dataset_dir, manifest, split), manifest["splits"][split]["shards"]))
+    unchecked = [path for path in files if CHUNK_CRC32 not in expected[path]]
+    if unchecked:
+        log.warning("%d of the %s shards this rank reads have no column-chunk checksums in the manifest (published "
+                    "before ringtrain recorded them): their bytes are read unchecked%s. Publish the dataset again "
+                    "(`ringtrain etl --force`) to have them checked", len(unchecked), split,
+                    "" if checksum else " (train.verify_shards: full checks their sha256 before training)")
     for path in files:
         _verify_shard(path, expected[path], checksum)
 
@@ -205,6 +228,13 @@ class _Reader:
         yield from assembler.rest()
 
 
+def open_checked(path: str, plan: ReadPlan):
+    """A shard open for reading, its column chunks checked as they are read when the manifest has their CRC32s."""
+    raw = open_input(path)
+    checks = plan.chunk_crc32.get(path)
+    return CheckedFile(raw, path, checks) if checks is not None else raw
+
+
 class ArrowReader(_Reader):
     """Native reader: pyarrow row groups, in a seeded order."""
 
@@ -227,9 +257,12 @@ class ArrowReader(_Reader):
         for path, index in groups:
             # Row groups are read in byte ranges straight from the store: no rank copies a shard first. On an
             # object store, pre-buffering fetches a row group's column chunks in a few coalesced range
-            # requests instead of one request per column (each a round trip).
+            # requests instead of one request per column (each a round trip). A checked shard too: its
+            # CheckedFile then gets one read per row group, which it serves from one request.
             if path not in files:  # each shard opened, and its footer read, once per pass
-                files[path] = pq.ParquetFile(open_input(path), pre_buffer=not is_posix(path))
+                checked = path in self.plan.chunk_crc32
+                files[path] = pq.ParquetFile(open_checked(path, self.plan),
+                                             pre_buffer=checked or not is_posix(path))
             f = files[path]
             table = f.read_row_group(index, columns=names)
             yield {n: table.column(n).to_numpy() for n in names}
@@ -242,33 +275,49 @@ class PetastormReader(_Reader):
 
     def _chunks(self, epoch, pass_no):
         from petastorm import make_batch_reader
-        urls, fs = petastorm_source(self.plan.files)
+        urls, fs = petastorm_source(self.plan.files, self.plan.chunk_crc32)
         shuffle = epoch >= 0
         seed = int(self._rng(epoch, pass_no).integers(2**31)) if shuffle else None
-        with make_batch_reader(urls, filesystem=fs, schema_fields=self.cols.names(), reader_pool_type="dummy",
-                               workers_count=1, shuffle_row_groups=shuffle, seed=seed, num_epochs=1,
-                               cur_shard=self.plan.cur_shard, shard_count=self.plan.shard_count,
-                               shard_seed=0 if self.plan.shard_count else None) as reader:
+        reader = make_batch_reader(urls, filesystem=fs, schema_fields=self.cols.names(), reader_pool_type="dummy",
+                                   workers_count=1, shuffle_row_groups=shuffle, seed=seed, num_epochs=1,
+                                   cur_shard=self.plan.cur_shard, shard_count=self.plan.shard_count,
+                                   shard_seed=0 if self.plan.shard_count else None)
+        try:
             for rows in reader:
                 yield rows._asdict()
+        finally:
+            # petastorm prints "Cache cleanup complete." on stdout as a reader closes (once per epoch per rank):
+            # stdout carries a rank's result line and the CLI's --json output, so it goes to the debug log.
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                reader.__exit__(None, None, None)
+            if printed.getvalue().strip():
+                log.debug("petastorm: %s", " ".join(printed.getvalue().split()))
 
 
-def petastorm_source(files: list[str]):
+def petastorm_source(files: list[str], chunk_crc32: dict | None = None):
     """(urls, filesystem) for petastorm's make_batch_reader.
 
     petastorm 0.13.1 resolves s3:// URLs through s3fs (not in this stack) and hdfs:// through the removed
-    pyarrow.hdfs, and its ParquetDataset arguments need a legacy `pyarrow.filesystem` object. So local
-    files go as file:// URLs (petastorm's own local filesystem); other stores as file:// URLs of their
-    paths on the store's pyarrow.fs filesystem, through `_legacy_store_fs`."""
-    if is_posix(files[0]):
+    pyarrow.hdfs, and its ParquetDataset arguments need a legacy `pyarrow.filesystem` object. So stores go
+    as file:// URLs of their paths on the store's pyarrow.fs filesystem, through `_legacy_store_fs`; local
+    files too when their row groups are checked (`chunk_crc32`: path -> checks, see ReadPlan), since
+    that filesystem's open() is where `CheckedFile` comes in; unchecked local files go as file:// URLs
+    (petastorm's own local filesystem)."""
+    checks = chunk_crc32 or {}
+    if is_posix(files[0]) and not any(p in checks for p in files):
         return ["file://" + os.path.abspath(filesystem(p)[1]) for p in files], None
     fs = filesystem(files[0])[0]
-    return ["file:///" + filesystem(p)[1].lstrip("/") for p in files], _legacy_store_fs(fs)
+    # petastorm hands back paths as the filesystem sees them: map them to the shards' own names.
+    by_inner = {"/" + filesystem(p)[1].lstrip("/"): p for p in files}
+    return ["file:///" + filesystem(p)[1].lstrip("/") for p in files], _legacy_store_fs(fs, by_inner, checks)
 
 
-def _legacy_store_fs(fs):
+def _legacy_store_fs(fs, by_inner: dict | None = None, checks: dict | None = None):
     """A legacy `pyarrow.filesystem.FileSystem` over a pyarrow.fs one (what petastorm's legacy ParquetDataset
-    needs); files are opened for random access, so row groups are read in ranges, not downloaded whole."""
+    needs); files are opened for random access, so row groups are read in ranges, not downloaded whole.
+    A shard with row-group checks (`checks`, by shard path; `by_inner`: path on `fs` -> shard path) opens
+    as a `CheckedFile`."""
     import pyarrow.fs as pafs
     from pyarrow.filesystem import FileSystem
 
@@ -291,7 +340,11 @@ def _legacy_store_fs(fs):
             return self._type(path) != pafs.FileType.NotFound
 
         def open(self, path, mode="rb"):
-            return fs.open_input_file(self._path(path))
+            raw = fs.open_input_file(self._path(path))
+            shard = (by_inner or {}).get("/" + path.lstrip("/"))
+            if shard is not None and shard in (checks or {}):
+                return CheckedFile(raw, shard, checks[shard])
+            return raw
 
         def ls(self, path):
             return [i.path for i in fs.get_file_info(pafs.FileSelector(self._path(path)))]

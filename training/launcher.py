@@ -45,6 +45,15 @@ log = logging.getLogger("ringtrain.launcher")
 _RECORD_WAIT_S = 3.0  # how long the driver waits for a failed rank's record written by its Spark task
 _CANCELLED = re.compile(r"Job \d+ cancelled")  # Spark's words for cancelAllJobs, the UI's kill, sc.stop()
 LOG_SYNC_S = 10.0  # how often a log bound for a non-POSIX store is uploaded while its worker runs
+# Spark's loggers that print a failed or killed task's Java stack trace on the driver's stderr (the executors'
+# too in local mode, where they share the driver's JVM). After a user's interrupt those failures are the
+# interrupt itself: the CLI's one line says what happened and how to resume.
+_TASK_FAILURE_LOGGERS = ("org.apache.spark.executor.Executor", "org.apache.spark.scheduler.TaskSetManager",
+                         "org.apache.spark.TaskContextImpl", "org.apache.spark.util.Utils",
+                         "org.apache.spark.scheduler.TaskSchedulerImpl", "org.apache.spark.scheduler.DAGScheduler",
+                         "org.apache.spark.api.python.PythonRunner", "org.apache.spark.api.python.PythonWorkerFactory",
+                         "org.apache.spark.storage.BlockManager")
+_INTERRUPT_GRACE_S = 2.0  # how long a Spark task hit by the terminal's Ctrl-C waits for the driver's cancel
 
 
 def launch(sc: SparkContext, spec: WorkerSpec) -> list[dict]:
@@ -125,13 +134,36 @@ def _interrupt_cancels_jobs(sc: SparkContext):
             raise KeyboardInterrupt
         interrupted.set()
         log.warning("interrupted: cancelling the training job")
-        sc.cancelAllJobs()
+        # Not here: this handler runs on the main thread while it waits inside a py4j call (the job), and a
+        # py4j call made from it reuses that thread's connection mid-answer (py4j: "reentrant call"), which
+        # breaks the connection. Another thread has its own.
+        threading.Thread(target=_quiet_and_cancel, args=(sc,), name="ringtrain-cancel", daemon=True).start()
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         yield interrupted
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _quiet_and_cancel(sc: SparkContext) -> None:
+    _silence_task_failures(sc)
+    try:
+        sc.cancelAllJobs()
+    except Exception as exc:  # the context is stopping already: nothing left to cancel
+        log.debug("cancelAllJobs: %s", exc)
+
+
+def _silence_task_failures(sc: SparkContext) -> None:
+    """Turn off the loggers of `_TASK_FAILURE_LOGGERS` for the rest of this Spark session (the run is stopping;
+    a later launch in the same session would see its task failures in the ranks' records and logs)."""
+    try:
+        jvm = sc._jvm
+        off = jvm.org.apache.logging.log4j.Level.OFF
+        for name in _TASK_FAILURE_LOGGERS:
+            jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, off)
+    except Exception as exc:  # quieter logs are a nicety: never let them stand in the way of the cancel
+        log.debug("could not quiet Spark's task-failure logs: %s", exc)
 
 
 def check_slots(sc: SparkContext, num_workers: int) -> None:
@@ -325,6 +357,14 @@ def _run_worker(task_spec: str, env: dict, local_log: str, hang_timeout_s: float
                 time.sleep(0.1)
             pump.join(timeout=10)
         except KeyboardInterrupt:  # a Ctrl-C reached this Spark worker too (the terminal's process group)
+            # The driver got it as well and is cancelling the job, after quieting the loggers that would print
+            # this task's failure as a Java stack trace: give it that moment before failing (the cancel may
+            # kill this task first, which ends it the same way).
+            _kill_group(proc)
+            try:
+                time.sleep(_INTERRUPT_GRACE_S)
+            except KeyboardInterrupt:
+                pass
             raise fail("interrupted", "interrupted by the user") from None
         finally:
             _kill_group(proc)  # no-op after a clean exit; otherwise no orphan survives the task
