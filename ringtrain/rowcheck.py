@@ -2,18 +2,21 @@
 
 The ETL records, for each shard in the manifest, every column chunk's byte range and the CRC32 of its bytes
 (`chunk_crc32`: [[row group, column, offset, length, crc32], ...], in file order), taken from the bytes on
-their way to the store (`RunningCrc`: no second read). A reader opens a shard through `CheckedFile`: a read in
-the chunks' ranges reads the chunks it touches once, checks their CRC32s, and serves pyarrow's reads from the
-checked bytes. Both readers (the arrow reader, and petastorm through the legacy filesystem it is given) read
-through it, on every store, so a damaged chunk fails as it is read, naming the shard and the row group, with a
-`DatasetError` (exit 2, not retried).
+their way to the store (`RunningCrc`: no second read). Both readers check every chunk they read, on every
+store, so a damaged chunk fails as it is read, naming the shard and the row group, with a `DatasetError` (exit 2,
+not retried):
+- a local shard is a memory map (`pyarrow.memory_map`); `check_chunks` checks the chunks a row group is about to
+  be read from (the arrow reader), or all the chunks of the columns read the first time a pass opens the shard
+  (petastorm, which opens it again for each row group), and pyarrow then decodes those very pages natively;
+- a shard on another store (S3, HDFS) opens through `CheckedFile`: a read in the chunks' ranges fetches the chunks
+  it touches in one request, checks their CRC32s and serves pyarrow's reads from the checked bytes.
 
 Why column chunks: a reader reads only the columns it needs (training skips the key, a third of the demo's
 bytes), and checking a whole row group would read those bytes too. Why not Parquet page checksums: petastorm
 0.13.1 opens files through pyarrow's legacy ParquetDataset, which cannot ask for page verification, and page
 CRCs leave the page headers unchecked. These CRC32s cover every byte between the file's magic and its footer,
 need no change to the shards' bytes (the same input and seed give the same files as before), and cost one
-zlib.crc32 pass over the bytes the reader fetches anyway (BENCHMARKS.md "Column-chunk checksums").
+zlib.crc32 pass over the bytes the reader reads anyway (BENCHMARKS.md "Column-chunk checksums").
 
 The footer is not in a range: its size and what it says (rows, row groups) are checked against the manifest
 before training (`training.data.verify_shards`), and its Thrift encoding fails to parse when damaged.
@@ -178,13 +181,33 @@ class CheckedFile:
         data = self._read(base, length)
         view = memoryview(data)
         for group, column, offset, size, expected in self.chunks[lo:hi + 1]:
-            got = view[offset - base:offset - base + size]
-            crc = zlib.crc32(got)
-            if len(got) != size or crc != expected:
-                what = (f"{len(got)} bytes where the manifest has {size}" if len(got) != size
-                        else f"crc32 {crc:08x}, the manifest says {expected:08x}")
-                raise DatasetError(
-                    f"shard {self.path} row group {group} (column chunk {column}, bytes {offset}..{offset + size}) "
-                    f"does not match the dataset's manifest: {what}. The published version is damaged; publish a "
-                    f"fresh one (`ringtrain etl --force`) or train on another (--dataset)")
+            _check(self.path, group, column, offset, size, expected, view[offset - base:offset - base + size])
         self.lo, self.hi, self.base, self.data = lo, hi, base, data
+
+
+def column_indices(metadata, names) -> set[int]:
+    """Indices of a Parquet file's leaf columns under the top-level columns `names` (what a reader asking for
+    `names` reads), from its footer (pyarrow FileMetaData)."""
+    schema = metadata.schema
+    return {i for i in range(len(schema)) if schema.column(i).path.split(".")[0] in names}
+
+
+def check_chunks(source, path: str, chunks: list[list[int]], columns: set[int], group: int | None = None) -> None:
+    """Check the column chunks of row group `group` (None: every row group) in `columns` against the manifest,
+    reading each with `source.read_at`. For a local shard `source` is a memory map (`pyarrow.memory_map`): the
+    check reads the chunks' pages without a copy, and pyarrow then decodes those very pages, with no Python file
+    object between it and them (what `CheckedFile` costs: BENCHMARKS.md "Column-chunk checksums")."""
+    for g, column, offset, size, expected in chunks:
+        if (group is None or g == group) and column in columns:
+            _check(path, g, column, offset, size, expected, source.read_at(size, offset))
+
+
+def _check(path: str, group: int, column: int, offset: int, size: int, expected: int, got) -> None:
+    crc = zlib.crc32(got)
+    if len(got) != size or crc != expected:
+        what = (f"{len(got)} bytes where the manifest has {size}" if len(got) != size
+                else f"crc32 {crc:08x}, the manifest says {expected:08x}")
+        raise DatasetError(
+            f"shard {path} row group {group} (column chunk {column}, bytes {offset}..{offset + size}) "
+            f"does not match the dataset's manifest: {what}. The published version is damaged; publish a "
+            f"fresh one (`ringtrain etl --force`) or train on another (--dataset)")

@@ -136,6 +136,7 @@ def evaluate(model: ModelFiles, dataset_dir: str, split: str = "test", *, by_par
     `device`: where the model runs; default the first GPU when this process sees one, else the CPU."""
     from ringtrain.config import TrainConfig
     from ringtrain.schema import build
+    from ringtrain.rowcheck import FIELD as CHUNK_CRC32
     from ringtrain.training.data import Columns, ReadPlan, open_reader
     from ringtrain.training.loop import evaluate as loop_evaluate
     from ringtrain.training.tasks import make_task
@@ -147,15 +148,18 @@ def evaluate(model: ModelFiles, dataset_dir: str, split: str = "test", *, by_par
     cols = Columns.from_manifest(manifest)
     task = make_task(manifest["features"], build(TrainConfig, model.artifact["train_config"], "train"))
 
-    def metrics(files: list[str]) -> dict:
-        reader = open_reader("arrow", ReadPlan(files, None, None, 0, 0), cols, 4096, 0, 0)
+    def metrics(files: list[str], shards: list[dict]) -> dict:
+        # Every column chunk read is checked against the manifest's CRC32s, as in training.
+        checks = {path: shard[CHUNK_CRC32] for path, shard in zip(files, shards) if CHUNK_CRC32 in shard}
+        reader = open_reader("arrow", ReadPlan(files, None, None, 0, 0, checks), cols, 4096, 0, 0)
         return loop_evaluate(module, reader, _OneProcess(), device, task, contextlib.nullcontext())
 
-    result = {"split": split, "dataset_dir": dataset_dir, "overall": metrics(shard_paths(dataset_dir, manifest, split)),
-              "partitions": {}}
+    result = {"split": split, "dataset_dir": dataset_dir, "partitions": {},
+              "overall": metrics(shard_paths(dataset_dir, manifest, split), manifest["splits"][split]["shards"])}
     if by_partition:
         for part in manifest.get("partitions", []):
-            files = [shard_path(dataset_dir, split, s) for s in part["splits"][split]["shards"]]
+            shards = part["splits"][split]["shards"]
             if part["splits"][split]["rows"]:
-                result["partitions"][part["name"]] = metrics(files)
+                result["partitions"][part["name"]] = metrics([shard_path(dataset_dir, split, s) for s in shards],
+                                                             shards)
     return result

@@ -134,6 +134,24 @@ def test_a_row_group_damaged_after_publication_fails_as_it_is_read_naming_shard_
 
 
 @pytest.mark.parametrize("kind", ["arrow", pytest.param("petastorm", marks=pytest.mark.petastorm)])
+def test_a_shard_damaged_on_s3_fails_as_it_is_read_naming_shard_and_row_group(tmp_path, s3_server, kind):
+    """On an object store the chunks are checked as they arrive (CheckedFile), not through a memory map."""
+    local = str(tmp_path)
+    manifest = make_dataset(local, [1000, 1000])
+    _zero_in_row_group(os.path.join(local, "train", "part-00001.parquet"), 2)
+    remote = s3_server.fresh_uri("damaged")
+    fs = s3_server.filesystem()
+    for name in os.listdir(os.path.join(local, "train")):
+        with open(os.path.join(local, "train", name), "rb") as f, \
+                fs.open_output_stream(f"{remote[len('s3://'):]}/train/{name}") as out:
+            out.write(f.read())
+    with pytest.raises(DatasetError, match=rf"^shard {remote}/train/part-00001.parquet row group 2 \(column chunk 0, "
+                                           r"bytes \d+\.\.\d+\) does not match the dataset's manifest: crc32"):
+        batches(remote, manifest, 1, 2, kind)
+    assert batches(remote, manifest, 0, 2, kind)[1]  # the other rank's shard is intact
+
+
+@pytest.mark.parametrize("kind", ["arrow", pytest.param("petastorm", marks=pytest.mark.petastorm)])
 def test_checked_and_unchecked_reads_yield_the_same_batches(tmp_path, kind):
     checked = make_dataset(str(tmp_path), [1000], row_group_rows=128)
     unchecked = make_dataset(str(tmp_path), [1000], row_group_rows=128, crc32=False)

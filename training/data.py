@@ -35,7 +35,7 @@ import torch
 
 from ringtrain import store
 from ringtrain.manifest import DatasetError, shard_paths
-from ringtrain.rowcheck import FIELD as CHUNK_CRC32, CheckedFile
+from ringtrain.rowcheck import FIELD as CHUNK_CRC32, CheckedFile, check_chunks, column_indices
 from ringtrain.store import filesystem, is_posix, open_input
 
 log = logging.getLogger("ringtrain.data")
@@ -229,10 +229,15 @@ class _Reader:
 
 
 def open_checked(path: str, plan: ReadPlan):
-    """A shard open for reading, its column chunks checked as they are read when the manifest has their CRC32s."""
-    raw = open_input(path)
+    """A shard open for reading, its column chunks checked as they are read when the manifest has their CRC32s:
+    a remote shard through `CheckedFile`; a local one is a memory map, which `ArrowReader` checks itself
+    (`check_chunks`) before each row group it reads."""
     checks = plan.chunk_crc32.get(path)
-    return CheckedFile(raw, path, checks) if checks is not None else raw
+    if checks is None:
+        return open_input(path)
+    if is_posix(path):
+        return pa.memory_map(filesystem(path)[1])
+    return CheckedFile(open_input(path), path, checks)
 
 
 class ArrowReader(_Reader):
@@ -252,18 +257,22 @@ class ArrowReader(_Reader):
         if epoch >= 0:
             order = self._rng(epoch, pass_no).permutation(len(groups))
             groups = [groups[i] for i in order]
-        files: dict[str, pq.ParquetFile] = {}
+        files: dict[str, tuple] = {}
         names = self.cols.names()
         for path, index in groups:
             # Row groups are read in byte ranges straight from the store: no rank copies a shard first. On an
             # object store, pre-buffering fetches a row group's column chunks in a few coalesced range
             # requests instead of one request per column (each a round trip). A checked shard too: its
             # CheckedFile then gets one read per row group, which it serves from one request.
+            # A local checked shard is a memory map: its chunks are checked here, then decoded from the same pages.
             if path not in files:  # each shard opened, and its footer read, once per pass
-                checked = path in self.plan.chunk_crc32
-                files[path] = pq.ParquetFile(open_checked(path, self.plan),
-                                             pre_buffer=checked or not is_posix(path))
-            f = files[path]
+                source = open_checked(path, self.plan)
+                f = pq.ParquetFile(source, pre_buffer=not is_posix(path) or isinstance(source, CheckedFile))
+                local_checks = path in self.plan.chunk_crc32 and is_posix(path)
+                files[path] = f, (source, column_indices(f.metadata, names)) if local_checks else None
+            f, local_checks = files[path]
+            if local_checks:
+                check_chunks(local_checks[0], path, self.plan.chunk_crc32[path], local_checks[1], index)
             table = f.read_row_group(index, columns=names)
             yield {n: table.column(n).to_numpy() for n in names}
 
@@ -275,7 +284,7 @@ class PetastormReader(_Reader):
 
     def _chunks(self, epoch, pass_no):
         from petastorm import make_batch_reader
-        urls, fs = petastorm_source(self.plan.files, self.plan.chunk_crc32)
+        urls, fs = petastorm_source(self.plan.files, self.plan.chunk_crc32, self.cols.names())
         shuffle = epoch >= 0
         seed = int(self._rng(epoch, pass_no).integers(2**31)) if shuffle else None
         reader = make_batch_reader(urls, filesystem=fs, schema_fields=self.cols.names(), reader_pool_type="dummy",
@@ -295,33 +304,36 @@ class PetastormReader(_Reader):
                 log.debug("petastorm: %s", " ".join(printed.getvalue().split()))
 
 
-def petastorm_source(files: list[str], chunk_crc32: dict | None = None):
-    """(urls, filesystem) for petastorm's make_batch_reader.
+def petastorm_source(files: list[str], chunk_crc32: dict | None = None, columns: list[str] | None = None):
+    """(urls, filesystem) for petastorm's make_batch_reader, for one pass over `files`.
 
     petastorm 0.13.1 resolves s3:// URLs through s3fs (not in this stack) and hdfs:// through the removed
     pyarrow.hdfs, and its ParquetDataset arguments need a legacy `pyarrow.filesystem` object. So stores go
     as file:// URLs of their paths on the store's pyarrow.fs filesystem, through `_legacy_store_fs`; local
-    files too when their row groups are checked (`chunk_crc32`: path -> checks, see ReadPlan), since
-    that filesystem's open() is where `CheckedFile` comes in; unchecked local files go as file:// URLs
-    (petastorm's own local filesystem)."""
+    files too when their column chunks are checked (`chunk_crc32`: path -> checks, see ReadPlan; `columns`:
+    what the reader reads), since that filesystem's open() is where the check comes in; unchecked local files
+    go as file:// URLs (petastorm's own local filesystem)."""
     checks = chunk_crc32 or {}
     if is_posix(files[0]) and not any(p in checks for p in files):
         return ["file://" + os.path.abspath(filesystem(p)[1]) for p in files], None
     fs = filesystem(files[0])[0]
     # petastorm hands back paths as the filesystem sees them: map them to the shards' own names.
     by_inner = {"/" + filesystem(p)[1].lstrip("/"): p for p in files}
-    return ["file:///" + filesystem(p)[1].lstrip("/") for p in files], _legacy_store_fs(fs, by_inner, checks)
+    return (["file:///" + filesystem(p)[1].lstrip("/") for p in files],
+            _legacy_store_fs(fs, by_inner, checks, columns))
 
 
-def _legacy_store_fs(fs, by_inner: dict | None = None, checks: dict | None = None):
+def _legacy_store_fs(fs, by_inner: dict | None = None, checks: dict | None = None, columns: list[str] | None = None):
     """A legacy `pyarrow.filesystem.FileSystem` over a pyarrow.fs one (what petastorm's legacy ParquetDataset
     needs); files are opened for random access, so row groups are read in ranges, not downloaded whole.
-    A shard with row-group checks (`checks`, by shard path; `by_inner`: path on `fs` -> shard path) opens
-    as a `CheckedFile`."""
+    A shard with column-chunk checks (`checks`, by shard path; `by_inner`: path on `fs` -> shard path) is
+    checked as it is read: a remote one opens as a `CheckedFile`; a local one as a memory map, whose chunks in
+    `columns` are all checked the first time petastorm opens it (it opens the file again for each row group)."""
     import pyarrow.fs as pafs
     from pyarrow.filesystem import FileSystem
 
     keeps_root = fs.type_name != "s3"  # HDFS paths start with "/", S3 paths with the bucket
+    checked: set[str] = set()  # local shards checked in this pass
 
     class LegacyStoreFs(FileSystem):
         def _path(self, path: str) -> str:
@@ -340,11 +352,18 @@ def _legacy_store_fs(fs, by_inner: dict | None = None, checks: dict | None = Non
             return self._type(path) != pafs.FileType.NotFound
 
         def open(self, path, mode="rb"):
-            raw = fs.open_input_file(self._path(path))
             shard = (by_inner or {}).get("/" + path.lstrip("/"))
-            if shard is not None and shard in (checks or {}):
-                return CheckedFile(raw, shard, checks[shard])
-            return raw
+            if shard is None or shard not in (checks or {}):
+                return fs.open_input_file(self._path(path))
+            if not is_posix(shard):
+                return CheckedFile(fs.open_input_file(self._path(path)), shard, checks[shard])
+            source = pa.memory_map(filesystem(shard)[1])
+            if shard not in checked:
+                wanted = column_indices(pq.read_metadata(source), columns) if columns else None
+                check_chunks(source, shard, checks[shard],
+                             wanted if wanted is not None else {c[1] for c in checks[shard]})
+                checked.add(shard)
+            return source
 
         def ls(self, path):
             return [i.path for i in fs.get_file_info(pafs.FileSelector(self._path(path)))]
