@@ -270,9 +270,22 @@ def open_output(path: str):
     return fs.open_output_stream(inner)
 
 
-def read_bytes(path: str) -> bytes:
-    with open_input(path) as f:
-        return f.read()
+def read_bytes(path: str, attempts: int = 5) -> bytes:
+    """The whole file. On an object store a reader learns an object's size in one request and fetches its
+    bytes in another: when a writer replaces the object between them (a state record, a pointer), the bytes
+    are a prefix of the newer version, or all of a shorter one. So the size is asked again after the read,
+    and a read that does not match it is repeated (a GET returns a single version, whole). Not caught: two
+    replacements within one read that put back a version of the first one's size."""
+    if not _is_object_store(path):
+        with open_input(path) as f:
+            return f.read()
+    fs, inner = _resolve(path)
+    for _ in range(attempts):
+        with fs.open_input_file(inner) as f:
+            data = f.read()
+        if len(data) == fs.get_file_info(inner).size:
+            return data
+    raise OSError(f"{path} changed while it was read, {attempts} times in a row; read it again later")
 
 
 def upload_file(local: str, path: str) -> None:

@@ -125,3 +125,29 @@ def test_spark_s3a_settings_become_the_aws_environment():
     assert store.s3_env_from_hadoop({"fs.s3a.endpoint": "https://s3.example"}) == \
            {"AWS_ENDPOINT_URL": "https://s3.example"}
     assert store.s3_env_from_hadoop({}) == {}
+
+
+def _overwrite(uri: str, payloads: list, stop, env: dict) -> None:
+    os.environ.update(env)
+    i = 0
+    while not stop.is_set():
+        store.atomic_write_json(uri, payloads[i % 2])
+        i += 1
+
+
+def test_a_json_file_read_while_another_process_replaces_it_is_one_version_or_the_other(s3_server):
+    """An object store replaces an object whole, but a reader that asks its size first and its bytes after can
+    get the bytes of a newer, longer or shorter, version: a state record read while its retrain writes it."""
+    uri = store.join(s3_server.fresh_uri("torn"), "state.json")
+    payloads = [{"state": "etl", "n": 1}, {"state": "train", "n": 2, "pad": "x" * 301}]
+    store.atomic_write_json(uri, payloads[0])
+    stop = multiprocessing.Event()
+    writer = multiprocessing.Process(target=_overwrite, args=(uri, payloads, stop, s3_server.env))
+    writer.start()
+    try:
+        seen = [store.read_json(uri) for _ in range(400)]
+    finally:
+        stop.set()
+        writer.join(30)
+    assert all(s in payloads for s in seen)
+    assert payloads[0] in seen and payloads[1] in seen  # the reads did overlap the writes
