@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-import zlib
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -29,7 +28,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from ringtrain.errors import DatasetError
-from ringtrain.rowcheck import FIELD as CHUNK_CRC32, RunningCrc, chunk_ranges
+from ringtrain.rowcheck import FIELD as CHUNK_CRC32, RunningCrc, chunk_ranges, crc32
 from ringtrain.store import join, makedirs, open_input, open_output, remove
 
 ORDER, GROUP, SHARD = "_order", "_group", "_shard"
@@ -338,7 +337,7 @@ class _ShardWriter:
             for group, column, offset, length in chunk_ranges(footer, stored_bytes):
                 crc = self.sink.crc.range_crc(offset, length)
                 if crc is None:  # not on a write boundary (no pyarrow does this): read the range back
-                    crc = zlib.crc32(f.read_at(length, offset))
+                    crc = crc32(f.read_at(length, offset))
                 checks.append([group, column, offset, length, crc])
         self.results.append({
             "shard": self.shard, "split": self.split, "file": self.name, "rows": self.rows,

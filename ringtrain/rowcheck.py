@@ -5,9 +5,9 @@ The ETL records, for each shard in the manifest, every column chunk's byte range
 their way to the store (`RunningCrc`: no second read). Both readers check every chunk they read, on every
 store, so a damaged chunk fails as it is read, naming the shard and the row group, with a `DatasetError` (exit 2,
 not retried):
-- a local shard is a memory map (`pyarrow.memory_map`); `check_chunks` checks the chunks a row group is about to
-  be read from (the arrow reader), or all the chunks of the columns read the first time a pass opens the shard
-  (petastorm, which opens it again for each row group), and pyarrow then decodes those very pages natively;
+- a local shard is memory-mapped (`MappedShard`), which checks the chunks a row group is about to be read from
+  (the arrow reader), or all the chunks of the columns read the first time a pass opens the shard (petastorm,
+  which opens it again for each row group), and pyarrow then decodes those very pages, without a copy;
 - a shard on another store (S3, HDFS) opens through `CheckedFile`: a read in the chunks' ranges fetches the chunks
   it touches in one request, checks their CRC32s and serves pyarrow's reads from the checked bytes.
 
@@ -16,7 +16,7 @@ bytes), and checking a whole row group would read those bytes too. Why not Parqu
 0.13.1 opens files through pyarrow's legacy ParquetDataset, which cannot ask for page verification, and page
 CRCs leave the page headers unchecked. These CRC32s cover every byte between the file's magic and its footer,
 need no change to the shards' bytes (the same input and seed give the same files as before), and cost one
-zlib.crc32 pass over the bytes the reader reads anyway (BENCHMARKS.md "Column-chunk checksums").
+CRC-32 pass over the bytes the reader reads anyway (BENCHMARKS.md "Column-chunk checksums").
 
 The footer is not in a range: its size and what it says (rows, row groups) are checked against the manifest
 before training (`training.data.verify_shards`), and its Thrift encoding fails to parse when damaged.
@@ -24,9 +24,13 @@ before training (`training.data.verify_shards`), and its Thrift encoding fails t
 from __future__ import annotations
 
 import bisect
-import zlib
 
 from ringtrain.errors import DatasetError
+
+try:  # ISA-L's CRC-32: zlib's checksum, the same values, about 12x faster here (carry-less multiply folding)
+    from isal.isal_zlib import crc32
+except ImportError:  # e.g. a wheel installed with --no-deps: the same values, from zlib
+    from zlib import crc32
 
 FIELD = "chunk_crc32"  # the manifest's per-shard field: [[row group, column, offset, length, crc32], ...]
 
@@ -77,7 +81,7 @@ class RunningCrc:
         self.crc, self.bytes, self.at = 0, 0, {0: 0}
 
     def update(self, data) -> None:
-        self.crc = zlib.crc32(data, self.crc)
+        self.crc = crc32(data, self.crc)
         self.bytes += len(data)
         self.at[self.bytes] = self.crc
 
@@ -192,18 +196,42 @@ def column_indices(metadata, names) -> set[int]:
     return {i for i in range(len(schema)) if schema.column(i).path.split(".")[0] in names}
 
 
-def check_chunks(source, path: str, chunks: list[list[int]], columns: set[int], group: int | None = None) -> None:
-    """Check the column chunks of row group `group` (None: every row group) in `columns` against the manifest,
-    reading each with `source.read_at`. For a local shard `source` is a memory map (`pyarrow.memory_map`): the
-    check reads the chunks' pages without a copy, and pyarrow then decodes those very pages, with no Python file
-    object between it and them (what `CheckedFile` costs: BENCHMARKS.md "Column-chunk checksums")."""
-    for g, column, offset, size, expected in chunks:
-        if (group is None or g == group) and column in columns:
-            _check(path, g, column, offset, size, expected, source.read_at(size, offset))
+class MappedShard:
+    """A local shard, memory-mapped once: `source()` gives pyarrow a zero-copy reader over the mapping, and
+    `check(group)` checks the column chunks of a row group (None: of every row group) that pyarrow is about
+    to decode from those very pages, with no copy and no Python file object between pyarrow and the bytes.
+    `select(columns)` narrows the checks to the chunks of the leaf columns the reader reads (`column_indices`).
+    Why not `CheckedFile` locally: BENCHMARKS.md "Column-chunk checksums"."""
+
+    def __init__(self, path: str, local_path: str, chunks: list[list[int]]):
+        import mmap
+        self.path = path
+        with open(local_path, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self._view = memoryview(self._map)
+        self._chunks = chunks
+        self._groups: dict[int, list] = {}
+        self.select(None)
+
+    def source(self):
+        import pyarrow as pa
+        return pa.BufferReader(pa.py_buffer(self._map))
+
+    def select(self, columns: set[int] | None) -> None:
+        self._groups = {}
+        for group, column, offset, size, expected in self._chunks:
+            if columns is None or column in columns:
+                self._groups.setdefault(group, []).append((column, offset, size, expected))
+
+    def check(self, group: int | None = None) -> None:
+        view = self._view
+        for g in (self._groups if group is None else (group,)):
+            for column, offset, size, expected in self._groups.get(g, ()):
+                _check(self.path, g, column, offset, size, expected, view[offset:offset + size])
 
 
 def _check(path: str, group: int, column: int, offset: int, size: int, expected: int, got) -> None:
-    crc = zlib.crc32(got)
+    crc = crc32(got)
     if len(got) != size or crc != expected:
         what = (f"{len(got)} bytes where the manifest has {size}" if len(got) != size
                 else f"crc32 {crc:08x}, the manifest says {expected:08x}")

@@ -35,7 +35,7 @@ import torch
 
 from ringtrain import store
 from ringtrain.manifest import DatasetError, shard_paths
-from ringtrain.rowcheck import FIELD as CHUNK_CRC32, CheckedFile, check_chunks, column_indices
+from ringtrain.rowcheck import FIELD as CHUNK_CRC32, CheckedFile, MappedShard, column_indices
 from ringtrain.store import filesystem, is_posix, open_input
 
 log = logging.getLogger("ringtrain.data")
@@ -228,16 +228,21 @@ class _Reader:
         yield from assembler.rest()
 
 
-def open_checked(path: str, plan: ReadPlan):
-    """A shard open for reading, its column chunks checked as they are read when the manifest has their CRC32s:
-    a remote shard through `CheckedFile`; a local one is a memory map, which `ArrowReader` checks itself
-    (`check_chunks`) before each row group it reads."""
+def open_shard(path: str, plan: ReadPlan, names: list[str]) -> tuple[pq.ParquetFile, MappedShard | None]:
+    """A shard open for reading `names`, its column chunks checked as they are read when the manifest has
+    their CRC32s: a local shard is memory-mapped, and the caller checks each row group through the
+    `MappedShard` before reading it; a remote one opens through `CheckedFile`, which checks what it fetches.
+    On an object store, pre-buffering fetches a row group's column chunks in a few coalesced range requests
+    instead of one request per column (each a round trip); a CheckedFile then gets one read per row group,
+    which it serves from one request."""
     checks = plan.chunk_crc32.get(path)
-    if checks is None:
-        return open_input(path)
-    if is_posix(path):
-        return pa.memory_map(filesystem(path)[1])
-    return CheckedFile(open_input(path), path, checks)
+    if checks is not None and is_posix(path):
+        mapped = MappedShard(path, filesystem(path)[1], checks)
+        f = pq.ParquetFile(mapped.source())
+        mapped.select(column_indices(f.metadata, names))
+        return f, mapped
+    source = open_input(path) if checks is None else CheckedFile(open_input(path), path, checks)
+    return pq.ParquetFile(source, pre_buffer=not is_posix(path)), None
 
 
 class ArrowReader(_Reader):
@@ -260,19 +265,12 @@ class ArrowReader(_Reader):
         files: dict[str, tuple] = {}
         names = self.cols.names()
         for path, index in groups:
-            # Row groups are read in byte ranges straight from the store: no rank copies a shard first. On an
-            # object store, pre-buffering fetches a row group's column chunks in a few coalesced range
-            # requests instead of one request per column (each a round trip). A checked shard too: its
-            # CheckedFile then gets one read per row group, which it serves from one request.
-            # A local checked shard is a memory map: its chunks are checked here, then decoded from the same pages.
+            # Row groups are read in byte ranges straight from the store: no rank copies a shard first.
             if path not in files:  # each shard opened, and its footer read, once per pass
-                source = open_checked(path, self.plan)
-                f = pq.ParquetFile(source, pre_buffer=not is_posix(path) or isinstance(source, CheckedFile))
-                local_checks = path in self.plan.chunk_crc32 and is_posix(path)
-                files[path] = f, (source, column_indices(f.metadata, names)) if local_checks else None
-            f, local_checks = files[path]
-            if local_checks:
-                check_chunks(local_checks[0], path, self.plan.chunk_crc32[path], local_checks[1], index)
+                files[path] = open_shard(path, self.plan, names)
+            f, mapped = files[path]
+            if mapped is not None:  # a local checked shard: its chunks checked, then decoded from the same pages
+                mapped.check(index)
             table = f.read_row_group(index, columns=names)
             yield {n: table.column(n).to_numpy() for n in names}
 
@@ -333,7 +331,7 @@ def _legacy_store_fs(fs, by_inner: dict | None = None, checks: dict | None = Non
     from pyarrow.filesystem import FileSystem
 
     keeps_root = fs.type_name != "s3"  # HDFS paths start with "/", S3 paths with the bucket
-    checked: set[str] = set()  # local shards checked in this pass
+    mapped: dict[str, MappedShard] = {}  # local shards opened in this pass, each checked once
 
     class LegacyStoreFs(FileSystem):
         def _path(self, path: str) -> str:
@@ -357,13 +355,12 @@ def _legacy_store_fs(fs, by_inner: dict | None = None, checks: dict | None = Non
                 return fs.open_input_file(self._path(path))
             if not is_posix(shard):
                 return CheckedFile(fs.open_input_file(self._path(path)), shard, checks[shard])
-            source = pa.memory_map(filesystem(shard)[1])
-            if shard not in checked:
-                wanted = column_indices(pq.read_metadata(source), columns) if columns else None
-                check_chunks(source, shard, checks[shard],
-                             wanted if wanted is not None else {c[1] for c in checks[shard]})
-                checked.add(shard)
-            return source
+            if shard not in mapped:
+                mapped[shard] = MappedShard(shard, filesystem(shard)[1], checks[shard])
+                if columns:
+                    mapped[shard].select(column_indices(pq.read_metadata(mapped[shard].source()), columns))
+                mapped[shard].check()
+            return mapped[shard].source()
 
         def ls(self, path):
             return [i.path for i in fs.get_file_info(pafs.FileSelector(self._path(path)))]
