@@ -330,11 +330,23 @@ if __name__ == "__main__":
 
 
 def render_rowcheck(r: dict) -> str:
+    s3 = f", {r['s3_repeats']} on S3" if r.get("s3_repeats") not in (None, r["repeats"]) else ""
     lines = [f"One epoch of {r['train_rows']:,} train rows ({r['shards']} shards, {r['row_groups']} row groups, "
              f"{r['train_mb']} MB), rank 0 of 1, batch size {r['batch_size']}, on {r['machine']['cores']} cores; "
-             f"medians of {r['repeats']} alternated runs:", "",
-             "| reader | store | unchecked s | checked s | cost |", "|---|---|---:|---:|---:|"]
+             f"{r['repeats']} alternated pairs of runs{s3}. Seconds: medians of the reading time (wall time net of "
+             f"petastorm's polling sleeps). Cost: the median of the pairs' checked / unchecked - 1 (in brackets: "
+             f"the middle half of the pairs):",
+             "", "| reader | store | unchecked s | checked s | reading cost | wall cost | CPU cost |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+
+    def cost(m, what):
+        text = f"{m[what + '_cost'] * 100:+.1f}%"
+        if what + "_cost_quartiles" in m:
+            lo, hi = m[what + "_cost_quartiles"]
+            text += f" [{lo * 100:+.1f}, {hi * 100:+.1f}]"
+        return text
     for m in r["measured"]:
-        lines.append(f"| {m['reader']} | {m['store']} | {m['unchecked_s']:.2f} | {m['checked_s']:.2f} | "
-                     f"**{m['cost'] * 100:+.1f}%** |")
+        lines.append(f"| {m['reader']} | {m['store']} | {m['unchecked_reading_s']:.3f} | "
+                     f"{m['checked_reading_s']:.3f} | **{cost(m, 'reading')}** | {cost(m, 'wall')} | "
+                     f"{cost(m, 'cpu')} |")
     return "\n".join(lines)

@@ -10,7 +10,9 @@
   Spark 4 stack), one epoch of rank 0 of 1 (every train shard), batch size `--batch-size`, numpy batches
   (no tensors, no training: the reader's own time, where the check's cost is largest relative to the rest).
   Per repeat, per reader and store, unchecked and checked alternate (their order flips every repeat), so
-  drift on a busy machine hits both alike. Cost = checked median / unchecked median - 1.
+  drift on a busy machine hits both alike. Cost = the median over repeats of checked / unchecked - 1, each
+  checked run against the unchecked run of the same repeat (paired: a slow moment of the machine falls on
+  both); the medians of each mode are given too.
 
     .venv/bin/python bench/rowcheck_bench.py                                   # 1M rows, local store, 5 repeats
     .venv/bin/python bench/rowcheck_bench.py --stores local,s3                 # and the S3-compatible server
@@ -40,6 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--rows", type=int, default=1_000_000, help="rows of the generated churn data (default 1M)")
     p.add_argument("--repeats", type=int, default=5, help="alternated runs per reader, store and mode (medians)")
     p.add_argument("--batch-size", type=int, default=1024, help="reader batch size")
+    p.add_argument("--s3-repeats", type=int, default=None,
+                   help="repeats on the S3 server (default: --repeats; each S3 epoch takes seconds, not tenths)")
     p.add_argument("--stores", default="local", help="local, s3, or local,s3")
     p.add_argument("--readers", default=",".join(READERS), help="default: the readers this stack has")
     p.add_argument("--out", default="rowcheck", help="results name: bench/results/<out>.json")
@@ -100,35 +104,80 @@ def main(argv=None) -> None:
     write_result(args.out, result, render_rowcheck)
 
 
+class PollingSleeps:
+    """Seconds slept by petastorm's synchronous pool: its consumer polls for the ventilator thread's next row
+    group with `sleep(.1)` (petastorm/workers_pool/dummy_pool.py), and how many such sleeps an epoch takes is a
+    race between two threads (2 to 24 per epoch here, checked or not). They make petastorm's wall time jump in
+    0.1 s steps; the "reading" time below is the wall time net of them."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        try:
+            from petastorm.workers_pool import dummy_pool
+        except ImportError:  # the Spark 4 stack: no petastorm, nothing to count
+            return
+        real = dummy_pool.sleep
+
+        def counting(seconds):
+            self.seconds += seconds
+            real(seconds)
+        dummy_pool.sleep = counting
+
+    def take(self) -> float:
+        seconds, self.seconds = self.seconds, 0.0
+        return seconds
+
+
 def measure(args, manifest: dict, dirs: dict) -> dict:
     from ringtrain.training.data import Columns, open_reader, plan_reading
     cols = Columns.from_manifest(manifest)
+    sleeps = PollingSleeps()
     runs = {(kind, store, mode): [] for kind in args.readers.split(",") for store in dirs
             for mode in ("unchecked", "checked")}
-    for rep in range(args.repeats):
+    s3_repeats = args.repeats if args.s3_repeats is None else args.s3_repeats
+    for rep in range(max(args.repeats, s3_repeats)):
         for kind in args.readers.split(","):
             for store, dataset_dir in dirs.items():
+                if rep >= (s3_repeats if store == "s3" else args.repeats):
+                    continue
                 modes = ("unchecked", "checked") if rep % 2 == 0 else ("checked", "unchecked")
                 for mode in modes:
                     plan = plan_reading(dataset_dir, manifest, "train", 0, 1, args.batch_size)
                     if mode == "unchecked":
                         plan = dataclasses.replace(plan, chunk_crc32={})
                     reader = open_reader(kind, plan, cols, args.batch_size, 0, 0)
-                    t = time.perf_counter()
+                    sleeps.take()
+                    t, cpu = time.perf_counter(), time.process_time()
                     with contextlib.redirect_stdout(sys.stderr):  # petastorm prints when a reader closes
                         rows = sum(len(b["label"]) for b in reader.epoch(rep))
-                    runs[(kind, store, mode)].append(time.perf_counter() - t)
-                    print(f"[rowcheck] {kind} {store} {mode} repeat {rep + 1}: {runs[(kind, store, mode)][-1]:.2f}s "
-                          f"({rows} rows)", file=sys.stderr)
+                    wall, cpu, slept = time.perf_counter() - t, time.process_time() - cpu, sleeps.take()
+                    runs[(kind, store, mode)].append((wall, wall - slept, cpu))
+                    print(f"[rowcheck] {kind} {store} {mode} repeat {rep + 1}: {wall:.2f}s, {wall - slept:.2f}s net "
+                          f"of polling sleeps, CPU {cpu:.2f}s ({rows} rows)", file=sys.stderr)
     measured = []
     for kind in args.readers.split(","):
         for store in dirs:
-            plain, checked = median(runs[(kind, store, "unchecked")]), median(runs[(kind, store, "checked")])
-            measured.append({"reader": kind, "store": store, "unchecked_s": round(plain, 3),
-                             "checked_s": round(checked, 3), "cost": round(checked / plain - 1, 4),
-                             "runs_unchecked_s": [round(x, 3) for x in runs[(kind, store, "unchecked")]],
-                             "runs_checked_s": [round(x, 3) for x in runs[(kind, store, "checked")]]})
-    return {"repeats": args.repeats, "batch_size": args.batch_size, "measured": measured}
+            entry = {"reader": kind, "store": store}
+            for i, what in enumerate(("wall", "reading", "cpu")):
+                plain = [r[i] for r in runs[(kind, store, "unchecked")]]
+                checked = [r[i] for r in runs[(kind, store, "checked")]]
+                paired = [c / u - 1 for c, u in zip(checked, plain)]
+                entry.update({f"unchecked_{what}_s": round(median(plain), 3),
+                              f"checked_{what}_s": round(median(checked), 3),
+                              f"{what}_cost": round(median(paired), 4),
+                              f"{what}_cost_quartiles": [round(q, 4) for q in quartiles(paired)],
+                              f"runs_unchecked_{what}_s": [round(r[i], 3) for r in runs[(kind, store, "unchecked")]],
+                              f"runs_checked_{what}_s": [round(r[i], 3) for r in runs[(kind, store, "checked")]]})
+            measured.append(entry)
+    return {"repeats": args.repeats, "s3_repeats": s3_repeats if "s3" in dirs else None,
+            "batch_size": args.batch_size, "measured": measured}
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """The first and third quartiles (the middle half of the paired costs: how far one pair can mislead)."""
+    ordered = sorted(values)
+    at = lambda q: ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]  # noqa: E731
+    return at(0.25), at(0.75)
 
 
 if __name__ == "__main__":
