@@ -50,7 +50,7 @@ STEPS = {
     "write_shards": "encode, shuffle, write", "group_partitions": "encode, shuffle, write",
     "write_quarantine": "quarantine",
 }
-VERIFIERS = ("check_staged", "verify_staging")  # ringtrain.etl.pipeline names of the driver's verification
+VERIFIERS = ("check_staged", "verify_staging")  # ringtrain.etl.steps names of the driver's verification
 
 
 def parse_args(argv=None):
@@ -83,10 +83,10 @@ class StepClock:
 
     @contextlib.contextmanager
     def installed(self):
-        import ringtrain.etl.pipeline as pipeline
+        import ringtrain.etl.steps as steps
         DataFrame = _dataframe_class()
         saved = [(DataFrame, "collect", DataFrame.collect)]
-        saved += [(pipeline, name, getattr(pipeline, name)) for name in VERIFIERS if hasattr(pipeline, name)]
+        saved += [(steps, name, getattr(steps, name)) for name in VERIFIERS if hasattr(steps, name)]
         DataFrame.collect = self._timed(DataFrame.collect, None)
         for owner, name, fn in saved[1:]:
             setattr(owner, name, self._timed(fn, "verify"))

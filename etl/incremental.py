@@ -38,9 +38,9 @@ from pyspark.sql import SparkSession
 from ringtrain.etl.features import SPLITS, FeatureStats
 from ringtrain.etl.manifest import version_manifest
 from ringtrain.manifest import load_manifest
-from ringtrain.etl.pipeline import (
+from ringtrain.etl.steps import (
     balance, config_hash, count_rows, input_files, publish_version, read_tasks_in_whole_rounds,
-    source_fingerprint, staging_area, validated, write_splits, _summary,
+    source_fingerprint, staging_area, summary, validated, write_splits,
 )
 from ringtrain.etl.sources import read_source
 from ringtrain.config import EtlConfig
@@ -107,7 +107,7 @@ def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore,
     old = next((p for p in entries if p["name"] == partition), None)
     if old is not None and old["identity"] == identity and not force:
         log.info("partition %s unchanged in %s: reusing it", partition, latest)
-        return {**_summary(latest, previous, started), **_partition_summary(previous, partition), "reused": True}
+        return {**summary(latest, previous, started), **_partition_summary(previous, partition), "reused": True}
     if old is not None:
         log.info("partition %s: rebuilding it (%s)", partition,
                  "forced" if force else "source or config changed")
@@ -152,7 +152,7 @@ def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore,
                                     based_on=os.path.basename(latest) if latest else None, check_base=True)
     finally:
         checked.unpersist()
-    return {**_summary(final, manifest, started), **_partition_summary(manifest, partition), "reused": False}
+    return {**summary(final, manifest, started), **_partition_summary(manifest, partition), "reused": False}
 
 
 def _check_compatible(cfg: EtlConfig, previous: dict, frozen: dict, latest: str) -> None:

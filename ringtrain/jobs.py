@@ -11,12 +11,11 @@ from ringtrain.manifest import DatasetError, load_manifest
 from ringtrain.etl.pipeline import run_etl
 from ringtrain.etl.sample_data import write_churn_csv
 from ringtrain.config import Config, MonitorConfig
-from ringtrain.schema import ConfigError, to_dict
+from ringtrain.schema import ConfigError
 from ringtrain.spark import export_store_settings, get_spark
 from ringtrain.store import RunStore, join
 from ringtrain.training.contract import dry_run
-from ringtrain.training.launcher import launch
-from ringtrain.training.spec import WorkerSpec
+from ringtrain.training.launcher import run_training
 from ringtrain.training.tasks import task_for_metrics
 
 log = logging.getLogger("ringtrain")
@@ -54,15 +53,6 @@ def train_job(cfg: Config, *, dataset_dir: str | None = None) -> dict:
     return {"run_dir": store.run_dir, "model_dir": store.model_dir, "dataset_dir": dataset_dir,
             "ranks": results, "spark_startup_s": round(spark_s, 1),
             "train_wall_s": round(time.time() - started - spark_s, 1)}
-
-
-def run_training(spark, cfg: Config, store: RunStore, dataset_dir: str, *, init_weights: str | None = None) -> list:
-    """Train on `dataset_dir` into the run `store` (resuming from its checkpoints); each rank's result.
-    `init_weights`: a state_dict file to start from (a warm start), instead of train.seed's initialization."""
-    store.prepare()
-    spec = WorkerSpec(train=cfg.train, dataset_dir=dataset_dir, paths=store.paths(), run_id=store.run_id,
-                      config=to_dict(cfg), init_weights=init_weights)
-    return launch(spark.sparkContext, spec)
 
 
 def demo_job(cfg: Config) -> dict:

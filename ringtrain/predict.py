@@ -32,7 +32,7 @@ from pyspark.sql import functions as F
 from ringtrain.config import ColumnSpec, SourceConfig
 from ringtrain.errors import BadDataError, ConfigError
 from ringtrain.etl.features import FeatureStats, apply_features
-from ringtrain.etl.pipeline import null_on_failure
+from ringtrain.etl.steps import null_on_failure
 from ringtrain.etl.sources import CORRUPT, read_source, source_path
 from ringtrain.etl.validate import REASON, parse_and_validate
 from ringtrain.schema import build

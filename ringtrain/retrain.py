@@ -226,7 +226,7 @@ def _etl_step(spark, cfg: Config, records: Records, record: dict, *, force: bool
 
 
 def _train_step(spark, cfg: Config, registry: Registry, records: Records, record: dict, store: RunStore) -> dict:
-    from ringtrain.jobs import run_training
+    from ringtrain.training.launcher import run_training
     date = record["date"]
     if _finished(record, "train"):
         problem = model_problem(store.model_dir) or (None if record.get("training") else "has no training summary")

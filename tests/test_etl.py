@@ -286,7 +286,7 @@ def test_rows_are_numbered_as_a_window_over_split_and_bucket_would(spark):
 def test_the_source_is_read_in_whole_rounds_of_tasks(spark, tmp_path):
     """A source Spark would cut into an odd number of read tasks on 2 cores (the last one running alone) is
     read in 4 tasks instead, each no larger than spark.sql.files.maxPartitionBytes (scaled down here)."""
-    from ringtrain.etl.pipeline import input_files, read_tasks_in_whole_rounds
+    from ringtrain.etl.steps import input_files, read_tasks_in_whole_rounds
     from ringtrain.etl.sample_data import write_churn_csv
     from ringtrain.spark import session_conf
     path = write_churn_csv(str(tmp_path / "raw"), 40000, 7)

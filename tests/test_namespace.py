@@ -40,6 +40,16 @@ def test_cli_help_imports_neither_torch_nor_pyspark():
     assert _heavy(loaded) == set()
 
 
+def test_the_spark_launcher_loads_no_training_code():
+    """The driver imports the launcher to start a training: it runs no torch, so it loads none."""
+    loaded = _modules_after("import ringtrain.training.launcher")
+    assert "ringtrain.training.launcher" in loaded
+    assert {m for m in loaded if m.split(".")[0] in ("torch", "horovod", "petastorm")} == set()
+    assert {m for m in loaded if m.startswith("ringtrain.training.")} == {
+        "ringtrain.training.launcher", "ringtrain.training.environment", "ringtrain.training.failure",
+        "ringtrain.training.spec"}
+
+
 @pytest.mark.slow
 def test_the_wheel_installs_one_top_level_package_and_no_etl(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",

@@ -180,7 +180,7 @@ def test_a_rerun_never_repeats_a_finished_step_and_decides_as_the_uninterrupted_
     """A retrain killed during evaluation reruns without training (no barrier stage, the run's checkpoints and
     model untouched); killed again before its registry event, the rerun neither trains nor evaluates. The
     decision and the registry are the uninterrupted retrain's."""
-    import ringtrain.jobs
+    import ringtrain.training.launcher
     import ringtrain.scoring
     fast = ["train.epochs=1"]
     roots = {name: str(tmp_path / name) for name in ("clean", "killed")}
@@ -191,7 +191,7 @@ def test_a_rerun_never_repeats_a_finished_step_and_decides_as_the_uninterrupted_
     cfg = retrain_config(roots["killed"], fast)
     registry = Registry(roots["killed"], "churn")
     records = Records(registry)
-    real = {"run_training": ringtrain.jobs.run_training, "evaluate": ringtrain.scoring.evaluate,
+    real = {"run_training": ringtrain.training.launcher.run_training, "evaluate": ringtrain.scoring.evaluate,
             "commit": Registry.commit}
     calls = {"run_training": 0, "evaluate": 0}
 
@@ -213,7 +213,7 @@ def test_a_rerun_never_repeats_a_finished_step_and_decides_as_the_uninterrupted_
                  if "/logs/" not in p}
     assert any("/checkpoints/ckpt-" in p for p in run_files) and any(p.endswith("artifact.json") for p in run_files)
 
-    monkeypatch.setattr(ringtrain.jobs, "run_training", counted("run_training"))
+    monkeypatch.setattr(ringtrain.training.launcher, "run_training", counted("run_training"))
     monkeypatch.setattr(ringtrain.scoring, "evaluate", counted("evaluate"))
     monkeypatch.setattr(Registry, "commit", killed)
     with pytest.raises(Killed):

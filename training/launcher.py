@@ -36,10 +36,11 @@ from pyspark import BarrierTaskContext, SparkContext
 
 from ringtrain import store
 from ringtrain.errors import ConfigError, NotEnoughSlots, RankRefused, TrainingFailed, TrainingInterrupted
+from ringtrain.schema import to_dict
+from ringtrain.store import RunStore
 from ringtrain.training import failure
 from ringtrain.training.environment import RankEnvironment, free_port
-from ringtrain.training.spec import WorkerSpec
-from ringtrain.training.worker import ERROR_PREFIX, RESULT_PREFIX
+from ringtrain.training.spec import ERROR_PREFIX, RESULT_PREFIX, WorkerSpec
 
 log = logging.getLogger("ringtrain.launcher")
 _RECORD_WAIT_S = 3.0  # how long the driver waits for a failed rank's record written by its Spark task
@@ -54,6 +55,16 @@ _TASK_FAILURE_LOGGERS = ("org.apache.spark.executor.Executor", "org.apache.spark
                          "org.apache.spark.api.python.PythonRunner", "org.apache.spark.api.python.PythonWorkerFactory",
                          "org.apache.spark.storage.BlockManager")
 _INTERRUPT_GRACE_S = 2.0  # how long a Spark task hit by the terminal's Ctrl-C waits for the driver's cancel
+
+
+def run_training(spark, cfg, run: RunStore, dataset_dir: str, *, init_weights: str | None = None) -> list:
+    """Train on `dataset_dir` into the run `run` (resuming from its checkpoints) with `cfg` (a Config); each
+    rank's result. `init_weights`: a state_dict file to start from (a warm start), instead of train.seed's
+    initialization. What `ringtrain train` and a retrain's training step both run."""
+    run.prepare()
+    spec = WorkerSpec(train=cfg.train, dataset_dir=dataset_dir, paths=run.paths(), run_id=run.run_id,
+                      config=to_dict(cfg), init_weights=init_weights)
+    return launch(spark.sparkContext, spec)
 
 
 def launch(sc: SparkContext, spec: WorkerSpec) -> list[dict]:

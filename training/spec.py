@@ -16,6 +16,9 @@ from typing import Any
 from ringtrain.config import TrainConfig
 from ringtrain.schema import build, to_dict
 
+# A worker's answer on its stdout, one line each, read by the launcher's task: its result, or its error.
+RESULT_PREFIX = "RINGTRAIN_RESULT "
+ERROR_PREFIX = "RINGTRAIN_ERROR "
 
 @dataclass(kw_only=True)
 class WorkerSpec:

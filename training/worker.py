@@ -42,10 +42,7 @@ from ringtrain.training.models import build_model
 from ringtrain.training.optimizer import make_optimizer
 from ringtrain.training.tasks import make_task
 from ringtrain.training.pipeline import PipelineModel, stage_devices
-from ringtrain.training.spec import WorkerSpec
-
-RESULT_PREFIX = "RINGTRAIN_RESULT "
-ERROR_PREFIX = "RINGTRAIN_ERROR "
+from ringtrain.training.spec import ERROR_PREFIX, RESULT_PREFIX, WorkerSpec
 
 
 def emit_line(line: str) -> None:
