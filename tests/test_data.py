@@ -90,6 +90,17 @@ def test_too_small_for_the_batch_is_a_clear_error(tmp_path):
         plan_reading(str(tmp_path), manifest, "train", 0, 2, 64)
 
 
+def upload_train(s3_server, local: str, name: str) -> str:
+    """A fresh dataset folder on the S3 server with the train shards of the local one; its URI."""
+    remote = s3_server.fresh_uri(name)
+    fs = s3_server.filesystem()
+    for shard in os.listdir(os.path.join(local, "train")):
+        with open(os.path.join(local, "train", shard), "rb") as f, \
+                fs.open_output_stream(f"{remote[len('s3://'):]}/train/{shard}") as out:
+            out.write(f.read())
+    return remote
+
+
 @pytest.mark.parametrize("kind", ["arrow", pytest.param("petastorm", marks=pytest.mark.petastorm)])
 @pytest.mark.parametrize("shard_rows", [[640, 640, 640, 640], [1000]], ids=["whole-shards", "row-groups"])
 def test_readers_stream_the_same_rows_from_s3_as_from_local_files(tmp_path, s3_server, kind, shard_rows):
@@ -97,12 +108,7 @@ def test_readers_stream_the_same_rows_from_s3_as_from_local_files(tmp_path, s3_s
     local files, for whole-shard and row-group sharding (the files are opened for ranged reads by URI)."""
     local = str(tmp_path)
     manifest = make_dataset(local, shard_rows)
-    remote = s3_server.fresh_uri("reader")
-    fs = s3_server.filesystem()
-    for name in os.listdir(os.path.join(local, "train")):
-        with open(os.path.join(local, "train", name), "rb") as f, \
-                fs.open_output_stream(f"{remote[len('s3://'):]}/train/{name}") as out:
-            out.write(f.read())
+    remote = upload_train(s3_server, local, "reader")
     for rank in (0, 1):
         plan, got = batches(remote, manifest, rank, 2, kind, epoch=1)
         assert all(p.startswith("s3://") for p in plan.files)
@@ -139,12 +145,7 @@ def test_a_shard_damaged_on_s3_fails_as_it_is_read_naming_shard_and_row_group(tm
     local = str(tmp_path)
     manifest = make_dataset(local, [1000, 1000])
     _zero_in_row_group(os.path.join(local, "train", "part-00001.parquet"), 2)
-    remote = s3_server.fresh_uri("damaged")
-    fs = s3_server.filesystem()
-    for name in os.listdir(os.path.join(local, "train")):
-        with open(os.path.join(local, "train", name), "rb") as f, \
-                fs.open_output_stream(f"{remote[len('s3://'):]}/train/{name}") as out:
-            out.write(f.read())
+    remote = upload_train(s3_server, local, "damaged")
     with pytest.raises(DatasetError, match=rf"^shard {remote}/train/part-00001.parquet row group 2 \(column chunk 0, "
                                            r"bytes \d+\.\.\d+\) does not match the dataset's manifest: crc32"):
         batches(remote, manifest, 1, 2, kind)

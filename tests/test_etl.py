@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 from conftest import assert_balanced, demo_config, read_json
+from ringtrain.errors import BadDataError
 from ringtrain.manifest import DatasetError, load_manifest, shard_paths
-from ringtrain.etl.pipeline import BadDataError, run_etl
+from ringtrain.etl.pipeline import run_etl
 from ringtrain.etl.sample_data import generate_churn
 from ringtrain.etl.sources import SchemaDriftError
 from ringtrain.store import RunStore

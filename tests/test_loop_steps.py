@@ -38,7 +38,10 @@ def batches(n: int = 12) -> list[dict]:
              "label": (torch.rand(32, generator=g) > 0.5).float()} for _ in range(n)]
 
 
-def train(engine, tmp_path, *, on_device: bool, fault: str | None, **settings) -> _Trainer:
+def train(engine, folder, *, on_device: bool, fault: str | None, until: int | None = None, **settings) -> _Trainer:
+    """One epoch of `batches()` through the host or the device step path, resuming from `folder`'s newest
+    checkpoint if it has one; with `until`, leaving (as a killed rank does) after that optimizer step without
+    ending the epoch."""
     cfg = build(TrainConfig, {"engine": "ddp", "reader": "arrow", "batch_size": 32, "warmup_steps": 3,
                               "grad_clip_norm": 0.5, **settings}, "train")
     torch.manual_seed(0)
@@ -46,15 +49,17 @@ def train(engine, tmp_path, *, on_device: bool, fault: str | None, **settings) -
     # The fused optimizer in both: the device path needs it (it reads found_inf), and the comparison is then
     # of the skipping alone.
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=True)
-    trainer = _Trainer(cfg, engine, model, optimizer, BinaryTask(), torch.device("cpu"), str(tmp_path),
+    trainer = _Trainer(cfg, engine, model, optimizer, BinaryTask(), torch.device("cpu"), str(folder),
                        FaultInjector.from_spec(fault, 0, 0))
     if on_device:
         trainer.device_steps = _DeviceSteps(trainer)
     trainer.resume()
     trainer.start_epoch()
-    for batch in batches():
+    for batch in batches()[trainer.state.step_in_epoch:]:
         if trainer.micro_step(batch):
             trainer.optimizer_step()
+            if trainer.state.opt_step == until:
+                return trainer
     if trainer.device_steps is not None:
         trainer.device_steps.settle()
     return trainer
@@ -79,38 +84,14 @@ def test_the_device_path_stops_on_a_bad_step_when_told_to(engine, tmp_path):
         train(engine, tmp_path, on_device=True, fault="nan:0:4", on_nonfinite="fail")
 
 
-def run_batches(engine, folder, *, on_device: bool, fault: str | None, until: int | None = None,
-                **settings) -> _Trainer:
-    """Like `train`, resuming from `folder`'s newest checkpoint, and leaving (as a killed rank does) after
-    optimizer step `until` without ending the epoch."""
-    cfg = build(TrainConfig, {"engine": "ddp", "reader": "arrow", "batch_size": 32, "warmup_steps": 3,
-                              "grad_clip_norm": 0.5, "checkpoint_every_steps": 5, **settings}, "train")
-    torch.manual_seed(0)
-    model = TabularMLP(3, [4, 4], hidden=[16, 8], embedding_dim=3)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, fused=True)
-    trainer = _Trainer(cfg, engine, model, optimizer, BinaryTask(), torch.device("cpu"), str(folder),
-                       FaultInjector.from_spec(fault, 0, 0))
-    if on_device:
-        trainer.device_steps = _DeviceSteps(trainer)
-    trainer.resume()
-    trainer.start_epoch()
-    for batch in batches()[trainer.state.step_in_epoch:]:
-        if trainer.micro_step(batch):
-            trainer.optimizer_step()
-            if trainer.state.opt_step == until:
-                return trainer
-    if trainer.device_steps is not None:
-        trainer.device_steps.settle()
-    return trainer
-
-
 @pytest.mark.parametrize("on_device", [False, True])
 def test_an_epoch_resumed_part_way_continues_its_sums_on_either_path(engine, tmp_path, on_device):
     """Killed at step 7 of 12 (checkpoint at step 5, after a skipped step 4): the resumed epoch's loss sum, its
     applied and skipped steps, and the weights are the uninterrupted epoch's, bit for bit."""
-    whole = run_batches(engine, tmp_path / "whole", on_device=on_device, fault="nan:0:4")
-    run_batches(engine, tmp_path / "killed", on_device=on_device, fault="nan:0:4", until=7)
-    resumed = run_batches(engine, tmp_path / "killed", on_device=on_device, fault=None)
+    every = {"checkpoint_every_steps": 5}
+    whole = train(engine, tmp_path / "whole", on_device=on_device, fault="nan:0:4", **every)
+    train(engine, tmp_path / "killed", on_device=on_device, fault="nan:0:4", until=7, **every)
+    resumed = train(engine, tmp_path / "killed", on_device=on_device, fault=None, **every)
     assert resumed.state.opt_step == whole.state.opt_step == 12 and resumed.state.batches_run == 7
     assert resumed.state.skipped_steps == whole.state.skipped_steps == 1
     assert resumed.epoch_steps == whole.epoch_steps == 11
