@@ -207,6 +207,10 @@ class MappedShard:
         import mmap
         self.path = path
         with open(local_path, "rb") as f:
+            if f.seek(0, 2) == 0:  # mmap refuses an empty file; a Parquet file has at least its magic and footer
+                raise DatasetError(f"shard {path} is not a readable Parquet file (0 bytes): the published version "
+                                   f"is damaged; publish a fresh one (`ringtrain etl --force`) or train on another "
+                                   f"(--dataset)")
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self._view = memoryview(self._map)
         self._chunks = chunks

@@ -198,3 +198,11 @@ def test_petastorm_prints_nothing_on_stdout(tmp_path, capfd):
     for epoch in (0, 1):
         assert batches(str(tmp_path), manifest, 0, 2, "petastorm", epoch=epoch)[1]
     assert capfd.readouterr().out == ""
+
+
+@pytest.mark.parametrize("kind", ["arrow", pytest.param("petastorm", marks=pytest.mark.petastorm)])
+def test_an_emptied_local_shard_fails_naming_it(tmp_path, kind):
+    manifest = make_dataset(str(tmp_path), [1000, 1000])
+    open(os.path.join(str(tmp_path), "train", "part-00001.parquet"), "w").close()
+    with pytest.raises(DatasetError, match=r"^shard .*part-00001\.parquet is not a readable Parquet file \(.*0 bytes"):
+        batches(str(tmp_path), manifest, 1, 2, kind)

@@ -252,7 +252,13 @@ class ArrowReader(_Reader):
         groups = []
         for path in self.plan.files:
             with open_input(path) as f:
-                groups += [(path, i) for i in range(pq.ParquetFile(f).num_row_groups)]
+                try:
+                    count = pq.ParquetFile(f).num_row_groups
+                except pa.ArrowInvalid as exc:  # a footer that does not parse: damaged, retrying cannot help
+                    raise DatasetError(f"shard {path} is not a readable Parquet file ({exc}): the published "
+                                       f"version is damaged; publish a fresh one (`ringtrain etl --force`) or "
+                                       f"train on another (--dataset)") from exc
+            groups += [(path, i) for i in range(count)]
         if self.plan.shard_count:
             groups = groups[self.plan.cur_shard::self.plan.shard_count]
         return groups
