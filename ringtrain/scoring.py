@@ -137,16 +137,15 @@ def evaluate(model: ModelFiles, dataset_dir: str, split: str = "test", *, by_par
     from ringtrain.config import TrainConfig
     from ringtrain.schema import build
     from ringtrain.rowcheck import FIELD as CHUNK_CRC32
-    from ringtrain.training.data import Columns, ReadPlan, open_reader
+    from ringtrain.training.assemble import columns_and_task
+    from ringtrain.training.data import ReadPlan, open_reader
     from ringtrain.training.loop import evaluate as loop_evaluate
-    from ringtrain.training.tasks import make_task
 
     manifest = load_manifest(dataset_dir)
     check_same_features(model, dataset_dir, manifest)
     device = device or default_device()
     module = load_program(model, device)
-    cols = Columns.from_manifest(manifest)
-    task = make_task(manifest["features"], build(TrainConfig, model.artifact["train_config"], "train"))
+    cols, task = columns_and_task(build(TrainConfig, model.artifact["train_config"], "train"), manifest)
 
     def metrics(files: list[str], shards: list[dict]) -> dict:
         # Every column chunk read is checked against the manifest's CRC32s, as in training.

@@ -12,11 +12,10 @@ from torch import nn
 
 from ringtrain.config import TrainConfig
 from ringtrain.errors import ModelContractError
-from ringtrain.schema import to_dict
-from ringtrain.training.data import Columns, open_reader, plan_reading
-from ringtrain.training.models import build_model, model_inputs
+from ringtrain.training.assemble import assemble
+from ringtrain.training.data import open_reader, plan_reading
+from ringtrain.training.models import model_inputs
 from ringtrain.training.pipeline import partition
-from ringtrain.training.tasks import make_task
 
 DRY_RUN_ROWS = 16
 CONTRACT = ("A model is called as model(num, cat), or model(num, cat, arr) when the dataset has array columns, "
@@ -30,15 +29,10 @@ CONTRACT = ("A model is called as model(num, cat), or model(num, cat, arr) when 
 def dry_run(cfg: TrainConfig, dataset_dir: str, manifest: dict) -> None:
     """Build the model and run one batch of the dataset's validation split through it, on CPU."""
     name = cfg.model.name
-    cols = Columns.from_manifest(manifest)
+    model, cols, task = assemble(cfg, manifest)
     plan = plan_reading(dataset_dir, manifest, "val", 0, 1, DRY_RUN_ROWS, drop_last=False)
     batch = next(iter(open_reader("arrow", plan, cols, DRY_RUN_ROWS, cfg.seed, 0).all_rows()))
     inputs = tuple(torch.from_numpy(x) for x in model_inputs(batch))
-    task = make_task(manifest["features"], cfg)
-    cards = list(manifest["features"]["categorical_cardinalities"].values())
-    torch.manual_seed(cfg.seed)
-    model = build_model(to_dict(cfg.model), len(cols.numeric), cards,
-                        array_width=sum(length for _, length in cols.arrays), num_outputs=task.num_outputs)
     model.eval()
     try:
         output = model(*inputs)

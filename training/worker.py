@@ -33,14 +33,13 @@ from ringtrain.schema import to_dict
 from ringtrain.store import read_bytes
 from ringtrain.training import failure
 from ringtrain.training.artifact import publish_model, write_metrics
-from ringtrain.training.data import Columns, open_reader, plan_reading, verify_shards
+from ringtrain.training.assemble import assemble
+from ringtrain.training.data import open_reader, plan_reading, verify_shards
 from ringtrain.training.engines import make_engine, unwrap
 from ringtrain.training.checkpoint import load_best
 from ringtrain.training.environment import RankEnvironment, pin_to_cores
 from ringtrain.training.loop import FaultInjector, Heartbeat, fit
-from ringtrain.training.models import build_model
 from ringtrain.training.optimizer import make_optimizer
-from ringtrain.training.tasks import make_task
 from ringtrain.training.pipeline import PipelineModel, stage_devices
 from ringtrain.training.spec import ERROR_PREFIX, RESULT_PREFIX, WorkerSpec
 
@@ -121,7 +120,8 @@ def _train(spec: WorkerSpec, env: RankEnvironment, engine, device: torch.device,
     started = time.time()
     cfg, paths = spec.train, spec.paths
     manifest = load_manifest(spec.dataset_dir)
-    cols = Columns.from_manifest(manifest, with_key=bool(os.environ.get("RINGTRAIN_RECORD_KEYS")))
+    model, cols, task = assemble(cfg, manifest, with_key=bool(os.environ.get("RINGTRAIN_RECORD_KEYS")))
+    model = model.to(device)
     train_plan = plan_reading(spec.dataset_dir, manifest, "train", engine.rank, engine.size, cfg.batch_size)
     val_plan = plan_reading(spec.dataset_dir, manifest, "val", engine.rank, engine.size, cfg.batch_size,
                             drop_last=False)
@@ -130,12 +130,6 @@ def _train(spec: WorkerSpec, env: RankEnvironment, engine, device: torch.device,
     train_reader = open_reader(cfg.reader, train_plan, cols, cfg.batch_size, cfg.seed, engine.rank)
     val_reader = open_reader(cfg.reader, val_plan, cols, 4096, cfg.seed, engine.rank)
 
-    task = make_task(manifest["features"], cfg)
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank, before any broadcast
-    cards = list(manifest["features"]["categorical_cardinalities"].values())
-    model = build_model(to_dict(cfg.model), len(cols.numeric), cards,
-                        array_width=sum(length for _, length in cols.arrays),
-                        num_outputs=task.num_outputs).to(device)
     if spec.init_weights:  # a warm start; a checkpoint of this run, if any, still wins in fit()
         model.load_state_dict(torch.load(io.BytesIO(read_bytes(spec.init_weights)), map_location=device))
     if cfg.pipeline.stages > 1:  # layer splitting inside this rank; data parallelism across ranks
