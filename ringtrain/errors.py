@@ -22,6 +22,10 @@ class DatasetError(UserError, ValueError):
     """A dataset folder is missing, unpublished or inconsistent with its manifest."""
 
 
+# The fix for a published version whose bytes no longer match its manifest.
+REPUBLISH = "publish a fresh one (`ringtrain etl --force`) or train on another (--dataset)"
+
+
 class BadDataError(UserError, ValueError):
     """Too many rows failed validation: nothing was published."""
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import bisect
 
-from ringtrain.errors import DatasetError
+from ringtrain.errors import REPUBLISH, DatasetError
 
 try:  # ISA-L's CRC-32: zlib's checksum, the same values, about 12x faster here (carry-less multiply folding)
     from isal.isal_zlib import crc32
@@ -209,8 +209,7 @@ class MappedShard:
         with open(local_path, "rb") as f:
             if f.seek(0, 2) == 0:  # mmap refuses an empty file; a Parquet file has at least its magic and footer
                 raise DatasetError(f"shard {path} is not a readable Parquet file (0 bytes): the published version "
-                                   f"is damaged; publish a fresh one (`ringtrain etl --force`) or train on another "
-                                   f"(--dataset)")
+                                   f"is damaged; {REPUBLISH}")
             self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self._view = memoryview(self._map)
         self._chunks = chunks
@@ -241,5 +240,4 @@ def _check(path: str, group: int, column: int, offset: int, size: int, expected:
                 else f"crc32 {crc:08x}, the manifest says {expected:08x}")
         raise DatasetError(
             f"shard {path} row group {group} (column chunk {column}, bytes {offset}..{offset + size}) "
-            f"does not match the dataset's manifest: {what}. The published version is damaged; publish a "
-            f"fresh one (`ringtrain etl --force`) or train on another (--dataset)")
+            f"does not match the dataset's manifest: {what}. The published version is damaged; {REPUBLISH}")

@@ -136,9 +136,8 @@ def evaluate(model: ModelFiles, dataset_dir: str, split: str = "test", *, by_par
     `device`: where the model runs; default the first GPU when this process sees one, else the CPU."""
     from ringtrain.config import TrainConfig
     from ringtrain.schema import build
-    from ringtrain.rowcheck import FIELD as CHUNK_CRC32
     from ringtrain.training.assemble import columns_and_task
-    from ringtrain.training.data import ReadPlan, open_reader
+    from ringtrain.training.data import ReadPlan, chunk_checks, open_reader
     from ringtrain.training.loop import evaluate as loop_evaluate
 
     manifest = load_manifest(dataset_dir)
@@ -149,8 +148,8 @@ def evaluate(model: ModelFiles, dataset_dir: str, split: str = "test", *, by_par
 
     def metrics(files: list[str], shards: list[dict]) -> dict:
         # Every column chunk read is checked against the manifest's CRC32s, as in training.
-        checks = {path: shard[CHUNK_CRC32] for path, shard in zip(files, shards) if CHUNK_CRC32 in shard}
-        reader = open_reader("arrow", ReadPlan(files, None, None, 0, 0, checks), cols, 4096, 0, 0)
+        reader = open_reader("arrow", ReadPlan(files, None, None, 0, 0, chunk_checks(files, shards)), cols, 4096,
+                             0, 0)
         return loop_evaluate(module, reader, _OneProcess(), device, task, contextlib.nullcontext())
 
     result = {"split": split, "dataset_dir": dataset_dir, "partitions": {},

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import torch
 
 from ringtrain import store
+from ringtrain.errors import REPUBLISH
 from ringtrain.manifest import DatasetError, shard_paths
 from ringtrain.rowcheck import FIELD as CHUNK_CRC32, CheckedFile, MappedShard, column_indices
 from ringtrain.store import filesystem, is_posix, open_input
@@ -53,12 +54,17 @@ class ReadPlan:
     chunk_crc32: dict = field(default_factory=dict)
 
 
+def chunk_checks(files: list[str], shards: list[dict]) -> dict:
+    """`ReadPlan.chunk_crc32` for shard paths `files` and their manifest entries `shards`."""
+    return {path: shard[CHUNK_CRC32] for path, shard in zip(files, shards) if CHUNK_CRC32 in shard}
+
+
 def plan_reading(dataset_dir: str, manifest: dict, split: str, rank: int, size: int, batch_size: int,
                  *, drop_last: bool = True) -> ReadPlan:
     """Which files this rank reads, and how many batches every rank yields per epoch."""
     info = manifest["splits"][split]
     files = shard_paths(dataset_dir, manifest, split)
-    checks = {path: shard[CHUNK_CRC32] for path, shard in zip(files, info["shards"]) if CHUNK_CRC32 in shard}
+    checks = chunk_checks(files, info["shards"])
     num_row_groups = sum(s["row_groups"] for s in info["shards"])
     steps = info["rows"] // (size * batch_size) if drop_last else 0
     if drop_last and steps < 1:
@@ -80,7 +86,7 @@ def verify_shards(dataset_dir: str, manifest: dict, split: str, files: list[str]
     """Check the shards this rank will read against the manifest before training: size and Parquet footer,
     and the sha256 when `checksum` (train.verify_shards: full). A damaged or replaced file fails here, naming
     itself, instead of as a read error deep in an epoch. The bytes of the column chunks are checked in any case,
-    as they are read (`CheckedFile`), where the manifest records their CRC32s; a manifest written before the
+    as they are read (`MappedShard` locally, `CheckedFile` elsewhere), where the manifest records their CRC32s; a manifest written before the
     ETL recorded them gets only this check, and a log line says so."""
     expected = dict(zip(shard_paths(dataset_dir, manifest, split), manifest["splits"][split]["shards"]))
     unchecked = [path for path in files if CHUNK_CRC32 not in expected[path]]
@@ -96,7 +102,7 @@ def verify_shards(dataset_dir: str, manifest: dict, split: str, files: list[str]
 def _verify_shard(path: str, shard: dict, checksum: bool) -> None:
     def mismatch(what: str) -> DatasetError:
         return DatasetError(f"shard {path} does not match the dataset's manifest: {what}. The published version is "
-                            f"damaged; publish a fresh one (`ringtrain etl --force`) or train on another (--dataset)")
+                            f"damaged; {REPUBLISH}")
 
     try:
         with store.open_input(path) as f:
@@ -256,8 +262,7 @@ class ArrowReader(_Reader):
                     count = pq.ParquetFile(f).num_row_groups
                 except pa.ArrowInvalid as exc:  # a footer that does not parse: damaged, retrying cannot help
                     raise DatasetError(f"shard {path} is not a readable Parquet file ({exc}): the published "
-                                       f"version is damaged; publish a fresh one (`ringtrain etl --force`) or "
-                                       f"train on another (--dataset)") from exc
+                                       f"version is damaged; {REPUBLISH}") from exc
             groups += [(path, i) for i in range(count)]
         if self.plan.shard_count:
             groups = groups[self.plan.cur_shard::self.plan.shard_count]
