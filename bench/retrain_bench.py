@@ -7,7 +7,7 @@ model, training and gate; one local[2] Spark session (its start-up excluded).
 - Retrain overhead, in ONE run per day: `retrain(spark, cfg, [day])` wall time against the ETL + training
   time of the same run, as the date's record times them. The ratio `retrain_wall / (etl + train)` is
   what the lock, the registry copy, both evaluations, the decision and the records add (1.0: nothing).
-- Predict: `ringtrain.predict.predict` of the last day's raw CSV with the champion (read, validate, encode,
+- Predict: `ringtrain.jobs.predict.predict` of the last day's raw CSV with the champion (read, validate, encode,
   score with mapInArrow, write, publish), against the plain eager model's `model(num, cat)` + sigmoid on
   in-memory tensors of the same rows, already encoded (the ETL's shards of that day). Ratio:
   `predict_rows_per_s / plain_rows_per_s` (medians of `--repeats`).
@@ -86,10 +86,10 @@ def main(argv=None) -> None:
     warn_if_busy(info)
     from ringtrain.config import SourceConfig, load_config
     from ringtrain.etl.sample_data import write_daily_churn
-    from ringtrain.predict import predict
-    from ringtrain.retrain import Records, retrain
+    from ringtrain.jobs.predict import predict
+    from ringtrain.jobs.retrain import Records, retrain
     from ringtrain.registry import Registry
-    from ringtrain.scoring import resolve_model
+    from ringtrain.training.scoring import resolve_model
     from ringtrain.spark import get_spark
 
     root = os.path.join(DATA, f"retrain-{args.rows}")

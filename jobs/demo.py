@@ -2,10 +2,7 @@
 
     spark-submit --master local[2] jobs/demo.py --config conf/demo.yaml
 """
-from ringtrain.cli import add_common, exit_spark_submit, run
+from ringtrain.jobs.cli import spark_submit_main
 
 if __name__ == "__main__":
-    import argparse
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common(p)
-    exit_spark_submit(run("demo", p.parse_args()))
+    spark_submit_main("demo", __doc__)

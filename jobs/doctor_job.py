@@ -8,11 +8,7 @@ the list of problems and their fixes:
         --conf spark.pyspark.driver.python=$PWD/build/pack-env/bin/python \
         jobs/doctor_job.py --config conf/yarn.yaml
 """
-from ringtrain.cli import add_common, add_doctor, exit_spark_submit, run
+from ringtrain.jobs.cli import spark_submit_main
 
 if __name__ == "__main__":
-    import argparse
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common(p)
-    add_doctor(p)
-    exit_spark_submit(run("doctor", p.parse_args()))
+    spark_submit_main("doctor", __doc__)

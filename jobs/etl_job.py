@@ -6,12 +6,7 @@
         --conf spark.pyspark.driver.python=$PWD/.venv/bin/python \
         jobs/etl_job.py --config conf/yarn.yaml [--partition 2026-11-22]
 """
-from ringtrain.cli import add_common, exit_spark_submit, run
+from ringtrain.jobs.cli import spark_submit_main
 
 if __name__ == "__main__":
-    import argparse
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common(p)
-    p.add_argument("--partition")
-    p.add_argument("--force", action="store_true")
-    exit_spark_submit(run("etl", p.parse_args()))
+    spark_submit_main("etl", __doc__)

@@ -7,11 +7,7 @@
         --archives ringtrain-env.tar.gz#env --conf spark.pyspark.python=./env/bin/python \
         jobs/predict_job.py --config conf/retrain.yaml --model champion --input hdfs:///data/in --output /shared/scores
 """
-from ringtrain.cli import add_common, add_predict_args, exit_spark_submit, run
+from ringtrain.jobs.cli import spark_submit_main
 
 if __name__ == "__main__":
-    import argparse
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common(p)
-    add_predict_args(p)
-    exit_spark_submit(run("predict", p.parse_args()))
+    spark_submit_main("predict", __doc__)

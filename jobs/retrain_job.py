@@ -9,11 +9,7 @@
 Exit codes: 0 done (promoted, champion kept, or already done), 75 locked by another retrain (retry
 later), 2 bad input or config, 1 failure.
 """
-from ringtrain.cli import add_common, add_retrain_args, exit_spark_submit, run
+from ringtrain.jobs.cli import spark_submit_main
 
 if __name__ == "__main__":
-    import argparse
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common(p)
-    add_retrain_args(p)
-    exit_spark_submit(run("retrain", p.parse_args()))
+    spark_submit_main("retrain", __doc__)

@@ -7,11 +7,7 @@
         --conf spark.pyspark.driver.python=$PWD/.venv/bin/python \
         jobs/train_job.py --config conf/yarn.yaml
 """
-from ringtrain.cli import add_common, exit_spark_submit, run
+from ringtrain.jobs.cli import spark_submit_main
 
 if __name__ == "__main__":
-    import argparse
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_common(p)
-    p.add_argument("--dataset")
-    exit_spark_submit(run("train", p.parse_args()))
+    spark_submit_main("train", __doc__)

@@ -9,7 +9,7 @@ Layout under `<store.root>/models/<name>/`:
         features.json            the statistics that encode new rows exactly as in training
         version.json             written last: source run, dataset version, files
     history/e000001.json     one registry change per file, numbered, created exclusively
-    retrain/                 the retrain job's per-date records and lock (ringtrain.retrain)
+    retrain/                 the retrain job's per-date records and lock (ringtrain.jobs.retrain)
 
 The history is the registry: a version exists once an event registers it, and every alias is the
 replay of the events that moved it. So each change (register + decide, promote, rollback) is one

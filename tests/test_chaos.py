@@ -37,7 +37,7 @@ from ringtrain.config import load_config
 from ringtrain.etl.sample_data import write_daily_churn
 from ringtrain.manifest import load_manifest, shard_paths
 from ringtrain.registry import VERSION_MARKER, Registry
-from ringtrain.retrain import Records, retrain
+from ringtrain.jobs.retrain import Records, retrain
 from ringtrain.store import DatasetStore, RunStore
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]

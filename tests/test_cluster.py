@@ -60,7 +60,7 @@ def test_pack_holds_ringtrain_non_editable_and_names_the_interpreter(packed_env)
         names = set(archive.getnames())
         python_link = archive.getmember("bin/python3.11").linkname
     site = "lib/python3.11/site-packages"
-    assert {f"{site}/ringtrain/cli.py", f"{site}/ringtrain/etl/pipeline.py", f"{site}/ringtrain/training/worker.py",
+    assert {f"{site}/ringtrain/jobs/cli.py", f"{site}/ringtrain/etl/pipeline.py", f"{site}/ringtrain/training/worker.py",
             f"{site}/torch/__init__.py", f"{site}/pyarrow/__init__.py"} <= names
     # The archive holds this environment's stack: Horovod where it has it (Spark 3.5), none on Spark 4.
     assert packed_env["stack"] == current_stack()

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from ringtrain.cli import main
+from ringtrain.jobs.cli import main
 from ringtrain.config import load_config
 from ringtrain.schema import ConfigError, to_dict
 from ringtrain.stack import installed
@@ -109,3 +109,23 @@ def test_an_absent_engine_or_reader_exits_2_at_load_saying_why_and_what_instead(
     code = main(["train", "--config", DEMO, "--set", override])  # the CLI door: nothing started, exit 2
     err = capsys.readouterr().err
     assert code == 2 and why in err and instead in err and "Spark 4" in err, err
+
+
+def _options(help_text: str) -> list[str]:
+    return re.findall(r"(?<![\w-])--[a-z][a-z-]*", help_text.split("options:")[0])
+
+
+def test_every_spark_submit_script_takes_its_verbs_arguments_from_the_one_command_table():
+    import subprocess
+    from ringtrain.jobs.cli import COMMANDS
+    scripts = {name: f"{'demo' if name == 'demo' else name + '_job'}.py" for name in
+               ("etl", "train", "demo", "doctor", "retrain", "predict")}
+    assert set(scripts.values()) <= set(os.listdir(os.path.join(ROOT, "jobs")))
+    assert set(COMMANDS) == {*scripts, "evaluate", "models", "pack"}
+    for name, script in scripts.items():
+        verb = subprocess.run([sys.executable, "-m", "ringtrain.jobs.cli", name, "--help"], capture_output=True,
+                              text=True, timeout=60)
+        job = subprocess.run([sys.executable, os.path.join(ROOT, "jobs", script), "--help"], capture_output=True,
+                             text=True, timeout=60)
+        assert verb.returncode == job.returncode == 0, verb.stderr + job.stderr
+        assert "--config" in _options(verb.stdout) and _options(job.stdout) == _options(verb.stdout), name

@@ -125,8 +125,8 @@ def test_gpus_per_worker_that_spark_does_not_give(tmp_path):
 
 
 def test_libhdfs_set_up_is_checked_and_each_missing_piece_named(tmp_path, monkeypatch):
-    from ringtrain.doctor import hdfs_problems
-    from ringtrain.probe import hdfs_env
+    from ringtrain.jobs.doctor import hdfs_problems
+    from ringtrain.jobs.probe import hdfs_env
     hadoop = tmp_path / "hadoop"
     (hadoop / "lib" / "native").mkdir(parents=True)
     for name in ("HADOOP_HOME", "JAVA_HOME", "CLASSPATH", "ARROW_LIBHDFS_DIR"):
@@ -198,7 +198,7 @@ def task_report(gpus=("0",), **cuda):
      ["the CUDA check on GPU(s) 0 failed: the CUDA probe did not finish in 90s (a hung GPU or driver)"]),
 ])
 def test_cuda_problems_of_a_task(task, gpus_per_worker, engine, expected):
-    from ringtrain.doctor import cuda_problems
+    from ringtrain.jobs.doctor import cuda_problems
     found = cuda_problems(task, gpus_per_worker, engine)
     assert len(found) == len(expected), found
     for text, start in zip(found, expected):
@@ -207,7 +207,7 @@ def test_cuda_problems_of_a_task(task, gpus_per_worker, engine, expected):
 
 def test_executor_problems_name_the_task_and_report_a_cpu_torch_once_per_task():
     from ringtrain.config import load_config
-    from ringtrain.doctor import executor_problems
+    from ringtrain.jobs.doctor import executor_problems
     cfg = load_config(os.path.join(ROOT, "conf", "demo.yaml"), ["train.gpus_per_worker=1", "train.engine=ddp"])
     driver = {"versions": {"python": "3.11.7", "torch": "2.13.0+cpu"}}
     cpu = {"torch": "2.13.0+cpu", "torch_cuda": None, "device_count": 0, "devices": []}
@@ -222,8 +222,8 @@ def test_executor_problems_name_the_task_and_report_a_cpu_torch_once_per_task():
 def test_the_cuda_probe_runs_and_reports_this_torch():
     """The child script itself, on this machine's torch: a CPU build here, the real GPU where there is one."""
     import torch
-    from ringtrain.doctor import cuda_problems
-    from ringtrain.probe import cuda_report
+    from ringtrain.jobs.doctor import cuda_problems
+    from ringtrain.jobs.probe import cuda_report
     report = cuda_report(["0"], "ddp")
     assert report["torch"] == torch.__version__ and report["torch_cuda"] == torch.version.cuda
     assert report["cuda_visible_devices"] == "0"

@@ -207,7 +207,7 @@ def test_the_exported_model_loads_on_the_gpu_and_evaluates_and_scores_as_on_the_
     scores that `predict` writes agree."""
     import numpy as np
     from ringtrain.manifest import load_manifest, shard_paths
-    from ringtrain.scoring import evaluate, load_program, resolve_model, score_arrays
+    from ringtrain.training.scoring import evaluate, load_program, resolve_model, score_arrays
     from ringtrain.training.data import Columns, ReadPlan, open_reader
     from ringtrain.training.models import model_inputs
     _, folder, _ = gpu_and_cpu_runs["gpu"]

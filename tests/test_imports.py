@@ -1,12 +1,18 @@
 """The package's import graph, read from the source: every `import` and `from ... import` in every module,
-those inside functions included (a lazy import is still an arrow). No module may reach itself."""
+those inside functions included (a lazy import is still an arrow). No module may reach itself, and the folders
+are the layers (README "Architecture"): the core `ringtrain/` imports nothing above it; `etl/` and `training/`
+import the core and their own folder; `jobs/`, the commands, imports any of them; nothing imports `jobs/`."""
 import ast
 import os
 import shutil
 
 from conftest import ROOT
 
-FOLDERS = {"ringtrain": "ringtrain", "etl": "ringtrain.etl", "training": "ringtrain.training"}  # pyproject.toml
+FOLDERS = {"ringtrain": "ringtrain", "etl": "ringtrain.etl", "training": "ringtrain.training",
+           "jobs": "ringtrain.jobs"}  # pyproject.toml
+# Folder -> the folders its modules may import (besides their own).
+MAY_IMPORT = {"ringtrain": set(), "etl": {"ringtrain"}, "training": {"ringtrain"},
+              "jobs": {"ringtrain", "etl", "training"}}
 
 
 def module_files(root: str) -> dict[str, str]:
@@ -47,6 +53,23 @@ def import_graph(root: str) -> dict[str, set[str]]:
     return graph
 
 
+def folder_of(module: str) -> str:
+    """The repository folder a module's file is in: ringtrain.etl.steps -> etl, ringtrain.store -> ringtrain."""
+    parts = module.split(".")
+    return next((f for f, package in FOLDERS.items() if package != "ringtrain" and parts[:2] == package.split(".")),
+                "ringtrain")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[tuple[str, str]]:
+    """(importer, imported) for every import that leaves the importer's layer for one it may not import."""
+    return sorted((m, t) for m, targets in graph.items() for t in targets
+                  if folder_of(t) != folder_of(m) and folder_of(t) not in MAY_IMPORT[folder_of(m)])
+
+
+def folder_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    return {f: {folder_of(t) for m, ts in graph.items() if folder_of(m) == f for t in ts} - {f} for f in FOLDERS}
+
+
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     """The strongly connected groups of more than one module (Tarjan), each sorted: every import circle."""
     index, low, stack, on_stack, found = {}, {}, [], set(), []
@@ -80,8 +103,33 @@ def circles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 def test_no_module_of_the_package_imports_itself_through_others():
     graph = import_graph(ROOT)
-    assert {"ringtrain.cli", "ringtrain.etl.pipeline", "ringtrain.training.worker"} <= set(graph)
+    assert {"ringtrain.jobs.cli", "ringtrain.etl.pipeline", "ringtrain.training.worker",
+            "ringtrain.store"} <= set(graph)
     assert circles(graph) == []
+
+
+def test_the_folders_are_the_layers():
+    graph = import_graph(ROOT)
+    assert {folder_of(m) for m in graph} == set(FOLDERS)
+    assert upward_imports(graph) == []
+    assert circles(folder_graph(graph)) == []
+    # The arrows the layers allow are there: the check reads real imports.
+    assert folder_graph(graph) == {"ringtrain": set(), "etl": {"ringtrain"}, "training": {"ringtrain"},
+                                   "jobs": {"ringtrain", "etl", "training"}}
+
+
+def test_the_check_finds_an_upward_import_hidden_in_a_function(tmp_path):
+    for folder in FOLDERS:
+        shutil.copytree(os.path.join(ROOT, folder), tmp_path / folder)
+    with open(tmp_path / "ringtrain" / "config.py", "a") as f:  # the core reaching up to a command
+        f.write("\n\ndef planted():\n    from ringtrain.jobs.retrain import retrain\n    return retrain\n")
+    with open(tmp_path / "training" / "data.py", "a") as f:  # training reaching sideways into the ETL
+        f.write("\n\ndef planted():\n    from ringtrain.etl import shards\n    return shards\n")
+    graph = import_graph(str(tmp_path))
+    assert upward_imports(graph) == [("ringtrain.config", "ringtrain.jobs.retrain"),
+                                     ("ringtrain.training.data", "ringtrain.etl.shards")]
+    # The core now reaches jobs, which reaches every folder, each of which reaches the core: one circle.
+    assert circles(folder_graph(graph)) == [["etl", "jobs", "ringtrain", "training"]]
 
 
 def test_the_check_finds_a_circle_hidden_in_a_function(tmp_path):

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from ringtrain import stack
-from ringtrain.pack import default_env_dir, format_report
+from ringtrain.jobs.pack import default_env_dir, format_report
 
 
 @pytest.mark.parametrize("name, gpu, folder", [

@@ -12,7 +12,7 @@ from ringtrain.config import PromoteConfig
 from ringtrain.errors import ModelLocked, ModelNotFound
 from ringtrain.lock import FileLock
 from ringtrain.registry import Registry
-from ringtrain.retrain import date_range, decide
+from ringtrain.jobs.retrain import date_range, decide
 
 
 def fake_model_dir(folder, marker):
@@ -150,7 +150,7 @@ def test_backfill_dates_are_every_day_in_order():
 
 
 def test_a_finished_training_is_trusted_only_with_a_complete_model_artifact(tmp_path):
-    from ringtrain.retrain import model_problem
+    from ringtrain.jobs.retrain import model_problem
     folder = str(tmp_path / "model")
     assert "artifact" in model_problem(folder) and "missing" in model_problem(folder)
     fake_model_dir(folder, "weights")
@@ -163,7 +163,7 @@ def test_a_finished_training_is_trusted_only_with_a_complete_model_artifact(tmp_
 
 
 def test_a_recorded_evaluation_is_trusted_only_while_it_still_holds(tmp_path):
-    from ringtrain.retrain import evaluation_problem
+    from ringtrain.jobs.retrain import evaluation_problem
     registry = Registry(str(tmp_path), "m")
     fake_model_dir(str(tmp_path / "run"), "weights")
     (tmp_path / "features.json").write_text("{}")

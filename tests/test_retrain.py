@@ -16,8 +16,8 @@ from ringtrain.config import load_config
 from ringtrain.etl.sample_data import generate_churn, write_daily_churn
 from ringtrain.manifest import load_manifest, shard_paths
 from ringtrain.registry import Registry
-from ringtrain.retrain import Records, decide, retrain
-from ringtrain.scoring import evaluate, resolve_model
+from ringtrain.jobs.retrain import Records, decide, retrain
+from ringtrain.training.scoring import evaluate, resolve_model
 from ringtrain.training.data import Columns
 from ringtrain.training.models import build_model
 
@@ -115,7 +115,7 @@ def read_parts(pattern):
 
 
 def test_predict_scores_or_quarantines_every_row_like_the_eager_model(spark, three_dates, tmp_path):
-    from ringtrain.predict import predict
+    from ringtrain.jobs.predict import predict
     cfg, _ = three_dates
     model = resolve_model("champion", store_root=cfg.store.root, registry_name="churn")
     # Day 3's rows (as write_daily_churn made them; without their label, as rows to score come) plus rows
@@ -181,7 +181,7 @@ def test_a_rerun_never_repeats_a_finished_step_and_decides_as_the_uninterrupted_
     model untouched); killed again before its registry event, the rerun neither trains nor evaluates. The
     decision and the registry are the uninterrupted retrain's."""
     import ringtrain.training.launcher
-    import ringtrain.scoring
+    import ringtrain.training.scoring
     fast = ["train.epochs=1"]
     roots = {name: str(tmp_path / name) for name in ("clean", "killed")}
     for root in roots.values():
@@ -191,7 +191,7 @@ def test_a_rerun_never_repeats_a_finished_step_and_decides_as_the_uninterrupted_
     cfg = retrain_config(roots["killed"], fast)
     registry = Registry(roots["killed"], "churn")
     records = Records(registry)
-    real = {"run_training": ringtrain.training.launcher.run_training, "evaluate": ringtrain.scoring.evaluate,
+    real = {"run_training": ringtrain.training.launcher.run_training, "evaluate": ringtrain.training.scoring.evaluate,
             "commit": Registry.commit}
     calls = {"run_training": 0, "evaluate": 0}
 
@@ -204,7 +204,7 @@ def test_a_rerun_never_repeats_a_finished_step_and_decides_as_the_uninterrupted_
     def killed(*args, **kwargs):
         raise Killed()
 
-    monkeypatch.setattr(ringtrain.scoring, "evaluate", killed)
+    monkeypatch.setattr(ringtrain.training.scoring, "evaluate", killed)
     with pytest.raises(Killed):
         retrain(spark, cfg, [D1])
     assert records.load(D1)["state"] == "evaluate" and registry.events() == []
@@ -214,7 +214,7 @@ def test_a_rerun_never_repeats_a_finished_step_and_decides_as_the_uninterrupted_
     assert any("/checkpoints/ckpt-" in p for p in run_files) and any(p.endswith("artifact.json") for p in run_files)
 
     monkeypatch.setattr(ringtrain.training.launcher, "run_training", counted("run_training"))
-    monkeypatch.setattr(ringtrain.scoring, "evaluate", counted("evaluate"))
+    monkeypatch.setattr(ringtrain.training.scoring, "evaluate", counted("evaluate"))
     monkeypatch.setattr(Registry, "commit", killed)
     with pytest.raises(Killed):
         retrain(spark, cfg, [D1])

@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, read_json, worker_processes
 from ringtrain.etl.sample_data import write_daily_churn
 from ringtrain.registry import Registry
-from ringtrain.retrain import Records
+from ringtrain.jobs.retrain import Records
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 BIN = os.path.dirname(sys.executable)

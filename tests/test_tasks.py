@@ -309,7 +309,7 @@ def test_incremental_mode_freezes_derived_columns(tmp_path):
 @pytest.mark.spark
 @pytest.mark.slow
 def test_early_stopped_run_keeps_the_best_epoch(spark, small_dataset, tmp_path):
-    from ringtrain.jobs import format_summary
+    from ringtrain.jobs.commands import format_summary
     from ringtrain.store import RunStore
     from ringtrain.training.checkpoint import list_checkpoints
     from ringtrain.training.launcher import launch

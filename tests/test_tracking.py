@@ -6,7 +6,7 @@ import pytest
 
 from ringtrain.config import TrackingConfig
 from ringtrain.registry import Registry
-from ringtrain.tracking import VERSION_TAG, mirror_event
+from ringtrain.jobs.tracking import VERSION_TAG, mirror_event
 
 from test_registry import register
 

@@ -1,5 +1,5 @@
 """The model a train config builds for a dataset, assembled in one place: training (`training.worker`), the
-dry-run contract check (`training.contract`) and scoring (`ringtrain.scoring`, which loads the trained program
+dry-run contract check (`training.contract`) and scoring (`ringtrain.training.scoring`, which loads the trained program
 but reads the dataset's columns and task the same way)."""
 from __future__ import annotations
 

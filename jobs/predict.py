@@ -36,10 +36,10 @@ from ringtrain.etl.steps import null_on_failure
 from ringtrain.etl.sources import CORRUPT, read_source, source_path
 from ringtrain.etl.validate import REASON, parse_and_validate
 from ringtrain.schema import build
-from ringtrain.scoring import TASK_SCORES, ModelFiles
+from ringtrain.training.scoring import TASK_SCORES, ModelFiles
 from ringtrain.store import atomic_write_json, atomic_write_bytes, join, listdir, open_output, read_bytes, remove, rmtree
 
-log = logging.getLogger("ringtrain.predict")
+log = logging.getLogger("ringtrain.jobs.predict")
 SUCCESS, MANIFEST = "_SUCCESS", "_manifest.json"
 _FILES = "part int, rows long, sha256 string, file string"
 
@@ -83,7 +83,7 @@ def _predict(spark: SparkSession, model: ModelFiles, source: SourceConfig, outpu
     started = time.time()
     if model.task not in TASK_SCORES:
         raise ConfigError(f"{model.folder}: predict scores binary models only for now (this one is "
-                          f"{model.task!r}); add its score function to ringtrain.scoring.TASK_SCORES")
+                          f"{model.task!r}); add its score function to ringtrain.training.scoring.TASK_SCORES")
     specs, label = model_columns(model)
     stats = FeatureStats.from_json(model.features())
     specs = input_columns(spark, source, specs, label)
@@ -138,7 +138,7 @@ def score_and_write(df: DataFrame, model: ModelFiles, folder: str, key: str) -> 
     model_folder, artifact, features, task = model.folder, model.artifact, model.features_json, model.task
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from ringtrain.scoring import ModelFiles, load_program, score_arrays
+        from ringtrain.training.scoring import ModelFiles, load_program, score_arrays
         module = None
         def scored() -> Iterator[pa.RecordBatch]:
             nonlocal module

@@ -18,7 +18,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 
-from ringtrain import probe
+from ringtrain.jobs import probe
 from ringtrain.config import Config
 from ringtrain.errors import EnvironmentProblems, UserError
 

@@ -8,7 +8,7 @@ What the model outputs means something per task; each task is one small function
 code) on one split of a published dataset, overall and per partition, in this process. The
 dataset's shards are already encoded, so they must have been encoded with the model's own
 features.json: in incremental mode (the retrain job's) every version shares the base's features.
-Rows that are not yet encoded are scored by `ringtrain.predict`, which encodes them as in training.
+Rows that are not yet encoded are scored by `ringtrain.jobs.predict`, which encodes them as in training.
 """
 from __future__ import annotations
 

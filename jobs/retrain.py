@@ -43,7 +43,7 @@ STATES = ("etl", "train", "evaluate", "decide", "done")
 # What a resumed record keeps of the stopped one: the outputs of its finished steps (checked before use).
 _CARRIED = ("dataset_dir", "dataset_version", "partition_rows", "warm_start_from", "training", "evaluation")
 
-log = logging.getLogger("ringtrain.retrain")
+log = logging.getLogger("ringtrain.jobs.retrain")
 BASELINES = {"auc": lambda m: 0.5, "accuracy": lambda m: m["baseline_accuracy"], "loss": lambda m: m["baseline_loss"]}
 
 
@@ -250,7 +250,7 @@ def _train_step(spark, cfg: Config, registry: Registry, records: Records, record
 
 
 def _evaluate_step(cfg: Config, registry: Registry, records: Records, record: dict, store: RunStore) -> dict:
-    from ringtrain.scoring import evaluate, resolve_model
+    from ringtrain.training.scoring import evaluate, resolve_model
     date, dataset_dir = record["date"], record["dataset_dir"]
     champion = registry.state().alias(CHAMPION)
     split = cfg.retrain.holdout_split
@@ -360,7 +360,7 @@ def mirror(cfg: Config, registry: Registry, event: dict) -> str | None:
     if not cfg.tracking.mlflow_uri:
         return None
     try:
-        from ringtrain.tracking import mirror_event
+        from ringtrain.jobs.tracking import mirror_event
         return mirror_event(cfg.tracking, registry, event)
     except Exception as exc:
         log.warning("MLflow mirror of event %d failed: %s", event["seq"], exc)

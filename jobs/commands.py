@@ -73,7 +73,7 @@ def monitor_direction(monitor: dict) -> str:
 
 
 def retrain_job(cfg: Config, *, dates: list[str], force: bool = False) -> dict:
-    from ringtrain.retrain import model_lock, retrain
+    from ringtrain.jobs.retrain import model_lock, retrain
     if cfg.retrain is None:
         raise ConfigError("this config has no `retrain` section (the registry name and the promotion gate); "
                           "see conf/retrain.yaml")
@@ -89,7 +89,7 @@ def retrain_job(cfg: Config, *, dates: list[str], force: bool = False) -> dict:
 
 def evaluate_job(cfg: Config, *, model_ref: str, dataset_dir: str | None, split: str) -> dict:
     """No Spark: the split's shards are read in this process."""
-    from ringtrain.scoring import evaluate, resolve_model
+    from ringtrain.training.scoring import evaluate, resolve_model
     store = RunStore.create(cfg.store.root)
     model = resolve_model(model_ref, store_root=store.root, registry_name=registry_name(cfg))
     dataset_dir = dataset_dir or store.dataset(cfg.etl.dataset).latest()
@@ -100,8 +100,8 @@ def evaluate_job(cfg: Config, *, model_ref: str, dataset_dir: str | None, split:
 
 def predict_job(cfg: Config, *, model_ref: str, input_path: str, output_dir: str, input_format: str | None) -> dict:
     import dataclasses
-    from ringtrain.predict import predict
-    from ringtrain.scoring import resolve_model
+    from ringtrain.jobs.predict import predict
+    from ringtrain.training.scoring import resolve_model
     store = RunStore.create(cfg.store.root)
     model = resolve_model(model_ref, store_root=store.root, registry_name=registry_name(cfg))
     fmt = input_format or cfg.etl.source.format
@@ -143,10 +143,7 @@ def registry_name(cfg: Config) -> str | None:
 
 
 def format_summary(kind: str, summary: dict) -> str:
-    special = {"retrain": format_retrain, "evaluate": format_evaluate, "predict": format_predict,
-               "models": format_models}
-    if kind in special:
-        return special[kind](summary)
+    """The summary of `etl`, `train` or `demo` (an ETL's and a training's lines)."""
     lines = []
     etl = summary.get("etl") if kind == "demo" else (summary if kind == "etl" else None)
     train = summary.get("train") if kind == "demo" else (summary if kind == "train" else None)
