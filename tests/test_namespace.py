@@ -10,8 +10,9 @@ import pytest
 
 from conftest import ROOT
 
-CORE = ["ringtrain.config", "ringtrain.schema", "ringtrain.store", "ringtrain.manifest", "ringtrain.errors",
-        "ringtrain.registry", "ringtrain.lock", "ringtrain.stack", "ringtrain.rowcheck"]
+CORE = ["ringtrain.config", "ringtrain.schema", "ringtrain.store", "ringtrain.publish", "ringtrain.layout",
+        "ringtrain.manifest", "ringtrain.errors", "ringtrain.registry", "ringtrain.lock", "ringtrain.stack",
+        "ringtrain.rowcheck"]
 
 
 def _modules_after(code: str) -> set:
