@@ -53,7 +53,8 @@ def is_object_store(path: str) -> bool:
 # --- Filesystems: one per process per (scheme, authority, settings).
 
 def filesystem(path: str):
-    """(pyarrow.fs FileSystem, path on it): for libraries that take a filesystem object (readers)."""
+    """(pyarrow.fs FileSystem, path on it): for libraries that take a filesystem object (readers), and for
+    `ringtrain.publish` and `ringtrain.layout`, which rename and create exclusively on POSIX paths themselves."""
     return _resolve(path)
 
 
