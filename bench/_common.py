@@ -81,7 +81,7 @@ def build_dataset(spark, rows: int, seed: int = 7) -> tuple[object, str, dict]:
     and config are unchanged). Returns (config, dataset_dir, ETL summary)."""
     from ringtrain.etl.pipeline import run_etl
     from ringtrain.etl.sample_data import write_churn_csv
-    from ringtrain.store import RunStore
+    from ringtrain.layout import RunStore
     root = os.path.join(DATA, f"train-{rows}")
     cfg = bench_config(root, rows)
     write_churn_csv(cfg.etl.source.path, rows, seed)

@@ -138,7 +138,7 @@ def measure_size(spark, rows: int, repeats: int, master: str) -> dict:
     from ringtrain.config import load_config
     from ringtrain.etl.pipeline import run_etl
     from ringtrain.etl.sample_data import write_churn_csv
-    from ringtrain.store import RunStore
+    from ringtrain.layout import RunStore
 
     root = os.path.join(DATA, f"etl-{rows}")
     cfg = load_config(os.path.join(ROOT, "conf", "demo.yaml"), [

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from ringtrain.config import TrainConfig
+from ringtrain.layout import RunStore
 from ringtrain.manifest import load_manifest
 from ringtrain.schema import build
-from ringtrain.store import RunStore
 from ringtrain.training.data import Columns, open_reader, plan_reading, prefetch
 from ringtrain.training.engines import make_engine
 from ringtrain.training.environment import RankEnvironment

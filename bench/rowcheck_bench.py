@@ -55,9 +55,9 @@ def publish(rows: int) -> tuple[str, dict]:
     from _common import DATA, bench_config
     from ringtrain.etl.pipeline import run_etl
     from ringtrain.etl.sample_data import write_churn_csv
+    from ringtrain.layout import RunStore
     from ringtrain.manifest import load_manifest
     from ringtrain.rowcheck import FIELD
-    from ringtrain.store import RunStore
     root = os.path.join(DATA, f"train-{rows}")
     cfg = bench_config(root, rows)
     spark = spark_session(2)

@@ -44,7 +44,7 @@ def parse_args(argv=None):
 
 
 def one_launch(sc, cfg, dataset_dir: str, engine: str, pin: bool | None, workers: int, args, tag: str) -> dict:
-    from ringtrain.store import RunStore
+    from ringtrain.layout import RunStore
     from ringtrain.training.launcher import launch
     from ringtrain.training.spec import WorkerSpec
     run_cfg = bench_config(cfg.store.root, cfg.demo.rows, [

@@ -81,9 +81,10 @@ def measure(args, server: S3Server) -> dict:
     from ringtrain.config import load_config
     from ringtrain.etl.pipeline import run_etl
     from ringtrain.etl.sample_data import write_churn_csv
+    from ringtrain.layout import RunStore
     from ringtrain.manifest import load_manifest
     from ringtrain.spark import get_spark
-    from ringtrain.store import RunStore, join, read_bytes, rmtree
+    from ringtrain.store import join, read_bytes, rmtree
     from ringtrain.training.data import Columns, open_reader, plan_reading
 
     local_root = os.path.join(DATA, f"store-{args.rows}")

@@ -44,8 +44,10 @@ from ringtrain.etl.steps import (
 )
 from ringtrain.etl.sources import read_source
 from ringtrain.config import EtlConfig
+from ringtrain.layout import DatasetStore
+from ringtrain.publish import atomic_write_json
 from ringtrain.schema import ConfigError, to_dict
-from ringtrain.store import DatasetStore, atomic_write_json, join, list_files, read_json, share_or_copy
+from ringtrain.store import join, list_files, read_json, share_or_copy
 
 log = logging.getLogger("ringtrain.etl")
 

@@ -17,8 +17,10 @@ from ringtrain.etl.steps import (
     read_tasks_in_whole_rounds, source_fingerprint, staging_area, summary, uncompressed_cache, validated,
     write_splits,
 )
+from ringtrain.layout import DatasetStore
 from ringtrain.manifest import load_manifest
-from ringtrain.store import DatasetStore, atomic_write_json, join
+from ringtrain.publish import atomic_write_json
+from ringtrain.store import join
 
 log = logging.getLogger("ringtrain.etl")
 

@@ -26,9 +26,10 @@ from ringtrain.etl.shards import (
 )
 from ringtrain.etl.sources import CORRUPT
 from ringtrain.etl.validate import REASON, parse_and_validate
+from ringtrain.layout import DatasetStore
 from ringtrain.schema import to_dict
 from ringtrain.spark import session_conf
-from ringtrain.store import DatasetStore, join, rmtree
+from ringtrain.store import join, rmtree
 
 
 @contextlib.contextmanager

@@ -13,7 +13,8 @@ from ringtrain.etl.sample_data import write_churn_csv
 from ringtrain.config import Config, MonitorConfig
 from ringtrain.schema import ConfigError
 from ringtrain.spark import export_store_settings, get_spark
-from ringtrain.store import RunStore, join
+from ringtrain.layout import RunStore
+from ringtrain.store import join
 from ringtrain.training.contract import dry_run
 from ringtrain.training.launcher import run_training
 from ringtrain.training.tasks import task_for_metrics

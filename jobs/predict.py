@@ -37,7 +37,8 @@ from ringtrain.etl.sources import CORRUPT, read_source, source_path
 from ringtrain.etl.validate import REASON, parse_and_validate
 from ringtrain.schema import build
 from ringtrain.training.scoring import TASK_SCORES, ModelFiles
-from ringtrain.store import atomic_write_json, atomic_write_bytes, join, listdir, open_output, read_bytes, remove, rmtree
+from ringtrain.publish import atomic_write_bytes, atomic_write_json
+from ringtrain.store import join, listdir, open_output, read_bytes, remove, rmtree
 
 log = logging.getLogger("ringtrain.jobs.predict")
 SUCCESS, MANIFEST = "_SUCCESS", "_manifest.json"

@@ -60,13 +60,13 @@ def store_roundtrip(root: str, who: str) -> str | None:
 
     Returns None when that worked, else what failed."""
     try:
-        from ringtrain import store
+        from ringtrain import publish, store
     except Exception as exc:
         return f"cannot import ringtrain.store: {exc}"
     data = f"ringtrain doctor probe from {who}".encode()
     path = store.join(root, "_doctor", f"{who}-{uuid.uuid4().hex[:8]}")
     try:
-        store.atomic_write_bytes(path, data)
+        publish.atomic_write_bytes(path, data)
         if store.read_bytes(path) != data:
             return f"{path}: read back different bytes"
         store.remove(path)

@@ -36,7 +36,9 @@ from ringtrain.config import Config, PromoteConfig
 from ringtrain.errors import ConfigError
 from ringtrain.lock import FileLock
 from ringtrain.registry import CHAMPION, VERSION_MARKER, Registry
-from ringtrain.store import RunStore, atomic_write_bytes, atomic_write_json, exists, join, listdir, read_json
+from ringtrain.layout import RunStore
+from ringtrain.publish import atomic_write_bytes, atomic_write_json
+from ringtrain.store import exists, join, listdir, read_json
 
 # The states of a date's record, in order: each names the next step to run.
 STATES = ("etl", "train", "evaluate", "decide", "done")

@@ -1,6 +1,6 @@
 """A lock file on the store with an owner and an expiry, so that one retrain of a model runs at a time. Core.
 
-The lock is one JSON file created exclusively (`store.create_exclusive`): host, pid, the process's start
+The lock is one JSON file created exclusively (`publish.create_exclusive`): host, pid, the process's start
 time, when it was taken, when it expires, and a random token. Its owner renews the expiry every
 ttl/4 from a daemon thread. Another process that finds the file:
   - exits with ModelLocked (exit 75) while the owner is alive and the lock not expired;
@@ -26,7 +26,8 @@ import uuid
 import psutil
 
 from ringtrain.errors import ModelLocked
-from ringtrain.store import atomic_write_json, create_exclusive, exists, read_json, remove
+from ringtrain.publish import atomic_write_json, create_exclusive
+from ringtrain.store import exists, read_json, remove
 
 log = logging.getLogger("ringtrain.lock")
 

@@ -28,9 +28,8 @@ import time
 from dataclasses import dataclass
 
 from ringtrain.errors import ModelNotFound
-from ringtrain.store import (
-    atomic_write_bytes, atomic_write_json, create_exclusive, exists, join, listdir, read_bytes, read_json, rmtree,
-)
+from ringtrain.publish import atomic_write_bytes, atomic_write_json, create_exclusive
+from ringtrain.store import exists, join, listdir, read_bytes, read_json, rmtree
 
 CHAMPION = "champion"
 VERSION_MARKER = "version.json"

@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     from ringtrain.config import load_config
     from ringtrain.etl.pipeline import run_etl
     from ringtrain.etl.sample_data import write_churn_csv
+    from ringtrain.layout import RunStore
     from ringtrain.spark import get_spark
-    from ringtrain.store import RunStore
     spark = None
     try:
         for name, overrides in DATASETS.items():

@@ -67,7 +67,7 @@ def small_dataset(spark, tmp_path_factory):
     """A published 20k-row churn dataset: (config, dataset_dir)."""
     from ringtrain.etl.pipeline import run_etl
     from ringtrain.etl.sample_data import write_churn_csv
-    from ringtrain.store import RunStore
+    from ringtrain.layout import RunStore
     root = str(tmp_path_factory.mktemp("store"))
     cfg = demo_config(root)
     write_churn_csv(cfg.etl.source.path, cfg.demo.rows, cfg.demo.seed)
@@ -79,7 +79,7 @@ def small_dataset(spark, tmp_path_factory):
 def s3_dataset(spark, s3_server, small_dataset):
     """The small_dataset config (same local source), published to the S3 server: (config, dataset_dir)."""
     from ringtrain.etl.pipeline import run_etl
-    from ringtrain.store import RunStore
+    from ringtrain.layout import RunStore
     spark.sparkContext.environment.update(s3_server.env)
     local_cfg, _ = small_dataset
     root = s3_server.fresh_uri("demo")

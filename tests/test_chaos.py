@@ -35,10 +35,10 @@ from conftest import ROOT, listening_ports, own_tree, ports_left, worker_process
 from ringtrain import store
 from ringtrain.config import load_config
 from ringtrain.etl.sample_data import write_daily_churn
+from ringtrain.layout import DatasetStore, RunStore
 from ringtrain.manifest import load_manifest, shard_paths
 from ringtrain.registry import VERSION_MARKER, Registry
 from ringtrain.jobs.retrain import Records, retrain
-from ringtrain.store import DatasetStore, RunStore
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 BIN = os.path.dirname(sys.executable)

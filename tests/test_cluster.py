@@ -24,10 +24,10 @@ from conftest import ROOT, listening_ports, own_tree
 from ringtrain.config import load_config
 from ringtrain.etl.pipeline import run_etl
 from ringtrain.etl.sample_data import write_churn_csv
+from ringtrain.layout import RunStore
 from ringtrain.manifest import load_manifest
 from ringtrain import store
 from ringtrain.stack import current as current_stack, installed, resolve
-from ringtrain.store import RunStore
 from ringtrain.training.environment import free_port
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]

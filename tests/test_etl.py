@@ -7,11 +7,11 @@ import pytest
 
 from conftest import assert_balanced, demo_config, read_json
 from ringtrain.errors import BadDataError
+from ringtrain.layout import RunStore
 from ringtrain.manifest import DatasetError, load_manifest, shard_paths
 from ringtrain.etl.pipeline import run_etl
 from ringtrain.etl.sample_data import generate_churn
 from ringtrain.etl.sources import SchemaDriftError
-from ringtrain.store import RunStore
 
 pytestmark = pytest.mark.spark
 

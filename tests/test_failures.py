@@ -321,7 +321,7 @@ def test_cli_a_data_page_damaged_after_publication_fails_with_exit_2_naming_shar
 def test_a_rank_user_error_is_not_retried(spark, small_dataset, tmp_path):
     """The model imports on the driver (tests/ is on its path) but not on the executors: a user error on every
     rank, reported once, in one attempt (the dry run is the CLI's; this goes to the launcher directly)."""
-    from ringtrain.store import RunStore
+    from ringtrain.layout import RunStore
     from ringtrain.training.launcher import launch
     from ringtrain.training.spec import WorkerSpec
     cfg, dataset_dir = small_dataset
@@ -378,7 +378,7 @@ def test_ctrl_c_stops_the_run_in_one_attempt_with_exit_130_and_the_run_resumes(s
 @pytest.mark.spark
 @pytest.mark.slow
 def test_a_job_killed_in_the_spark_ui_stops_the_run_without_a_retry(spark, small_dataset, tmp_path):
-    from ringtrain.store import RunStore
+    from ringtrain.layout import RunStore
     from ringtrain.training.launcher import launch
     from ringtrain.training.spec import WorkerSpec
     cfg, dataset_dir = small_dataset
@@ -404,7 +404,7 @@ def test_a_job_killed_in_the_spark_ui_stops_the_run_without_a_retry(spark, small
 @pytest.mark.slow
 def test_a_user_model_with_one_logit_column_trains(small_dataset, tmp_path):
     """[B, 1] is one logit per row: the worker (alone, world size 1) trains it through the real loop."""
-    from ringtrain.store import RunStore
+    from ringtrain.layout import RunStore
     from ringtrain.training.spec import WorkerSpec
     cfg, dataset_dir = small_dataset
     cfg = demo_config(cfg.store.root, ["train.model.name=user_models:one_logit_column", "train.epochs=1"])

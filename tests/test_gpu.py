@@ -28,7 +28,7 @@ RESULT = "RINGTRAIN_RESULT "
 
 @pytest.fixture(scope="module")
 def demo_dataset() -> str:
-    from ringtrain.store import RunStore
+    from ringtrain.layout import RunStore
     latest = RunStore.create(os.path.join(DATA, "demo")).dataset("churn").latest()
     if latest is None:  # on a GPU machine a missing dataset is a failure, not a skip
         pytest.fail(f"no published dataset under {DATA}/demo: run `make gpu-data` where Spark runs, and carry "
@@ -38,7 +38,7 @@ def demo_dataset() -> str:
 
 def spec_file(folder, dataset_dir: str, overrides: list[str], run_id: str = "run", fault: str | None = None) -> str:
     from ringtrain.config import load_config
-    from ringtrain.store import RunStore
+    from ringtrain.layout import RunStore
     from ringtrain.training.spec import WorkerSpec
     cfg = load_config(os.path.join(ROOT, "conf", "demo.yaml"), [f"store.root={folder}", "train.num_workers=1",
                                                                 *overrides])

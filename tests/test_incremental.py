@@ -15,12 +15,13 @@ import pytest
 
 from conftest import ROOT, assert_balanced, demo_config
 from ringtrain.etl.incremental import partition_tag
+from ringtrain.layout import RunStore
 from ringtrain.manifest import load_manifest, shard_paths
 from ringtrain.etl.pipeline import run_etl
 from ringtrain.etl.sample_data import generate_churn
 from ringtrain.config import load_config
 from ringtrain.schema import ConfigError
-from ringtrain.store import RunStore, join
+from ringtrain.store import join
 from ringtrain.training.data import verify_shards
 
 pytestmark = pytest.mark.spark

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from ringtrain import store
+from ringtrain import publish, store
+from ringtrain.layout import ConcurrentPublish, DatasetStore
 from ringtrain.manifest import load_manifest, shard_paths
-from ringtrain.store import ConcurrentPublish, DatasetStore
 
 SPLITS = ("train", "val", "test")
 
@@ -18,10 +18,10 @@ def test_store_functions_on_s3(s3_server):
     root = s3_server.fresh_uri("functions")
     path = store.join(root, "a", "x.json")
     assert not store.exists(root) and store.listdir(root) == []
-    store.atomic_write_json(path, {"a": 1})
+    publish.atomic_write_json(path, {"a": 1})
     assert store.read_json(path) == {"a": 1} and store.isdir(store.join(root, "a"))
-    assert store.create_exclusive(store.join(root, "a", "once"), b"1")
-    assert not store.create_exclusive(store.join(root, "a", "once"), b"2")
+    assert publish.create_exclusive(store.join(root, "a", "once"), b"1")
+    assert not publish.create_exclusive(store.join(root, "a", "once"), b"2")
     with store.open_output(store.join(root, "b", "c.bin")) as out:
         out.write(b"hello")
     store.share_or_copy(store.join(root, "b", "c.bin"), store.join(root, "d", "c.bin"))
@@ -50,7 +50,7 @@ def test_the_server_helper_leaves_no_process_or_port(tmp_path):
 
 def _race(args):
     path, value = args
-    return store.create_exclusive(path, value.encode())
+    return publish.create_exclusive(path, value.encode())
 
 
 def test_exclusive_create_on_s3_has_exactly_one_winner_among_concurrent_processes(s3_server):
@@ -85,7 +85,7 @@ def test_publish_without_rename_references_shards_and_trusts_only_manifests(s3_s
     # A killed ETL: shards without a manifest. Invisible, and removed once stale, unlike referenced shards.
     killed = ds.staging_dir()
     _fake_shards(ds, killed, 5)
-    store.atomic_write_bytes(store.join(ds.root, "v000002", "features.json"), b"{}")  # a version without manifest
+    publish.atomic_write_bytes(store.join(ds.root, "v000002", "features.json"), b"{}")  # a version without manifest
     assert ds.versions() == ["v000001"] and ds.latest() == v1
     ds.clean_stale_staging(older_than_s=-1)
     assert store.listdir(store.join(ds.root, "_data")) == [os.path.basename(first)]
@@ -95,7 +95,7 @@ def test_publish_without_rename_references_shards_and_trusts_only_manifests(s3_s
     with pytest.raises(ConcurrentPublish, match="v000001 was published while this ETL built on nothing"):
         ds.publish(second, json.dumps(_fake_shards(ds, second, 2)).encode(), based_on=None, check_base=True)
     # LATEST is a checked hint: a version published after it (a publisher killed before moving it) wins.
-    store.atomic_write_bytes(store.join(ds.root, "v000002", "manifest.json"), b'{"splits": {}}')
+    publish.atomic_write_bytes(store.join(ds.root, "v000002", "manifest.json"), b'{"splits": {}}')
     assert ds.latest() == store.join(ds.root, "v000002")
 
 
@@ -131,7 +131,7 @@ def _overwrite(uri: str, payloads: list, stop, env: dict) -> None:
     os.environ.update(env)
     i = 0
     while not stop.is_set():
-        store.atomic_write_json(uri, payloads[i % 2])
+        publish.atomic_write_json(uri, payloads[i % 2])
         i += 1
 
 
@@ -140,7 +140,7 @@ def test_a_json_file_read_while_another_process_replaces_it_is_one_version_or_th
     get the bytes of a newer, longer or shorter, version: a state record read while its retrain writes it."""
     uri = store.join(s3_server.fresh_uri("torn"), "state.json")
     payloads = [{"state": "etl", "n": 1}, {"state": "train", "n": 2, "pad": "x" * 301}]
-    store.atomic_write_json(uri, payloads[0])
+    publish.atomic_write_json(uri, payloads[0])
     stop = multiprocessing.Event()
     writer = multiprocessing.Process(target=_overwrite, args=(uri, payloads, stop, s3_server.env))
     writer.start()

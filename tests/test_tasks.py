@@ -243,8 +243,8 @@ def etl_config(root, *, columns_changes=None, extra_columns=(), derived=(), labe
 
 def run_etl_at(spark, root, cfg):
     from ringtrain.etl.pipeline import run_etl
+    from ringtrain.layout import RunStore
     from ringtrain.manifest import load_manifest
-    from ringtrain.store import RunStore
     summary = run_etl(spark, cfg.etl, RunStore.create(root).dataset(cfg.etl.dataset))
     return summary, load_manifest(summary["dataset_dir"])
 
@@ -310,7 +310,7 @@ def test_incremental_mode_freezes_derived_columns(tmp_path):
 @pytest.mark.slow
 def test_early_stopped_run_keeps_the_best_epoch(spark, small_dataset, tmp_path):
     from ringtrain.jobs.commands import format_summary
-    from ringtrain.store import RunStore
+    from ringtrain.layout import RunStore
     from ringtrain.training.checkpoint import list_checkpoints
     from ringtrain.training.launcher import launch
     from ringtrain.training.spec import WorkerSpec

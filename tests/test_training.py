@@ -13,7 +13,7 @@ import torch
 from conftest import ROOT, demo_config, listening_ports, no_worker_left, ports_left, read_json, worker_processes
 from ringtrain import store as rstore
 from ringtrain.errors import NotEnoughSlots, TrainingFailed
-from ringtrain.store import RunStore
+from ringtrain.layout import RunStore
 from ringtrain.training.launcher import launch
 from ringtrain.training.spec import WorkerSpec
 

@@ -1,6 +1,6 @@
 """What a run leaves for others: metrics (JSON + PNG) and the model artifact, both published atomically.
 
-The model folder is complete once artifact.json exists (`ringtrain.store.publish_folder`: on POSIX the
+The model folder is complete once artifact.json exists (`ringtrain.publish.publish_folder`: on POSIX the
 whole folder is renamed into place; elsewhere the files are uploaded with artifact.json last). It holds:
     state_dict.pt     the weights
     model.pt2         torch.export program (falls back to TorchScript model.ts when export fails)
@@ -19,7 +19,8 @@ import tempfile
 
 import torch
 
-from ringtrain.store import atomic_write_bytes, atomic_write_json, join, publish_folder
+from ringtrain.publish import atomic_write_bytes, atomic_write_json, publish_folder
+from ringtrain.store import join
 from ringtrain.training.models import model_inputs
 
 log = logging.getLogger("ringtrain.artifact")

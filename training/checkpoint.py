@@ -14,7 +14,8 @@ import re
 import numpy as np
 import torch
 
-from ringtrain.store import atomic_write_bytes, exists, join, listdir, read_bytes, remove
+from ringtrain.publish import atomic_write_bytes
+from ringtrain.store import exists, join, listdir, read_bytes, remove
 
 _NAME = re.compile(r"^ckpt-(\d{9})\.pt$")
 

@@ -21,7 +21,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from ringtrain import store
+from ringtrain import publish, store
 from ringtrain.errors import UserError
 
 # kind: "user" (retrying cannot help), "error", "exit" (died without an error line), "hang",
@@ -78,7 +78,7 @@ def write_record(log_dir: str, failure: Failure) -> None:
     """Keep the first record of a rank: the worker's own, when the task also notices the exit."""
     data = json.dumps(failure.__dict__, sort_keys=True).encode()
     store.makedirs(log_dir)
-    store.create_exclusive(record_path(log_dir, failure.attempt, failure.rank), data)
+    publish.create_exclusive(record_path(log_dir, failure.attempt, failure.rank), data)
 
 
 def read_records(log_dir: str, attempt: int) -> list[Failure]:

@@ -37,7 +37,7 @@ from pyspark import BarrierTaskContext, SparkContext
 from ringtrain import store
 from ringtrain.errors import ConfigError, NotEnoughSlots, RankRefused, TrainingFailed, TrainingInterrupted
 from ringtrain.schema import to_dict
-from ringtrain.store import RunStore
+from ringtrain.layout import RunStore
 from ringtrain.training import failure
 from ringtrain.training.environment import RankEnvironment, free_port
 from ringtrain.training.spec import ERROR_PREFIX, RESULT_PREFIX, WorkerSpec
