@@ -215,8 +215,8 @@ def load_manifest(dataset_dir: str) -> Manifest:
     try:
         return build(IncrementalManifest if data.get("mode") == "incremental" else Manifest, data)
     except ConfigError as exc:
-        raise DatasetError(f"{path}: not a manifest this ringtrain reads: {exc}. The published version is damaged "
-                           f"or was written by another tool; {REPUBLISH}") from exc
+        raise DatasetError(f"{path}: not a manifest this ringtrain reads: {exc}. The version is damaged, or was "
+                           f"published by another tool or an older ringtrain; {REPUBLISH}") from exc
 
 
 def shard_paths(dataset_dir: str, manifest: Manifest, split: str, *, root: str | None = None) -> list[str]:
