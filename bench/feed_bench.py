@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     # Training input: one epoch of batches, converted to tensors once and kept in memory.
     batches = list(prefetch(open_reader("arrow", plan, cols, bs, seed, 0).epoch(0), cpu))
     torch.manual_seed(seed)
-    cards = list(manifest["features"]["categorical_cardinalities"].values())
+    cards = list(manifest.features.categorical_cardinalities.values())
     model = build_model(to_dict(cfg.train.model), len(cols.numeric), cards)
     t = cfg.train
     optimizer = make_optimizer(t, model.parameters(), cpu)

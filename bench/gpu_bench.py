@@ -108,7 +108,7 @@ class Data:
         self.dir = dataset_dir
         self.manifest = load_manifest(dataset_dir)
         self.cols = Columns.from_manifest(self.manifest)
-        self.cards = list(self.manifest["features"]["categorical_cardinalities"].values())
+        self.cards = list(self.manifest.features.categorical_cardinalities.values())
 
     def reader(self, batch: int, split: str = "train"):
         plan = plan_reading(self.dir, self.manifest, split, 0, 1, batch)
@@ -190,7 +190,7 @@ def bench_steps(data: Data, device, engine, size: dict, folder: str, compile_pla
     batch = size["batch"]
     timer = Timer(device, size["warmup"], size["steps"], 3)
     batches = data.resident(batch, device, 8)
-    task = make_task(data.manifest["features"], train_config(batch))
+    task = make_task(data.manifest.features, train_config(batch))
     rows = {}
     model = data.model(size["width"], size["num_blocks"], device)
     params = sum(p.numel() for p in model.parameters())
@@ -248,7 +248,7 @@ def bench_feed(data: Data, device, engine, size: dict, folder: str, variants: bo
 
 def bench_feed_once(data: Data, device, engine, size: dict, folder: str, copy_in_consumer: bool) -> dict:
     batch, steps, warmup = size["batch"], size["steps"] * 2, size["warmup"]
-    task = make_task(data.manifest["features"], train_config(batch))
+    task = make_task(data.manifest.features, train_config(batch))
     cfg = train_config(batch)
     resident = data.resident(batch, device, 8)
     model = data.model(size["width"], size["num_blocks"], device)
@@ -301,7 +301,7 @@ def bench_loader(data: Data, device, batch: int) -> dict:
 def bench_pipeline(data: Data, device, engine, timer: Timer, folder: str) -> dict:
     batch = 512 if timer.steps > 3 else 64
     batches = data.resident(batch, device, 16)
-    task = make_task(data.manifest["features"], train_config(batch))
+    task = make_task(data.manifest.features, train_config(batch))
     out = {}
     for name, stages, setting in (("unsplit", 1, 1), ("2 stages, 4 micro-batches", 2, 4),
                                   ("2 stages, micro_batches: auto (the default)", 2, "auto")):

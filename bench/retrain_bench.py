@@ -62,12 +62,12 @@ def plain_rows_per_s(model, dataset_dir, repeats):
     from ringtrain.training.models import build_model
     manifest = load_manifest(dataset_dir)
     cols = Columns.from_manifest(manifest)
-    last = manifest["partitions"][-1]["splits"]
-    tables = [pq.read_table(os.path.join(dataset_dir, s, x["file"])) for s in last for x in last[s]["shards"]]
+    last = manifest.partitions[-1].splits
+    tables = [pq.read_table(os.path.join(dataset_dir, s, x.file)) for s in last for x in last[s].shards]
     num = torch.from_numpy(np.concatenate([np.stack([t.column(c).to_numpy() for c in cols.numeric], 1) for t in tables]).astype(np.float32))
     cat = torch.from_numpy(np.concatenate([np.stack([t.column(c).to_numpy() for c in cols.categorical], 1) for t in tables]).astype(np.int64))
     eager = build_model(model.artifact["train_config"]["model"], len(cols.numeric),
-                        list(manifest["features"]["categorical_cardinalities"].values()))
+                        list(manifest.features.categorical_cardinalities.values()))
     eager.load_state_dict(torch.load(os.path.join(model.folder, "state_dict.pt")))
     eager.eval()
     runs = []

@@ -57,7 +57,6 @@ def publish(rows: int) -> tuple[str, dict]:
     from ringtrain.etl.sample_data import write_churn_csv
     from ringtrain.layout import RunStore
     from ringtrain.manifest import load_manifest
-    from ringtrain.rowcheck import FIELD
     root = os.path.join(DATA, f"train-{rows}")
     cfg = bench_config(root, rows)
     spark = spark_session(2)
@@ -65,7 +64,7 @@ def publish(rows: int) -> tuple[str, dict]:
         write_churn_csv(cfg.etl.source.path, rows, 7)
         summary = run_etl(spark, cfg.etl, RunStore.create(root).dataset(cfg.etl.dataset))
         manifest = load_manifest(summary["dataset_dir"])
-        if FIELD not in manifest["splits"]["train"]["shards"][0]:  # published by older code: publish again
+        if manifest.splits["train"].shards[0].chunk_crc32 is None:  # published by older code: publish again
             summary = run_etl(spark, cfg.etl, RunStore.create(root).dataset(cfg.etl.dataset), force=True)
             manifest = load_manifest(summary["dataset_dir"])
     finally:
@@ -88,19 +87,19 @@ def main(argv=None) -> None:
         os.environ.update(server.env)
         dirs["s3"] = server.fresh_uri("rowcheck")
         fs = server.filesystem()
-        for shard in manifest["splits"]["train"]["shards"]:
-            with open(os.path.join(dataset_dir, "train", shard["file"]), "rb") as f, \
-                    fs.open_output_stream(f"{dirs['s3'][len('s3://'):]}/train/{shard['file']}") as out:
+        for shard in manifest.splits["train"].shards:
+            with open(os.path.join(dataset_dir, "train", shard.file), "rb") as f, \
+                    fs.open_output_stream(f"{dirs['s3'][len('s3://'):]}/train/{shard.file}") as out:
                 out.write(f.read())
     try:
         result = measure(args, manifest, {s: dirs[s] for s in stores})
     finally:
         if server is not None:
             server.stop()
-    train = manifest["splits"]["train"]
-    result.update(rows=args.rows, train_rows=train["rows"], shards=len(train["shards"]),
-                  row_groups=sum(s["row_groups"] for s in train["shards"]),
-                  train_mb=round(sum(s["bytes"] for s in train["shards"]) / 1e6, 1), machine=info)
+    train = manifest.splits["train"]
+    result.update(rows=args.rows, train_rows=train.rows, shards=len(train.shards),
+                  row_groups=sum(s.row_groups for s in train.shards),
+                  train_mb=round(sum(s.bytes for s in train.shards) / 1e6, 1), machine=info)
     write_result(args.out, result, render_rowcheck)
 
 

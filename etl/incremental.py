@@ -37,7 +37,9 @@ from pyspark.sql import SparkSession
 
 from ringtrain.etl.features import SPLITS, FeatureStats
 from ringtrain.etl.manifest import version_manifest
-from ringtrain.manifest import load_manifest
+from ringtrain.manifest import (
+    Identity, IncrementalManifest, Manifest, Partition, Quarantine, Split, load_manifest,
+)
 from ringtrain.etl.steps import (
     balance, config_hash, count_rows, input_files, publish_version, read_tasks_in_whole_rounds,
     source_fingerprint, staging_area, summary, validated, write_splits,
@@ -104,10 +106,10 @@ def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore,
     raw = read_source(spark, cfg.source, cfg.source_columns(), partition)
     checked = validated(raw, cfg)  # lazy; a derived expression that does not fit the source fails here
     files = input_files(spark, raw)
-    identity = {"source": source_fingerprint(raw, files), "config": config_hash(cfg), "partition": partition}
-    entries = list(previous["partitions"]) if previous else []
-    old = next((p for p in entries if p["name"] == partition), None)
-    if old is not None and old["identity"] == identity and not force:
+    identity = Identity(source=source_fingerprint(raw, files), config=config_hash(cfg), partition=partition)
+    entries = list(previous.partitions) if previous else []
+    old = next((p for p in entries if p.name == partition), None)
+    if old is not None and old.identity == identity and not force:
         log.info("partition %s unchanged in %s: reusing it", partition, latest)
         return {**summary(latest, previous, started), **_partition_summary(previous, partition), "reused": True}
     if old is not None:
@@ -122,12 +124,12 @@ def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore,
         with staging_area(datasets) as staging:
             stats, features_path = None, datasets.version_relative(staging, FEATURES)
             if previous is not None:
-                features_path = previous["features"]["path"]
+                features_path = previous.features.path
                 stats = _frozen_stats(join(latest, features_path), cfg)
                 if datasets.renames:  # elsewhere the manifest references the shards and features where they are
                     share_or_copy(join(latest, features_path), join(staging, FEATURES))
                     for entry in entries:
-                        if entry["name"] != partition:
+                        if entry.name != partition:
                             _carry_over(latest, staging, entry)
             tag = partition_tag(partition)
             quarantine = f"quarantine/{tag}"
@@ -137,14 +139,14 @@ def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore,
             reasons = counts.reasons  # with any unseen classes write_splits quarantined
             if previous is None:  # the base: its features are frozen from now on
                 atomic_write_json(join(staging, FEATURES), stats_used.to_json())
-            entry = {
-                "name": partition, "tag": tag, "identity": identity, "seed": seed,
-                "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "rows_read": counts.rows_read, "rows_good": counts.rows_good,
-                "quarantine": {"path": datasets.version_relative(staging, quarantine) if reasons else None,
-                               "counts": dict(sorted(reasons.items()))},
-                "splits": splits, "balance_max_min": balance(splits["train"]["shards"]),
-            }
+            entry = Partition(
+                name=partition, tag=tag, identity=identity, seed=seed,
+                created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                rows_read=counts.rows_read, rows_good=counts.rows_good,
+                quarantine=Quarantine(path=datasets.version_relative(staging, quarantine) if reasons else None,
+                                      counts=dict(sorted(reasons.items()))),
+                splits=splits, balance_max_min=balance(splits["train"].shards),
+            )
             if old is not None:
                 entries[entries.index(old)] = entry  # replaced in place: partition order stays
             else:
@@ -157,19 +159,19 @@ def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore,
     return {**summary(final, manifest, started), **_partition_summary(manifest, partition), "reused": False}
 
 
-def _check_compatible(cfg: EtlConfig, previous: dict, frozen: dict, latest: str) -> None:
+def _check_compatible(cfg: EtlConfig, previous: Manifest, frozen: dict, latest: str) -> None:
     version = os.path.basename(latest)
-    if previous.get("mode") != "incremental":
+    if not isinstance(previous, IncrementalManifest):
         raise ConfigError(
             f"etl.mode is incremental, but {version}, the latest version of dataset {cfg.dataset!r}, was built in "
             f"full mode, and incremental versions must grow from an empty dataset: set etl.dataset to a new "
             f"name, or keep etl.mode=full")
-    for key in sorted(set(frozen) | set(previous["frozen"])):
+    for key in sorted(set(frozen) | set(previous.frozen)):
         value = frozen.get(key)
-        if previous["frozen"].get(key) != value:
+        if previous.frozen.get(key) != value:
             raise ConfigError(
                 f"{key} differs from the setting that dataset {cfg.dataset!r} was built with (frozen since its "
-                f"base version, latest {version}: {previous['frozen'].get(key)!r}); published partitions cannot be "
+                f"base version, latest {version}: {previous.frozen.get(key)!r}); published partitions cannot be "
                 f"re-encoded incrementally. Rebuild in full: --set etl.mode=full (e.g. with --partition '*' to "
                 f"read every partition), or start a new dataset (etl.dataset=<new name>) in incremental mode")
 
@@ -184,45 +186,44 @@ def _frozen_stats(path: str, cfg: EtlConfig) -> FeatureStats:
     return stats
 
 
-def _carry_over(latest: str, staging: str, entry: dict) -> None:
+def _carry_over(latest: str, staging: str, entry: Partition) -> None:
     """POSIX: bring one partition of the previous version into staging, unchanged (hard links)."""
-    for split, info in entry["splits"].items():
-        for shard in info["shards"]:
-            share_or_copy(join(latest, split, shard["file"]), join(staging, split, shard["file"]))
-    q = entry["quarantine"]["path"]
+    for split, info in entry.splits.items():
+        for shard in info.shards:
+            share_or_copy(join(latest, split, shard.file), join(staging, split, shard.file))
+    q = entry.quarantine.path
     if q:
         for rel in list_files(join(latest, q)):
             share_or_copy(join(latest, q, rel), join(staging, q, rel))
 
 
-def _manifest(cfg: EtlConfig, previous: dict | None, latest: str | None, entries: list[dict],
-              stats: FeatureStats, frozen: dict, identity: dict, features_path: str) -> dict:
-    splits = {s: {"rows": sum(e["splits"][s]["rows"] for e in entries),
-                  "shards": [shard for e in entries for shard in e["splits"][s]["shards"]]} for s in SPLITS}
+def _manifest(cfg: EtlConfig, previous: IncrementalManifest | None, latest: str | None, entries: list[Partition],
+              stats: FeatureStats, frozen: dict, identity: Identity, features_path: str) -> IncrementalManifest:
+    splits = {s: Split(rows=sum(e.splits[s].rows for e in entries),
+                       shards=[shard for e in entries for shard in e.splits[s].shards]) for s in SPLITS}
     counts: dict[str, int] = {}
-    quarantines = [e["quarantine"]["path"] for e in entries if e["quarantine"]["path"]]
+    quarantines = [e.quarantine.path for e in entries if e.quarantine.path]
     for e in entries:
-        for reason, n in e["quarantine"]["counts"].items():
+        for reason, n in e.quarantine.counts.items():
             counts[reason] = counts.get(reason, 0) + n
     return version_manifest(
-        cfg, mode="incremental", identity=identity,  # identity: of the partition this version added or rebuilt
+        cfg, identity=identity,  # identity: of the partition this version added or rebuilt
         stats=stats, features_path=features_path,
-        rows_read=sum(e["rows_read"] for e in entries), rows_good=sum(e["rows_good"] for e in entries),
+        rows_read=sum(e.rows_read for e in entries), rows_good=sum(e.rows_good for e in entries),
         # Each partition's quarantine is at its own path (partitions[].quarantine.path); one folder holds
         # them all only where they were carried into the version (POSIX).
-        quarantine={"path": "quarantine" if quarantines and all(q.startswith("quarantine/") for q in quarantines)
-                    else None, "counts": dict(sorted(counts.items()))},
+        quarantine=Quarantine(path="quarantine" if quarantines and all(q.startswith("quarantine/") for q in quarantines)
+                              else None, counts=dict(sorted(counts.items()))),
         splits=splits,
         # Shards are balanced within each partition (and every partition has a multiple of max_world_size
         # shards, so whole-shard reading gives every rank the same rows): the worst partition's ratio.
-        balance_max_min=max(e["balance_max_min"] for e in entries),
-        source_extra={"partition_column": cfg.source.partition_column},
-        features_fitted_on=previous["features_fitted_on"] if previous else identity["partition"],
+        balance_max_min=max(e.balance_max_min for e in entries),
+        features_fitted_on=previous.features_fitted_on if previous else identity.partition,
         previous_version=os.path.basename(latest) if latest else None,
         frozen=frozen, partitions=entries)
 
 
-def _partition_summary(manifest: dict, partition: str) -> dict:
-    entry = next(p for p in manifest["partitions"] if p["name"] == partition)
-    return {"partition": partition, "partitions": [p["name"] for p in manifest["partitions"]],
-            "partition_rows": {s: entry["splits"][s]["rows"] for s in SPLITS}}
+def _partition_summary(manifest: IncrementalManifest, partition: str) -> dict:
+    entry = next(p for p in manifest.partitions if p.name == partition)
+    return {"partition": partition, "partitions": [p.name for p in manifest.partitions],
+            "partition_rows": {s: entry.splits[s].rows for s in SPLITS}}

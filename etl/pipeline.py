@@ -18,7 +18,7 @@ from ringtrain.etl.steps import (
     write_splits,
 )
 from ringtrain.layout import DatasetStore
-from ringtrain.manifest import load_manifest
+from ringtrain.manifest import Identity, Manifest, Quarantine, load_manifest
 from ringtrain.publish import atomic_write_json
 from ringtrain.store import join
 
@@ -47,11 +47,11 @@ def _run_full(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, parti
     raw = read_source(spark, cfg.source, cfg.source_columns(), partition)
     checked = validated(raw, cfg)  # lazy; a derived expression that does not fit the source fails here
     files = input_files(spark, raw)
-    identity = {"source": source_fingerprint(raw, files), "config": config_hash(cfg), "partition": partition}
+    identity = Identity(source=source_fingerprint(raw, files), config=config_hash(cfg), partition=partition)
     latest = datasets.latest()
     if latest and not force:
         manifest = load_manifest(latest)
-        if manifest.get("identity") == identity:
+        if manifest.identity == identity:
             log.info("source and config unchanged since %s: reusing it", latest)
             return {**summary(latest, manifest, started), "reused": True}
     checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
@@ -67,15 +67,15 @@ def _run_full(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, parti
 
 
 def _write_version(cfg: EtlConfig, checked: DataFrame, datasets: DatasetStore, staging: str, counts: RowCounts,
-                   identity: dict) -> dict:
+                   identity: Identity) -> Manifest:
     stats, splits = write_splits(cfg, checked, staging, counts, seed=cfg.seed,
                                  shard_dir=datasets.shard_dir(staging))
     reasons = counts.reasons  # with any unseen classes write_splits quarantined
     atomic_write_json(join(staging, "features.json"), stats.to_json())
     return version_manifest(
-        cfg, mode="full", identity=identity, stats=stats,
+        cfg, identity=identity, stats=stats,
         features_path=datasets.version_relative(staging, "features.json"),
         rows_read=counts.rows_read, rows_good=counts.rows_good,
-        quarantine={"path": datasets.version_relative(staging, "quarantine") if reasons else None,
-                    "counts": dict(sorted(reasons.items()))},
-        splits=splits, balance_max_min=balance(splits["train"]["shards"]))
+        quarantine=Quarantine(path=datasets.version_relative(staging, "quarantine") if reasons else None,
+                              counts=dict(sorted(reasons.items()))),
+        splits=splits, balance_max_min=balance(splits["train"].shards))

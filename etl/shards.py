@@ -28,6 +28,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from ringtrain.errors import DatasetError
+from ringtrain.manifest import Shard
 from ringtrain.rowcheck import FIELD as CHUNK_CRC32, RunningCrc, chunk_ranges, crc32
 from ringtrain.store import join, makedirs, open_input, open_output, remove
 
@@ -151,7 +152,7 @@ def _literal_array(values: list[int]) -> Column:
 
 
 def write_shards(numbered: DataFrame, plan: ShardPlan, folders: dict[str, str], *, split_column: str, key: str,
-                 prefix: str = "part") -> dict[str, list[dict]]:
+                 prefix: str = "part") -> dict[str, list[Shard]]:
     """Write each shard of `numbered` (see number_rows) as <folders[split]>/<prefix>-NNNNN.parquet, every
     split in one Spark job; check what the tasks report against the plan (`check_written`) and return per
     split its shards' manifest entries: rows, bytes, row groups, sha256, column chunks' CRC32s, file."""
@@ -190,7 +191,7 @@ def write_shards(numbered: DataFrame, plan: ShardPlan, folders: dict[str, str], 
     return check_written(plan, written)
 
 
-def check_written(plan: ShardPlan, written: list[dict]) -> dict[str, list[dict]]:
+def check_written(plan: ShardPlan, written: list[dict]) -> dict[str, list[Shard]]:
     """The driver's verification, from what the writing tasks reported (nothing is read back here): every
     planned shard written once, with the planned rows and row groups, its Parquet footer (read back by the
     task that wrote it) agreeing, the stored size equal to the bytes hashed on their way out, and one
@@ -231,9 +232,8 @@ def check_written(plan: ShardPlan, written: list[dict]) -> dict[str, list[dict]]
             checked_groups = len({c[0] for c in r[CHUNK_CRC32]})
             if checked_groups != groups:
                 raise fail(r, f"column-chunk checksums for {checked_groups} row groups, {groups} planned")
-            entries.append({"shard": i, "rows": rows, "bytes": r["bytes"], "row_groups": groups,
-                            "sha256": r["sha256"], CHUNK_CRC32: [list(c) for c in r[CHUNK_CRC32]],
-                            "file": r["file"]})
+            entries.append(Shard(shard=i, rows=rows, bytes=r["bytes"], row_groups=groups, sha256=r["sha256"],
+                                 chunk_crc32=[list(c) for c in r[CHUNK_CRC32]], file=r["file"]))
         result[split] = entries
     return result
 

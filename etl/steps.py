@@ -10,7 +10,7 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -27,6 +27,7 @@ from ringtrain.etl.shards import (
 from ringtrain.etl.sources import CORRUPT
 from ringtrain.etl.validate import REASON, parse_and_validate
 from ringtrain.layout import DatasetStore
+from ringtrain.manifest import Manifest, Shard, Split
 from ringtrain.schema import to_dict
 from ringtrain.spark import session_conf
 from ringtrain.store import join, rmtree
@@ -63,11 +64,11 @@ def staging_area(datasets: DatasetStore):
         raise
 
 
-def publish_version(datasets: DatasetStore, staging: str, manifest: dict, **publish_args) -> str:
+def publish_version(datasets: DatasetStore, staging: str, manifest: Manifest, **publish_args) -> str:
     """Check the staged files against the manifest (`check_staged`), then publish: the manifest is written
     last (its presence makes a version), see `DatasetStore.publish`."""
     check_staged(staging, manifest, root=datasets.root)
-    data = json.dumps(manifest, indent=2, sort_keys=True).encode()
+    data = json.dumps(to_dict(manifest), indent=2, sort_keys=True).encode()
     return datasets.publish(staging, data, **publish_args)
 
 
@@ -116,15 +117,15 @@ def count_rows(checked: DataFrame, cfg: EtlConfig, seed: int, where: str = "") -
     return counts
 
 
-def summary(final: str, manifest: dict, started: float) -> dict:
+def summary(final: str, manifest: Manifest, started: float) -> dict:
     """What `run_etl` returns (and `ringtrain etl` prints) for the version `final`."""
-    splits = manifest["splits"]
+    splits = manifest.splits
     return {
-        "dataset_dir": final, "version": os.path.basename(final), "rows_read": manifest["rows_read"],
-        "rows_good": manifest["rows_good"], "quarantined": manifest["quarantine"]["counts"],
-        "split_rows": {s: splits[s]["rows"] for s in SPLITS},
-        "shards": {s: len(splits[s]["shards"]) for s in SPLITS},
-        "balance_max_min": manifest["balance_max_min"], "seconds": round(time.time() - started, 1),
+        "dataset_dir": final, "version": os.path.basename(final), "rows_read": manifest.rows_read,
+        "rows_good": manifest.rows_good, "quarantined": manifest.quarantine.counts,
+        "split_rows": {s: splits[s].rows for s in SPLITS},
+        "shards": {s: len(splits[s].shards) for s in SPLITS},
+        "balance_max_min": manifest.balance_max_min, "seconds": round(time.time() - started, 1),
     }
 
 
@@ -134,7 +135,7 @@ def config_hash(cfg: EtlConfig) -> str:
 
 def write_splits(cfg: EtlConfig, checked: DataFrame, staging: str, counts: RowCounts, *, seed: int,
                  prefix: str = "part", quarantine: str = "quarantine", stats: FeatureStats | None = None,
-                 shard_dir: str | None = None) -> tuple[FeatureStats, dict]:
+                 shard_dir: str | None = None) -> tuple[FeatureStats, dict[str, Split]]:
     """Quarantine, split, encode and shard the validated rows into `staging`.
 
     Features are fitted on the train split unless `stats` (frozen ones) are given. Shards are named
@@ -157,8 +158,8 @@ def write_splits(cfg: EtlConfig, checked: DataFrame, staging: str, counts: RowCo
                            key=stats.key, prefix=prefix)
     splits = {}
     for split in SPLITS:
-        shards = [{**s, "dir": shard_dir} for s in written[split]] if shard_dir else written[split]
-        splits[split] = {"rows": plan.rows(split), "shards": shards}
+        shards = [replace(s, dir=shard_dir) for s in written[split]]
+        splits[split] = Split(rows=plan.rows(split), shards=shards)
     return stats, splits
 
 
@@ -183,8 +184,8 @@ def _quarantine_unseen_classes(good: DataFrame, stats: FeatureStats, quarantine:
     return good.where(known_label(stats))
 
 
-def balance(shards: list[dict]) -> float:
-    sizes = [s["rows"] for s in shards]
+def balance(shards: list[Shard]) -> float:
+    sizes = [s.rows for s in shards]
     return round(max(sizes) / max(1, min(sizes)), 4)
 
 

@@ -35,6 +35,7 @@ import time
 from ringtrain.config import Config, PromoteConfig
 from ringtrain.errors import ConfigError
 from ringtrain.lock import FileLock
+from ringtrain.manifest import load_manifest
 from ringtrain.registry import CHAMPION, VERSION_MARKER, Registry
 from ringtrain.layout import RunStore
 from ringtrain.publish import atomic_write_bytes, atomic_write_json
@@ -266,8 +267,8 @@ def _evaluate_step(cfg: Config, registry: Registry, records: Records, record: di
     clock = time.time()
     log.info("date %s [3/4] evaluating challenger and champion (%s) on %s of %s", date, champion or "none",
              split, record["dataset_version"])
-    manifest = read_json(join(dataset_dir, "manifest.json"))
-    version = registry.stage_version(store.model_dir, join(dataset_dir, manifest["features"]["path"]), {
+    features = join(dataset_dir, load_manifest(dataset_dir).features.path)
+    version = registry.stage_version(store.model_dir, features, {
         "model": cfg.retrain.model, "date": date, "run_id": record["run_id"], "run_dir": store.run_dir,
         "dataset_dir": dataset_dir, "dataset_version": record["dataset_version"]})
     # Both from their registry folders (the challenger's is staged, not yet registered): artifacts alone.

@@ -25,9 +25,10 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from ringtrain.manifest import Manifest, load_manifest
 from ringtrain.publish import atomic_write_bytes, create_exclusive
 from ringtrain.store import (
-    exists, filesystem, is_posix, join, listdir, makedirs, mtime, normalize_root, read_bytes, read_json, rmtree,
+    exists, filesystem, is_posix, join, listdir, makedirs, mtime, normalize_root, read_bytes, rmtree,
 )
 
 
@@ -130,15 +131,15 @@ class DatasetStore:
             return
         used = set()
         for version in self.versions():
-            used |= referenced_dirs(read_json(join(self.root, version, "manifest.json")))
+            used |= referenced_dirs(load_manifest(join(self.root, version)))
         for name in candidates:
             if f"_data/{name}" not in used:
                 rmtree(join(folder, name))
 
 
-def referenced_dirs(manifest: dict) -> set[str]:
+def referenced_dirs(manifest: Manifest) -> set[str]:
     """The shard folders (relative to the dataset root) that a manifest references."""
-    return {s["dir"] for info in manifest["splits"].values() for s in info["shards"] if s.get("dir")}
+    return {s.dir for split in manifest.splits.values() for s in split.shards if s.dir}
 
 
 @dataclass(frozen=True)

@@ -110,10 +110,21 @@ def _yaml_word(value: bool, allowed: tuple) -> Any:
     return words[0] if len(words) == 1 else value
 
 
+# Field metadata: `to_dict` leaves the key out while the value is None (see `absent_key`).
+_ABSENT_WHEN_NONE = "ringtrain.absent_when_none"
+
+
+def absent_key() -> Any:
+    """A field for a key that the data may lack (None then) and that `to_dict` writes only when set: for files
+    whose readers tell a missing key from a null one (a manifest's optional shard entries)."""
+    return dataclasses.field(default=None, metadata={_ABSENT_WHEN_NONE: True})
+
+
 def to_dict(obj: Any) -> Any:
-    """The inverse of `build`: plain dicts and lists, for workers and for the model artifact."""
+    """The inverse of `build`: plain dicts and lists, for workers, the model artifact and the dataset manifest."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(value) for f in dataclasses.fields(obj)
+                if not ((value := getattr(obj, f.name)) is None and f.metadata.get(_ABSENT_WHEN_NONE))}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

@@ -181,14 +181,32 @@ def listening_ports() -> set:
     return ports
 
 
-def assert_balanced(manifest: dict) -> None:
-    """What the ETL promises: within each split, shard sizes differ by at most one row (incremental: within each
-    partition's shards of a split; partitions differ in size)."""
-    groups = [p["splits"] for p in manifest["partitions"]] if manifest.get("partitions") else [manifest["splits"]]
+def assert_balanced(manifest) -> None:
+    """What the ETL promises of a `Manifest`: within each split, shard sizes differ by at most one row (incremental:
+    within each partition's shards of a split; partitions differ in size)."""
+    from ringtrain.manifest import IncrementalManifest
+    incremental = isinstance(manifest, IncrementalManifest)
+    groups = [p.splits for p in manifest.partitions] if incremental else [manifest.splits]
     for splits in groups:
         for split, info in splits.items():
-            rows = [s["rows"] for s in info["shards"]]
+            rows = [s.rows for s in info.shards]
             assert max(rows) - min(rows) <= 1, (split, rows)
+
+
+def manifest_of(splits: dict, **features):
+    """A full-mode `Manifest` of hand-written shards (no ETL): `splits` as the ETL records them, the features entry
+    from `features` (numeric_columns, categorical_cardinalities, label, key), every other field a placeholder."""
+    from ringtrain.manifest import FORMAT_VERSION, Manifest
+    from ringtrain.schema import build
+    rows = sum(info["rows"] for info in splits.values())
+    return build(Manifest, {
+        "format_version": FORMAT_VERSION, "dataset": "hand-made", "mode": "full", "created_utc": "2026-11-22T10:00:00Z",
+        "identity": {"source": "-", "config": "-", "partition": None}, "partition": None,
+        "source": {"format": "parquet", "path": "-", "table": None, "fingerprint": "-"}, "schema": {"columns": []},
+        "features": {"path": "features.json", "arrays": {}, "task": "binary", "label_values": ["0", "1"],
+                     "label_stats": {}, **features},
+        "rows_read": rows, "rows_good": rows, "quarantine": {"path": None, "counts": {}}, "splits": splits,
+        "row_group_rows": 100, "max_world_size": 1, "balance_max_min": 1.0})
 
 
 def read_json(path):

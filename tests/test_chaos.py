@@ -236,11 +236,11 @@ def assert_consistent(chaos: Chaos, ref: Registry, ref_root: str, dates: list[st
     assert len(versions) >= len(dates) and datasets.latest() == versions[-1]
     for version in versions:
         manifest = load_manifest(version)
-        for split, info in manifest["splits"].items():
-            for path, shard in zip(shard_paths(version, manifest, split), info["shards"]):
+        for split, info in manifest.splits.items():
+            for path, shard in zip(shard_paths(version, manifest, split), info.shards):
                 assert store.exists(path), path
                 with store.open_input(path) as f:
-                    assert f.size() == shard["bytes"], path
+                    assert f.size() == shard.bytes, path
 
 
 def report(chaos: Chaos, name: str, dates: list[str], tmp: str) -> dict:

@@ -233,8 +233,8 @@ def test_etl_and_training_on_a_standalone_cluster_with_the_packed_env(spark, pac
     local = run_etl(spark, cfg.etl, RunStore.create(cfg.store.root).dataset(cfg.etl.dataset))
     on_cluster, in_local_mode = load_manifest(etl["dataset_dir"]), load_manifest(local["dataset_dir"])
     for split in ("train", "val", "test"):
-        assert [(s["file"], s["sha256"]) for s in on_cluster["splits"][split]["shards"]] == \
-               [(s["file"], s["sha256"]) for s in in_local_mode["splits"][split]["shards"]]
+        assert [(s.file, s.sha256) for s in on_cluster.splits[split].shards] == \
+               [(s.file, s.sha256) for s in in_local_mode.splits[split].shards]
 
     ranks = train["ranks"]
     assert [r["rank"] for r in ranks] == [0, 1] and ranks[0]["param_sha256"] == ranks[1]["param_sha256"]

@@ -1,4 +1,5 @@
 """Pure reading logic on real Parquet files (no Spark, no process group)."""
+import hashlib
 import logging
 import os
 import zlib
@@ -8,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import manifest_of
 from ringtrain.manifest import DatasetError
 from ringtrain.rowcheck import RunningCrc, chunk_ranges
 from ringtrain.training.data import Columns, open_reader, plan_reading, verify_shards
@@ -24,14 +26,14 @@ def make_dataset(folder, shard_rows, row_group_rows=100, crc32=True):
         name = f"part-{i:05d}.parquet"
         path = os.path.join(folder, "train", name)
         pq.write_table(table, path, row_group_size=row_group_rows)
-        shards.append({"file": name, "rows": rows, "row_groups": -(-rows // row_group_rows),
-                       "bytes": os.path.getsize(path)})
+        data = open(path, "rb").read()
+        shards.append({"shard": i, "file": name, "rows": rows, "row_groups": -(-rows // row_group_rows),
+                       "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
         if crc32:
-            data = open(path, "rb").read()
             shards[-1]["chunk_crc32"] = [[g, c, o, n, zlib.crc32(data[o:o + n])] for g, c, o, n in
                                          chunk_ranges(pq.ParquetFile(path).metadata, len(data))]
-    return {"splits": {"train": {"rows": sum(shard_rows), "shards": shards}},
-            "features": {"numeric_columns": ["x"], "categorical_cardinalities": {"c": 1}, "label": "label", "key": "id"}}
+    return manifest_of({"train": {"rows": sum(shard_rows), "shards": shards}}, numeric_columns=["x"],
+                       categorical_cardinalities={"c": 1}, label="label", key="id")
 
 
 def batches(folder, manifest, rank, size, kind="arrow", epoch=0, skip=0, batch=32):

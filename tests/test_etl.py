@@ -1,5 +1,7 @@
 """ETL on real Spark (local[2]) and real files: validation counts, publishing, balance, idempotence."""
+import json
 import os
+import re
 import zlib
 
 import pandas as pd
@@ -8,10 +10,11 @@ import pytest
 from conftest import assert_balanced, demo_config, read_json
 from ringtrain.errors import BadDataError
 from ringtrain.layout import RunStore
-from ringtrain.manifest import DatasetError, load_manifest, shard_paths
+from ringtrain.manifest import DatasetError, Shard, load_manifest, shard_paths
 from ringtrain.etl.pipeline import run_etl
 from ringtrain.etl.sample_data import generate_churn
 from ringtrain.etl.sources import SchemaDriftError
+from ringtrain.schema import to_dict
 
 pytestmark = pytest.mark.spark
 
@@ -52,10 +55,10 @@ def test_each_bad_input_class_is_quarantined_with_its_exact_count(spark, tmp_pat
     assert summary["quarantined"] == INJECTED
     assert summary["rows_good"] == good and summary["rows_read"] == good + sum(INJECTED.values())
     manifest = load_manifest(summary["dataset_dir"])
-    assert manifest["quarantine"]["counts"] == INJECTED
+    assert manifest.quarantine.counts == INJECTED
     quarantine = pd.read_parquet(os.path.join(summary["dataset_dir"], "quarantine"))
     assert quarantine["_reason"].value_counts().to_dict() == INJECTED
-    assert sum(s["rows"] for s in manifest["splits"]["train"]["shards"]) == manifest["splits"]["train"]["rows"]
+    assert sum(s.rows for s in manifest.splits["train"].shards) == manifest.splits["train"].rows
 
 
 def test_too_many_bad_rows_fails_before_publishing(spark, tmp_path):
@@ -90,7 +93,7 @@ def test_shards_are_balanced_and_every_rank_of_the_max_world_gets_data(small_dat
     cfg, dataset_dir = small_dataset
     manifest = load_manifest(dataset_dir)
     for split in ("train", "val", "test"):
-        rows = [s["rows"] for s in manifest["splits"][split]["shards"]]
+        rows = [s.rows for s in manifest.splits[split].shards]
         assert len(rows) % cfg.etl.shards.max_world_size == 0
     assert_balanced(manifest)
     stats = read_json(os.path.join(dataset_dir, "features.json"))
@@ -106,20 +109,40 @@ def test_rerun_is_idempotent_and_forced_rerun_has_identical_checksums(spark, sma
     assert forced["dataset_dir"] != dataset_dir and datasets.latest() == forced["dataset_dir"]
     first, second = load_manifest(dataset_dir), load_manifest(forced["dataset_dir"])
     for split in ("train", "val", "test"):
-        assert [(s["sha256"], s["chunk_crc32"]) for s in first["splits"][split]["shards"]] == \
-               [(s["sha256"], s["chunk_crc32"]) for s in second["splits"][split]["shards"]]
+        assert [(s.sha256, s.chunk_crc32) for s in first.splits[split].shards] == \
+               [(s.sha256, s.chunk_crc32) for s in second.splits[split].shards]
         # The recorded CRC32s are those of the bytes published (every byte between magic and footer).
-        for shard, path in zip(first["splits"][split]["shards"], shard_paths(dataset_dir, first, split)):
+        for shard, path in zip(first.splits[split].shards, shard_paths(dataset_dir, first, split)):
             data = open(path, "rb").read()
-            assert [[g, c, o, n, zlib.crc32(data[o:o + n])] for g, c, o, n, _ in shard["chunk_crc32"]] == \
-                shard["chunk_crc32"]
-            assert len({g for g, *_ in shard["chunk_crc32"]}) == shard["row_groups"]
+            assert [[g, c, o, n, zlib.crc32(data[o:o + n])] for g, c, o, n, _ in shard.chunk_crc32] == \
+                shard.chunk_crc32
+            assert len({g for g, *_ in shard.chunk_crc32}) == shard.row_groups
 
 
 def test_training_refuses_a_folder_without_manifest(tmp_path):
     (tmp_path / "train").mkdir()
     with pytest.raises(DatasetError, match="has no manifest.json"):
         load_manifest(str(tmp_path))
+
+
+def test_the_typed_manifest_writes_back_the_bytes_it_was_read_from_and_names_a_bad_key(small_dataset, tmp_path):
+    """The ETL writes `to_dict` of the typed manifest as it publishes it: loading and writing again gives the same
+    bytes. A key the manifest lacks, or one it should not have, fails loading with the key's name."""
+    _, dataset_dir = small_dataset
+    path = os.path.join(dataset_dir, "manifest.json")
+    manifest = load_manifest(dataset_dir)
+    assert json.dumps(to_dict(manifest), indent=2, sort_keys=True).encode() == open(path, "rb").read()
+    data = read_json(path)
+    for change, what in [(lambda d: d["splits"]["val"]["shards"][1].pop("sha256"),
+                          "missing required key splits.val.shards[1].sha256"),
+                         (lambda d: d["features"].update(labels=["0"]), "unknown key features.labels"),
+                         (lambda d: d.update(rows_good="many"), "rows_good: expected int, got 'many'")]:
+        broken = json.loads(json.dumps(data))
+        change(broken)
+        (tmp_path / "manifest.json").write_text(json.dumps(broken))
+        with pytest.raises(DatasetError, match=rf"^{re.escape(str(tmp_path))}/manifest\.json: not a manifest this "
+                                               rf"ringtrain reads: {re.escape(what)}.*; publish a fresh one"):
+            load_manifest(str(tmp_path))
 
 
 @pytest.mark.slow
@@ -152,8 +175,8 @@ def test_spark_submit_on_local_cluster_publishes_the_same_bytes_as_local(spark, 
     a, b = load_manifest(cluster["dataset_dir"]), load_manifest(local["dataset_dir"])
     assert_balanced(a)
     for split in ("train", "val", "test"):
-        assert [(s["file"], s["sha256"]) for s in a["splits"][split]["shards"]] == \
-               [(s["file"], s["sha256"]) for s in b["splits"][split]["shards"]]
+        assert [(s.file, s.sha256) for s in a.splits[split].shards] == \
+               [(s.file, s.sha256) for s in b.splits[split].shards]
     assert read_json(os.path.join(cluster["dataset_dir"], "features.json")) == \
            read_json(os.path.join(local["dataset_dir"], "features.json"))
 
@@ -203,11 +226,9 @@ def test_the_plan_check_names_the_shard_and_what_differs(changes, what):
                      bucket_rows={"train": [12, 8], "val": [10, 0]})
     reports = [_report(0), _report(1), _report(2, "val", index=0)]
     entries = check_written(plan, reports)
-    checks = {"chunk_crc32": [[0, 0, 4, 800, 7]]}
-    assert entries == {"train": [{"shard": i, "rows": 10, "bytes": 900, "row_groups": 1, "sha256": "ab" * 32,
-                                  **checks, "file": f"part-{i:05d}.parquet"} for i in (0, 1)],
-                       "val": [{"shard": 0, "rows": 10, "bytes": 900, "row_groups": 1, "sha256": "ab" * 32,
-                                **checks, "file": "part-00000.parquet"}]}
+    same = dict(rows=10, bytes=900, row_groups=1, sha256="ab" * 32, chunk_crc32=[[0, 0, 4, 800, 7]])
+    assert entries == {"train": [Shard(shard=i, **same, file=f"part-{i:05d}.parquet") for i in (0, 1)],
+                       "val": [Shard(shard=0, **same, file="part-00000.parquet")]}
     with pytest.raises(DatasetError, match=r"^the shards as written do not match the ETL's plan: shard 0 of split "
                                            r"val is missing; nothing was published"):
         check_written(plan, reports[:2])
@@ -232,10 +253,10 @@ def test_a_class_the_train_split_lacks_is_quarantined_and_the_shards_stay_balanc
     assert summary["quarantined"] == {"unseen_label": 9}
     assert summary["rows_good"] == 3000 - 9 == sum(summary["split_rows"].values())
     manifest = load_manifest(summary["dataset_dir"])
-    assert manifest["features"]["label_values"] == ["0", "1"]
+    assert manifest.features.label_values == ["0", "1"]
     assert_balanced(manifest)
-    for split, info in manifest["splits"].items():
-        assert sum(s["rows"] for s in info["shards"]) == info["rows"] == summary["split_rows"][split]
+    for split, info in manifest.splits.items():
+        assert sum(s.rows for s in info.shards) == info.rows == summary["split_rows"][split]
     assert len(pd.read_parquet(os.path.join(summary["dataset_dir"], "quarantine"))) == 9
 
 

@@ -16,10 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, demo_config, no_worker_left
+from conftest import ROOT, demo_config, manifest_of, no_worker_left
 from ringtrain.config import TrainConfig
 from ringtrain.errors import ConfigError, DatasetError, ModelContractError, RankRefused, TrainingInterrupted
-from ringtrain.schema import build
+from ringtrain.manifest import load_manifest
+from ringtrain.schema import build, to_dict
 from ringtrain.training import failure
 from ringtrain.training.environment import RankEnvironment
 
@@ -115,14 +116,12 @@ def _tiny_dataset(folder, rows=64):
     path = os.path.join(folder, "val", "part-00000.parquet")
     pq.write_table(table, path, row_group_size=32)
     data = open(path, "rb").read()
-    shard = {"file": "part-00000.parquet", "rows": rows, "row_groups": 2, "bytes": len(data),
+    shard = {"shard": 0, "file": "part-00000.parquet", "rows": rows, "row_groups": 2, "bytes": len(data),
              "sha256": hashlib.sha256(data).hexdigest()}
-    manifest = {"format_version": 1, "dataset": "tiny",
-                "features": {"numeric_columns": ["x1", "x2"], "categorical_cardinalities": {"c1": 5},
-                             "label": "label", "key": "x1"},
-                "splits": {"val": {"rows": rows, "shards": [shard]}}}
+    manifest = manifest_of({"val": {"rows": rows, "shards": [shard]}}, numeric_columns=["x1", "x2"],
+                           categorical_cardinalities={"c1": 5}, label="label", key="x1")
     with open(os.path.join(folder, "manifest.json"), "w") as f:
-        json.dump(manifest, f)
+        json.dump(to_dict(manifest), f)
     return manifest, path
 
 
@@ -257,8 +256,8 @@ def test_cli_corrupted_shard_fails_in_one_attempt_with_exit_2_naming_the_file_an
     _, dataset_dir = small_dataset
     copy = str(tmp_path / "dataset")
     shutil.copytree(dataset_dir, copy)
-    manifest = json.load(open(os.path.join(copy, "manifest.json")))
-    shard = os.path.join(copy, "train", manifest["splits"]["train"]["shards"][0]["file"])  # read by rank 0
+    manifest = load_manifest(copy)
+    shard = os.path.join(copy, "train", manifest.splits["train"].shards[0].file)  # read by rank 0
     damaged = _damage_footer(bytearray(open(shard, "rb").read()))
     open(shard, "wb").write(bytes(damaged))
     proc = _run_cli(str(tmp_path), copy, ["store.run_id=corrupt", "train.max_attempts=2"])
@@ -298,10 +297,10 @@ def test_cli_a_data_page_damaged_after_publication_fails_with_exit_2_naming_shar
     _, dataset_dir = small_dataset
     copy = str(tmp_path / "dataset")
     shutil.copytree(dataset_dir, copy)
-    manifest = json.load(open(os.path.join(copy, "manifest.json")))
-    shard = os.path.join(copy, "train", manifest["splits"]["train"]["shards"][0]["file"])  # read by rank 0
+    manifest = load_manifest(copy)
+    shard = os.path.join(copy, "train", manifest.splits["train"].shards[0].file)  # read by rank 0
     size = os.path.getsize(shard)
-    group = _zero_in_a_data_page(shard, manifest["features"]["key"])
+    group = _zero_in_a_data_page(shard, manifest.features.key)
     assert os.path.getsize(shard) == size
     proc = _run_cli(str(tmp_path), copy, ["store.run_id=pagedamage", "train.max_attempts=2", f"train.reader={reader}"])
     out, err = proc.communicate(timeout=600)

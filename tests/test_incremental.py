@@ -20,7 +20,7 @@ from ringtrain.manifest import load_manifest, shard_paths
 from ringtrain.etl.pipeline import run_etl
 from ringtrain.etl.sample_data import generate_churn
 from ringtrain.config import load_config
-from ringtrain.schema import ConfigError
+from ringtrain.schema import ConfigError, to_dict
 from ringtrain.store import join
 from ringtrain.training.data import verify_shards
 
@@ -54,7 +54,7 @@ def incremental_config(root, raw, extra=()):
 
 
 def shard_table(manifest):
-    return {s: [(x["file"], x["rows"], x["sha256"]) for x in manifest["splits"][s]["shards"]] for s in SPLITS}
+    return {s: [(x.file, x.rows, x.sha256) for x in manifest.splits[s].shards] for s in SPLITS}
 
 
 def key_splits(dataset_dir, manifest):
@@ -86,34 +86,34 @@ def test_partitions_append_as_versions_with_frozen_features_and_stable_splits(sp
     v2 = load_manifest(second["dataset_dir"])
 
     # History is not rewritten: partition 1's shards are the very same files (hard links), features frozen.
-    assert v2["partitions"][0] == v1["partitions"][0]
+    assert v2.partitions[0] == v1.partitions[0]
     for split in SPLITS:
-        for shard in v1["splits"][split]["shards"]:
-            old = os.path.join(first["dataset_dir"], split, shard["file"])
-            new = os.path.join(second["dataset_dir"], split, shard["file"])
+        for shard in v1.splits[split].shards:
+            old = os.path.join(first["dataset_dir"], split, shard.file)
+            new = os.path.join(second["dataset_dir"], split, shard.file)
             assert os.stat(old).st_ino == os.stat(new).st_ino
     assert sha(os.path.join(first["dataset_dir"], "features.json")) == \
            sha(os.path.join(second["dataset_dir"], "features.json"))
     for split in SPLITS:  # the published v1 still matches its manifest, checksums included
         verify_shards(first["dataset_dir"], v1, split, shard_paths(first["dataset_dir"], v1, split), checksum=True)
 
-    # Totals, balance and names: what training reads (manifest["splits"]) covers both partitions.
-    files = [(s, x["file"]) for s in SPLITS for x in v2["splits"][s]["shards"]]
+    # Totals, balance and names: what training reads (manifest.splits) covers both partitions.
+    files = [(s, x.file) for s in SPLITS for x in v2.splits[s].shards]
     assert len(files) == len(set(files))
     for split in SPLITS:
-        assert v2["splits"][split]["rows"] == sum(p["splits"][split]["rows"] for p in v2["partitions"])
-        for p in v2["partitions"]:
-            rows = [x["rows"] for x in p["splits"][split]["shards"]]
+        assert v2.splits[split].rows == sum(p.splits[split].rows for p in v2.partitions)
+        for p in v2.partitions:
+            rows = [x.rows for x in p.splits[split].shards]
             assert len(rows) % cfg.etl.shards.max_world_size == 0
     assert_balanced(v2)
-    assert v2["rows_good"] == 5000
+    assert v2.rows_good == 5000
     keys = key_splits(second["dataset_dir"], v2)
     assert len(keys) == 5000
 
     # A category unseen in the base goes to the unknown bucket (0), not to a new index.
-    vocab = v2["features"]["categorical_cardinalities"]["region"]
-    assert vocab == v1["features"]["categorical_cardinalities"]["region"]
-    p2_files = [os.path.join(second["dataset_dir"], "train", x["file"]) for x in v2["partitions"][1]["splits"]["train"]["shards"]]
+    vocab = v2.features.categorical_cardinalities["region"]
+    assert vocab == v1.features.categorical_cardinalities["region"]
+    p2_files = [os.path.join(second["dataset_dir"], "train", x.file) for x in v2.partitions[1].splits["train"].shards]
     regions = [r for f in p2_files for r in pq.read_table(f, columns=["region"]).column(0).to_pylist()]
     assert regions.count(0) >= len(regions) // 10 - 5 and max(regions) < vocab
 
@@ -128,7 +128,7 @@ def test_partitions_append_as_versions_with_frozen_features_and_stable_splits(sp
     assert forced["version"] == "v000003" and forced["partitions"] == [P1, P2]
     v3 = load_manifest(forced["dataset_dir"])
     assert shard_table(v3) == shard_table(v2)
-    p1_file = v1["splits"]["train"]["shards"][0]["file"]
+    p1_file = v1.splits["train"].shards[0].file
     assert os.stat(os.path.join(forced["dataset_dir"], "train", p1_file)).st_ino != \
            os.stat(os.path.join(second["dataset_dir"], "train", p1_file)).st_ino  # really rewritten
 
@@ -258,12 +258,12 @@ def test_killed_mid_write_leaves_latest_intact_and_rerun_matches_an_unkilled_run
         assert sorted({k.split("/")[0] for k in keys if re.match(r"v\d{6}/", k)}) == versions
         assert content(ds.root + "/LATEST", server).decode() == versions[-1]
         assert written_shards(ds, marker, server)  # the killed run's shards: unreferenced by any manifest
-        assert not any(marker in json.dumps(load_manifest(f"{ds.root}/{v}")) for v in versions)
+        assert not any(marker in json.dumps(to_dict(load_manifest(f"{ds.root}/{v}"))) for v in versions)
     for split in SPLITS:
-        for shard, path in zip(published["splits"][split]["shards"], shard_paths(latest, published, split)):
+        for shard, path in zip(published.splits[split].shards, shard_paths(latest, published, split)):
             data = content(path, server)
-            assert pq.read_table(pa.BufferReader(data)).num_rows == shard["rows"]
-            assert hashlib.sha256(data).hexdigest() == shard["sha256"]
+            assert pq.read_table(pa.BufferReader(data)).num_rows == shard.rows
+            assert hashlib.sha256(data).hexdigest() == shard.sha256
 
     # Rerun: publishes, byte-identical to a store that was never killed; one more rerun is a no-op.
     rerun = run_etl(spark, cfg.etl, ds, partition=P2)
@@ -273,7 +273,7 @@ def test_killed_mid_write_leaves_latest_intact_and_rerun_matches_an_unkilled_run
     run_etl(spark, ref_cfg.etl, ref_ds, partition=P1)
     reference = run_etl(spark, ref_cfg.etl, ref_ds, partition=P2)
     assert shard_table(load_manifest(rerun["dataset_dir"])) == shard_table(load_manifest(reference["dataset_dir"]))
-    rerun_features = load_manifest(rerun["dataset_dir"])["features"]["path"]
+    rerun_features = load_manifest(rerun["dataset_dir"]).features.path
     assert content(join(rerun["dataset_dir"], rerun_features), server) == \
            content(os.path.join(reference["dataset_dir"], "features.json"))
     again = run_etl(spark, cfg.etl, ds, partition=P2)

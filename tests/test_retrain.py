@@ -94,7 +94,7 @@ def eager_scores(model, dataset_dir):
     """key -> P(churn) from the eager model (state_dict) on the ETL's own encoded rows, all splits."""
     manifest = load_manifest(dataset_dir)
     cols = Columns.from_manifest(manifest, with_key=True)
-    cards = list(manifest["features"]["categorical_cardinalities"].values())
+    cards = list(manifest.features.categorical_cardinalities.values())
     eager = build_model(model.artifact["train_config"]["model"], len(cols.numeric), cards)
     eager.load_state_dict(torch.load(os.path.join(model.folder, "state_dict.pt")))
     eager.eval()

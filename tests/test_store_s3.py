@@ -105,16 +105,16 @@ def test_etl_publishes_to_s3_with_the_checksums_of_a_local_run(s3_server, s3_dat
     _, local_dir = small_dataset
     remote, local = load_manifest(dataset_dir), load_manifest(local_dir)
     for split in SPLITS:
-        assert [(s["file"], s["rows"], s["bytes"], s["sha256"]) for s in remote["splits"][split]["shards"]] == \
-               [(s["file"], s["rows"], s["bytes"], s["sha256"]) for s in local["splits"][split]["shards"]]
+        assert [(s.file, s.rows, s.bytes, s.sha256) for s in remote.splits[split].shards] == \
+               [(s.file, s.rows, s.bytes, s.sha256) for s in local.splits[split].shards]
     keys = s3_server.keys(cfg.store.root[len(f"s3://{s3_server.bucket}/"):] + "/datasets/churn")
     assert "LATEST" in keys and "v000001/manifest.json" in keys
     assert s3_server.read(cfg.store.root + "/datasets/churn/LATEST") == b"v000001"
     data = sorted(k for k in keys if k.startswith("_data/") and k.endswith(".parquet"))
-    expected = sorted(f"{s['dir']}/{split}/{s['file']}" for split in SPLITS for s in remote["splits"][split]["shards"])
+    expected = sorted(f"{s.dir}/{split}/{s.file}" for split in SPLITS for s in remote.splits[split].shards)
     assert data == expected  # executors wrote every shard to the object store, nothing else
-    assert store.read_json(store.join(dataset_dir, remote["features"]["path"])) == \
-           store.read_json(os.path.join(local_dir, local["features"]["path"]))
+    assert store.read_json(store.join(dataset_dir, remote.features.path)) == \
+           store.read_json(os.path.join(local_dir, local.features.path))
 
 
 def test_spark_s3a_settings_become_the_aws_environment():

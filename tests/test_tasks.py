@@ -267,12 +267,12 @@ def test_a_derived_label_gives_byte_identical_shards_to_the_same_label_computed_
     _, derived = run_etl_at(spark, inside, etl_config(
         inside, columns_changes=ignore_churned, extra_columns=[HIGH], label=HIGH_LABEL,
         derived=[{"name": "high_charges", "expr": "IF(monthly_charges > 50, 1, 0)", "type": "int"}]))
-    shards = {s: [(x["file"], x["rows"], x["sha256"]) for x in derived["splits"][s]["shards"]]
-              for s in derived["splits"]}
-    assert shards == {s: [(x["file"], x["rows"], x["sha256"]) for x in computed["splits"][s]["shards"]]
-                      for s in computed["splits"]}
-    assert derived["splits"]["train"]["rows"] + derived["splits"]["val"]["rows"] + \
-        derived["splits"]["test"]["rows"] == 3000
+    shards = {s: [(x.file, x.rows, x.sha256) for x in derived.splits[s].shards]
+              for s in derived.splits}
+    assert shards == {s: [(x.file, x.rows, x.sha256) for x in computed.splits[s].shards]
+                      for s in computed.splits}
+    assert derived.splits["train"].rows + derived.splits["val"].rows + \
+        derived.splits["test"].rows == 3000
 
 
 @pytest.mark.spark
@@ -289,7 +289,7 @@ def test_derived_rows_that_fail_are_quarantined_and_an_unknown_column_fails_nami
     summary, manifest = run_etl_at(spark, root, cfg)
     expected = int((frame.income.isna() | (frame.tenure_months == 0)).sum())
     assert summary["quarantined"] == {"derived:income_per_month": expected}
-    assert "income_per_month" in manifest["features"]["numeric_columns"]
+    assert "income_per_month" in manifest.features.numeric_columns
 
     typo = etl_config(root, extra_columns=[ratio], derived=[
         {"name": "income_per_month", "expr": "income / tenure_month", "type": "double"}])

@@ -69,7 +69,7 @@ def assert_exported_model_gives_the_eager_logits(store, dataset_dir):
     batch = next(iter(open_reader("arrow", plan, cols, 64, 0, 0).all_rows()))
     num, cat = torch.from_numpy(batch["num"]), torch.from_numpy(batch["cat"])
     eager = build_model(artifact["train_config"]["model"], len(cols.numeric),
-                        list(manifest["features"]["categorical_cardinalities"].values()))
+                        list(manifest.features.categorical_cardinalities.values()))
     eager.load_state_dict(state_dict(store))
     eager.eval()
     exported = torch.export.load(os.path.join(store.model_dir, "model.pt2")).module()

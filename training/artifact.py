@@ -19,6 +19,7 @@ import tempfile
 
 import torch
 
+from ringtrain.manifest import Features, Manifest
 from ringtrain.publish import atomic_write_bytes, atomic_write_json, publish_folder
 from ringtrain.store import join
 from ringtrain.training.models import model_inputs
@@ -61,7 +62,7 @@ def _plot(history: list[dict], path: str) -> None:
     atomic_write_bytes(path, png.getvalue())
 
 
-def publish_model(paths: dict, model: torch.nn.Module, example: dict, manifest: dict, spec: dict, state,
+def publish_model(paths: dict, model: torch.nn.Module, example: dict, manifest: Manifest, spec: dict, state,
                   task) -> str:
     """`model` holds the best epoch's weights (state.best_epoch); `task` gives the output schema."""
     final = paths["model_dir"]
@@ -70,16 +71,16 @@ def publish_model(paths: dict, model: torch.nn.Module, example: dict, manifest: 
         torch.save(model.state_dict(), os.path.join(staging, "state_dict.pt"))
         inputs = tuple(torch.from_numpy(x[:8]) for x in model_inputs(example))
         program = _export(model, inputs, staging)
-        features = manifest["features"]
+        features = manifest.features
         history = state.history
         best = history[state.best_epoch] if history else {}
         info = {
             "program": program,
             "inputs": input_schema(features),
             "output": task.output_schema(),
-            "dataset": {"dir": spec["dataset_dir"], "name": manifest["dataset"],
+            "dataset": {"dir": spec["dataset_dir"], "name": manifest.dataset,
                         "version": os.path.basename(spec["dataset_dir"].rstrip("/")),
-                        "features_json": join(spec["dataset_dir"], features["path"])},
+                        "features_json": join(spec["dataset_dir"], features.path)},
             "best_epoch": state.best_epoch, "metrics": best, "history": history,
             "train_config": spec["train"], "config": spec.get("config", {}),
         }
@@ -90,12 +91,12 @@ def publish_model(paths: dict, model: torch.nn.Module, example: dict, manifest: 
     return final
 
 
-def input_schema(features: dict) -> dict:
+def input_schema(features: Features) -> dict:
     """The model's positional inputs, in order: num, cat, and arr when the dataset has array columns."""
-    schema = {"num": {"columns": features["numeric_columns"], "dtype": "float32"},
-              "cat": {"columns": list(features["categorical_cardinalities"]), "dtype": "int64",
-                      "cardinalities": features["categorical_cardinalities"]}}
-    arrays = features.get("arrays") or {}
+    schema = {"num": {"columns": features.numeric_columns, "dtype": "float32"},
+              "cat": {"columns": list(features.categorical_cardinalities), "dtype": "int64",
+                      "cardinalities": features.categorical_cardinalities}}
+    arrays = features.arrays
     if arrays:  # side by side, in this order: [B, sum of lengths]
         schema["arr"] = {"columns": list(arrays), "lengths": list(arrays.values()), "dtype": "float32"}
     return schema

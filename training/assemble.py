@@ -8,6 +8,7 @@ from typing import NamedTuple
 import torch
 
 from ringtrain.config import TrainConfig
+from ringtrain.manifest import Manifest
 from ringtrain.schema import to_dict
 from ringtrain.training.data import Columns
 from ringtrain.training.models import build_model
@@ -20,18 +21,18 @@ class Assembly(NamedTuple):
     task: object  # a training.tasks task: its loss, outputs and metrics
 
 
-def columns_and_task(cfg: TrainConfig, manifest: dict, *, with_key: bool = False) -> tuple[Columns, object]:
+def columns_and_task(cfg: TrainConfig, manifest: Manifest, *, with_key: bool = False) -> tuple[Columns, object]:
     """The dataset's columns as the model reads them (`with_key`: the key column too), and its task under
     `cfg`, from the dataset's manifest."""
-    return Columns.from_manifest(manifest, with_key=with_key), make_task(manifest["features"], cfg)
+    return Columns.from_manifest(manifest, with_key=with_key), make_task(manifest.features, cfg)
 
 
-def assemble(cfg: TrainConfig, manifest: dict, *, with_key: bool = False) -> Assembly:
+def assemble(cfg: TrainConfig, manifest: Manifest, *, with_key: bool = False) -> Assembly:
     """`cfg.model` built for the dataset of `manifest`, on the CPU, with its initial weights drawn from
     `cfg.seed` (the same on every rank, before any broadcast)."""
     cols, task = columns_and_task(cfg, manifest, with_key=with_key)
     torch.manual_seed(cfg.seed)
-    cards = list(manifest["features"]["categorical_cardinalities"].values())
+    cards = list(manifest.features.categorical_cardinalities.values())
     model = build_model(to_dict(cfg.model), len(cols.numeric), cards,
                         array_width=sum(length for _, length in cols.arrays), num_outputs=task.num_outputs)
     return Assembly(model, cols, task)

@@ -12,6 +12,7 @@ from torch import nn
 
 from ringtrain.config import TrainConfig
 from ringtrain.errors import ModelContractError
+from ringtrain.manifest import Manifest
 from ringtrain.training.assemble import assemble
 from ringtrain.training.data import open_reader, plan_reading
 from ringtrain.training.models import model_inputs
@@ -26,7 +27,7 @@ CONTRACT = ("A model is called as model(num, cat), or model(num, cat, arr) when 
             "applied to the tuple of its inputs, gives the same outputs")
 
 
-def dry_run(cfg: TrainConfig, dataset_dir: str, manifest: dict) -> None:
+def dry_run(cfg: TrainConfig, dataset_dir: str, manifest: Manifest) -> None:
     """Build the model and run one batch of the dataset's validation split through it, on CPU."""
     name = cfg.model.name
     model, cols, task = assemble(cfg, manifest)

@@ -35,8 +35,8 @@ import torch
 
 from ringtrain import store
 from ringtrain.errors import REPUBLISH
-from ringtrain.manifest import DatasetError, shard_paths
-from ringtrain.rowcheck import FIELD as CHUNK_CRC32, CheckedFile, MappedShard, column_indices
+from ringtrain.manifest import DatasetError, Manifest, Shard, shard_paths
+from ringtrain.rowcheck import CheckedFile, MappedShard, column_indices
 from ringtrain.store import filesystem, is_posix, open_input
 
 log = logging.getLogger("ringtrain.data")
@@ -54,42 +54,42 @@ class ReadPlan:
     chunk_crc32: dict = field(default_factory=dict)
 
 
-def chunk_checks(files: list[str], shards: list[dict]) -> dict:
+def chunk_checks(files: list[str], shards: list[Shard]) -> dict:
     """`ReadPlan.chunk_crc32` for shard paths `files` and their manifest entries `shards`."""
-    return {path: shard[CHUNK_CRC32] for path, shard in zip(files, shards) if CHUNK_CRC32 in shard}
+    return {path: shard.chunk_crc32 for path, shard in zip(files, shards) if shard.chunk_crc32 is not None}
 
 
-def plan_reading(dataset_dir: str, manifest: dict, split: str, rank: int, size: int, batch_size: int,
+def plan_reading(dataset_dir: str, manifest: Manifest, split: str, rank: int, size: int, batch_size: int,
                  *, drop_last: bool = True) -> ReadPlan:
     """Which files this rank reads, and how many batches every rank yields per epoch."""
-    info = manifest["splits"][split]
+    info = manifest.splits[split]
     files = shard_paths(dataset_dir, manifest, split)
-    checks = chunk_checks(files, info["shards"])
-    num_row_groups = sum(s["row_groups"] for s in info["shards"])
-    steps = info["rows"] // (size * batch_size) if drop_last else 0
+    checks = chunk_checks(files, info.shards)
+    num_row_groups = sum(s.row_groups for s in info.shards)
+    steps = info.rows // (size * batch_size) if drop_last else 0
     if drop_last and steps < 1:
-        raise DatasetError(f"split {split!r} has {info['rows']} rows: too few for {size} ranks x batch_size "
+        raise DatasetError(f"split {split!r} has {info.rows} rows: too few for {size} ranks x batch_size "
                            f"{batch_size}; lower train.batch_size or train.num_workers")
     if len(files) >= size:
         # Whole shards per rank: ETL makes the shard count a multiple of max_world_size.
         mine = files[rank::size]
-        return ReadPlan(mine, None, None, steps, info["rows"], {p: checks[p] for p in mine if p in checks})
+        return ReadPlan(mine, None, None, steps, info.rows, {p: checks[p] for p in mine if p in checks})
     if num_row_groups >= size:
-        return ReadPlan(files, rank, size, steps, info["rows"], checks)
+        return ReadPlan(files, rank, size, steps, info.rows, checks)
     raise DatasetError(
         f"split {split!r} has {len(files)} shards and {num_row_groups} row groups, fewer than {size} ranks: "
         f"some ranks would get no data. Rerun the ETL with etl.shards.max_world_size >= {size} "
         f"(or a smaller etl.shards.row_group_rows)")
 
 
-def verify_shards(dataset_dir: str, manifest: dict, split: str, files: list[str], *, checksum: bool) -> None:
+def verify_shards(dataset_dir: str, manifest: Manifest, split: str, files: list[str], *, checksum: bool) -> None:
     """Check the shards this rank will read against the manifest before training: size and Parquet footer,
     and the sha256 when `checksum` (train.verify_shards: full). A damaged or replaced file fails here, naming
     itself, instead of as a read error deep in an epoch. The bytes of the column chunks are checked in any case,
     as they are read (`MappedShard` locally, `CheckedFile` elsewhere), where the manifest records their CRC32s; a manifest written before the
     ETL recorded them gets only this check, and a log line says so."""
-    expected = dict(zip(shard_paths(dataset_dir, manifest, split), manifest["splits"][split]["shards"]))
-    unchecked = [path for path in files if CHUNK_CRC32 not in expected[path]]
+    expected = dict(zip(shard_paths(dataset_dir, manifest, split), manifest.splits[split].shards))
+    unchecked = [path for path in files if expected[path].chunk_crc32 is None]
     if unchecked:
         log.warning("%d of the %s shards this rank reads have no column-chunk checksums in the manifest (published "
                     "before ringtrain recorded them): their bytes are read unchecked%s. Publish the dataset again "
@@ -99,7 +99,7 @@ def verify_shards(dataset_dir: str, manifest: dict, split: str, files: list[str]
         _verify_shard(path, expected[path], checksum)
 
 
-def _verify_shard(path: str, shard: dict, checksum: bool) -> None:
+def _verify_shard(path: str, shard: Shard, checksum: bool) -> None:
     def mismatch(what: str) -> DatasetError:
         return DatasetError(f"shard {path} does not match the dataset's manifest: {what}. The published version is "
                             f"damaged; {REPUBLISH}")
@@ -107,20 +107,20 @@ def _verify_shard(path: str, shard: dict, checksum: bool) -> None:
     try:
         with store.open_input(path) as f:
             size = f.seek(0, os.SEEK_END)
-            if size != shard["bytes"]:
-                raise mismatch(f"{size} bytes, the manifest says {shard['bytes']}")
+            if size != shard.bytes:
+                raise mismatch(f"{size} bytes, the manifest says {shard.bytes}")
             f.seek(0)
             meta = pq.ParquetFile(f).metadata
-            if (meta.num_rows, meta.num_row_groups) != (shard["rows"], shard["row_groups"]):
+            if (meta.num_rows, meta.num_row_groups) != (shard.rows, shard.row_groups):
                 raise mismatch(f"{meta.num_rows} rows in {meta.num_row_groups} row groups, the manifest says "
-                               f"{shard['rows']} in {shard['row_groups']}")
+                               f"{shard.rows} in {shard.row_groups}")
             if checksum:
                 f.seek(0)
                 digest = hashlib.sha256()
                 while block := f.read(1 << 20):
                     digest.update(block)
-                if digest.hexdigest() != shard["sha256"]:
-                    raise mismatch(f"sha256 {digest.hexdigest()}, the manifest says {shard['sha256']}")
+                if digest.hexdigest() != shard.sha256:
+                    raise mismatch(f"sha256 {digest.hexdigest()}, the manifest says {shard.sha256}")
     except DatasetError:
         raise
     except (OSError, pa.ArrowException) as exc:
@@ -136,10 +136,10 @@ class Columns:
     arrays: tuple[tuple[str, int], ...] = ()  # (name, length) of the role 'array' columns, concatenated into "arr"
 
     @classmethod
-    def from_manifest(cls, manifest: dict, with_key: bool = False) -> "Columns":
-        f = manifest["features"]
-        return cls(list(f["numeric_columns"]), list(f["categorical_cardinalities"]), f["label"],
-                   f["key"] if with_key else None, tuple((f.get("arrays") or {}).items()))
+    def from_manifest(cls, manifest: Manifest, with_key: bool = False) -> "Columns":
+        f = manifest.features
+        return cls(list(f.numeric_columns), list(f.categorical_cardinalities), f.label,
+                   f.key if with_key else None, tuple(f.arrays.items()))
 
     def names(self) -> list[str]:
         return self.numeric + self.categorical + [name for name, _ in self.arrays] + [self.label] + ([self.key] if self.key else [])

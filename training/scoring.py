@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ringtrain.errors import FeatureMismatch, ModelNotFound
-from ringtrain.manifest import load_manifest, shard_path, shard_paths
+from ringtrain.manifest import IncrementalManifest, Manifest, Shard, load_manifest, shard_path, shard_paths
 from ringtrain.registry import FEATURES, Registry
 from ringtrain.store import exists, join, read_bytes, read_json
 
@@ -120,8 +120,8 @@ class _OneProcess:
         return tensor
 
 
-def check_same_features(model: ModelFiles, dataset_dir: str, manifest: dict) -> None:
-    dataset_features = join(dataset_dir, manifest["features"]["path"])
+def check_same_features(model: ModelFiles, dataset_dir: str, manifest: Manifest) -> None:
+    dataset_features = join(dataset_dir, manifest.features.path)
     if read_json(dataset_features) != model.features():
         raise FeatureMismatch(
             f"{dataset_dir} was encoded with other feature statistics than the model's {model.features_json}: "
@@ -146,18 +146,18 @@ def evaluate(model: ModelFiles, dataset_dir: str, split: str = "test", *, by_par
     module = load_program(model, device)
     cols, task = columns_and_task(build(TrainConfig, model.artifact["train_config"], "train"), manifest)
 
-    def metrics(files: list[str], shards: list[dict]) -> dict:
+    def metrics(files: list[str], shards: list[Shard]) -> dict:
         # Every column chunk read is checked against the manifest's CRC32s, as in training.
         reader = open_reader("arrow", ReadPlan(files, None, None, 0, 0, chunk_checks(files, shards)), cols, 4096,
                              0, 0)
         return loop_evaluate(module, reader, _OneProcess(), device, task, contextlib.nullcontext())
 
     result = {"split": split, "dataset_dir": dataset_dir, "partitions": {},
-              "overall": metrics(shard_paths(dataset_dir, manifest, split), manifest["splits"][split]["shards"])}
-    if by_partition:
-        for part in manifest.get("partitions", []):
-            shards = part["splits"][split]["shards"]
-            if part["splits"][split]["rows"]:
-                result["partitions"][part["name"]] = metrics([shard_path(dataset_dir, split, s) for s in shards],
-                                                             shards)
+              "overall": metrics(shard_paths(dataset_dir, manifest, split), manifest.splits[split].shards)}
+    if by_partition and isinstance(manifest, IncrementalManifest):
+        for part in manifest.partitions:
+            shards = part.splits[split].shards
+            if part.splits[split].rows:
+                result["partitions"][part.name] = metrics([shard_path(dataset_dir, split, s) for s in shards],
+                                                          shards)
     return result

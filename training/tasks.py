@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ringtrain.config import TrainConfig
 from ringtrain.errors import DatasetError
+from ringtrain.manifest import Features
 
 _BINS = 200  # score histogram bins for the binary AUC (exact up to the bin width)
 
@@ -222,10 +223,10 @@ class RegressionTask:
 TASKS = {t.name: t for t in (BinaryTask, MulticlassTask, RegressionTask)}
 
 
-def make_task(features: dict, train: TrainConfig):
+def make_task(features: Features, train: TrainConfig):
     """The task of a dataset (its manifest's `features` entry) under this train config."""
-    name = features.get("task", "binary")
-    stats = features.get("label_stats") or {}
+    name = features.task
+    stats = features.label_stats
     weights = None
     if train.class_weight == "balanced":
         if "counts" not in stats:
@@ -233,9 +234,9 @@ def make_task(features: dict, train: TrainConfig):
                                "since etl.label.task exists; rebuild the dataset (ringtrain etl --force)")
         weights = balanced_weights(stats["counts"])
     if name == "binary":
-        return BinaryTask(class_weights=weights, label_values=features.get("label_values"))
+        return BinaryTask(class_weights=weights, label_values=features.label_values)
     if name == "multiclass":
-        return MulticlassTask(classes=features["label_values"], class_weights=weights)
+        return MulticlassTask(classes=features.label_values, class_weights=weights)
     return RegressionTask(mean=stats["mean"], std=stats["std"], standardized=stats["standardized"],
                           loss=train.regression_loss, huber_delta=train.huber_delta)
 
