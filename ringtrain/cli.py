@@ -16,6 +16,7 @@ import sys
 
 from ringtrain.config import load_config
 from ringtrain.errors import ConfigError, ModelLocked, TrainingFailed, TrainingInterrupted, UserError
+from ringtrain.schema import to_dict
 
 
 def parser() -> argparse.ArgumentParser:
@@ -130,7 +131,7 @@ def pack_command(args: argparse.Namespace) -> dict:
 
 def report(command: str, args: argparse.Namespace, summary: dict) -> int:
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(to_dict(summary), indent=2))  # a train summary's ranks are RankResults
     elif command == "pack":
         from ringtrain.pack import format_report
         print("\n" + format_report(summary))
