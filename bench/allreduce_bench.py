@@ -1,7 +1,7 @@
 """All-reduce bus bandwidth, Horovod vs torch.distributed (Gloo), against memcpy bandwidth.
 
 Two ranks on this machine, as two processes whose environment is set exactly as the Spark launcher
-sets it (training.launcher: Horovod's HTTP rendezvous for hvd.init(), MASTER_ADDR/PORT for
+sets it (training.rendezvous: Horovod's HTTP rendezvous for hvd.init(), MASTER_ADDR/PORT for
 torch.distributed's Gloo group), each pinned to its own core as the training worker pins its rank
 (train.pin_cores; --unpinned: not); both libraries live in the same two processes, one torch thread
 each, so they are measured interleaved under the same conditions. For every float32 tensor size
@@ -176,19 +176,18 @@ class TcpExchange:
 
 def run_ranks(args, argv: list[str]) -> list[dict]:
     from ringtrain.training.environment import RankEnvironment, free_port
-    from ringtrain.training.launcher import _placement, _rendezvous_env, _start_rendezvous
+    from ringtrain.training.rendezvous import HorovodRendezvous, TorchRendezvous, place
     host = "127.0.0.1"
-    hosts = [host, host]
-    placement = _placement(hosts)
-    server, hvd_port = _start_rendezvous(host, hosts, placement)
-    torch_port, tcp_port = free_port(host), free_port(host)
+    slots = place([host, host])
+    horovod, torch_group = HorovodRendezvous(), TorchRendezvous()
+    hvd_port, torch_port, tcp_port = horovod.start(slots), torch_group.start(slots), free_port(host)
     procs = []
     try:
         for rank in range(2):
-            rank_env = RankEnvironment(rank=rank, size=2, local_rank=placement[rank][0], local_size=placement[rank][1])
-            rendezvous = _rendezvous_env("horovod", rank_env, hosts, placement, {"addr": host, "port": hvd_port})
-            env = {**os.environ, **rank_env.to_environ(), **rendezvous,
-                   "MASTER_ADDR": host, "MASTER_PORT": str(torch_port), "ALLREDUCE_TCP_PORT": str(tcp_port),
+            rank_env = RankEnvironment(rank=rank, size=2, local_rank=slots[rank].local_rank,
+                                       local_size=slots[rank].local_size)
+            env = {**os.environ, **rank_env.to_environ(), **horovod.environ(slots, rank, host, hvd_port),
+                   **torch_group.environ(slots, rank, host, torch_port), "ALLREDUCE_TCP_PORT": str(tcp_port),
                    "PYTHONUNBUFFERED": "1"}
             cmd = [sys.executable, os.path.abspath(__file__), "--rank-child"] + argv
             procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True))
@@ -211,8 +210,7 @@ def run_ranks(args, argv: list[str]) -> list[dict]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        server.shutdown()
-        server.server_close()
+        horovod.stop()
 
 
 def main(argv=None) -> int:

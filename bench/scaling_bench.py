@@ -56,21 +56,21 @@ def one_launch(sc, cfg, dataset_dir: str, engine: str, pin: bool | None, workers
     # No model artifact and no metrics file: rank 0 would export the model after the timed part anyway,
     # but it only adds wall time. A fresh run folder each launch, so nothing resumes.
     paths = {**store.paths(), "model_dir": None, "metrics_path": None}
-    spec = WorkerSpec(train=run_cfg.train, dataset_dir=dataset_dir, paths=paths, run_id=store.run_id)
+    spec = WorkerSpec(config=run_cfg, dataset_dir=dataset_dir, paths=paths, run_id=store.run_id)
     started = time.time()
     try:
         results = launch(sc, spec)
     finally:
         wall = time.time() - started
         shutil.rmtree(store.run_dir, ignore_errors=True)
-    samples = sum(r["train_samples"] for r in results)
-    seconds = max(r["train_seconds"] for r in results)
+    samples = sum(r.train_samples for r in results)
+    seconds = max(r.train_seconds for r in results)
     return {"engine": engine, "pin_cores": pin, "workers": workers, "samples": samples, "train_seconds": seconds,
             "samples_per_s": samples / seconds, "wall_s": round(wall, 2),
-            "steps_per_epoch": results[0]["steps_per_epoch"],
-            "ranks_identical": len({r["param_sha256"] for r in results}) == 1,
-            "per_rank": [{"rank": r["rank"], "train_samples": r["train_samples"], "train_seconds": r["train_seconds"],
-                          "ring_init_s": r.get("ring_init_s")} for r in results]}
+            "steps_per_epoch": results[0].steps_per_epoch,
+            "ranks_identical": len({r.param_sha256 for r in results}) == 1,
+            "per_rank": [{"rank": r.rank, "train_samples": r.train_samples, "train_seconds": r.train_seconds,
+                          "ring_init_s": r.ring_init_s} for r in results]}
 
 
 def main(argv=None) -> int:

@@ -3,7 +3,7 @@
 The scaling benchmark (bench/scaling_bench.py) measures the whole product path in Spark; this one
 takes Spark and the reader out, to time the step itself and each Horovod knob under the same
 conditions. Each configuration is one launch of 1 or 2 rank processes on this machine, their
-environment set by the Spark launcher's own functions (training.launcher: Horovod's HTTP rendezvous,
+environment set by the Spark task's own functions (training.rendezvous: Horovod's HTTP rendezvous,
 MASTER_ADDR/PORT), plus the configuration's environment. Each rank builds the demo's `tabular_mlp`
 (conf/demo.yaml's shapes: 6 numeric, 4 categorical columns), the real engine
 (`training.engines.make_engine`, `wrap`), AdamW, and runs the training loop's step on batches held in
@@ -135,20 +135,19 @@ def rank_main(args) -> None:
 # ----------------------------------------------------------------------------- the parent
 
 def launch(name: str, args, argv: list[str]) -> dict:
-    from ringtrain.training.environment import RankEnvironment, free_port
-    from ringtrain.training.launcher import _placement, _rendezvous_env, _start_rendezvous
+    from ringtrain.training.environment import RankEnvironment
+    from ringtrain.training.rendezvous import for_engine, place
     engine, ranks, extra, _ = CONFIGS[name]
     host = "127.0.0.1"
-    hosts = [host] * ranks
-    placement = _placement(hosts)
-    server, port = _start_rendezvous(host, hosts, placement) if engine == "horovod" else (None, free_port(host))
+    slots = place([host] * ranks)
+    rendezvous = for_engine(engine)
+    port = rendezvous.start(slots)
     procs = []
     try:
         for rank in range(ranks):
-            rank_env = RankEnvironment(rank=rank, size=ranks, local_rank=placement[rank][0],
-                                       local_size=placement[rank][1])
-            env = {**os.environ, **rank_env.to_environ(),
-                   **_rendezvous_env(engine, rank_env, hosts, placement, {"addr": host, "port": port}),
+            rank_env = RankEnvironment(rank=rank, size=ranks, local_rank=slots[rank].local_rank,
+                                       local_size=slots[rank].local_size)
+            env = {**os.environ, **rank_env.to_environ(), **rendezvous.environ(slots, rank, host, port),
                    **extra, "STEP_BENCH_ENGINE": engine, "PYTHONUNBUFFERED": "1"}
             cmd = [sys.executable, os.path.abspath(__file__), "--rank-child"] + argv
             procs.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True))
@@ -165,9 +164,7 @@ def launch(name: str, args, argv: list[str]) -> dict:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+        rendezvous.stop()
     slowest = max(outputs, key=lambda o: sum(o["ms"].values()))
     return {"config": name, "ms": slowest["ms"], "step_ms": sum(slowest["ms"].values()),
             "ranks_identical": len({o["param_sum"] for o in outputs}) == 1}

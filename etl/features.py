@@ -20,7 +20,6 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from ringtrain.config import EtlConfig, SplitConfig
-from ringtrain.manifest import SPLITS  # noqa: F401  (re-exported for the ETL modules)
 
 SPLIT = "_split"
 UNKNOWN, NULL_INDEX = 0, 1

@@ -35,10 +35,10 @@ import time
 from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 
-from ringtrain.etl.features import SPLITS, FeatureStats
+from ringtrain.etl.features import FeatureStats
 from ringtrain.etl.manifest import version_manifest
 from ringtrain.manifest import (
-    Identity, IncrementalManifest, Manifest, Partition, Quarantine, Split, load_manifest,
+    SPLITS, Identity, IncrementalManifest, Manifest, Partition, Quarantine, Split, load_manifest,
 )
 from ringtrain.etl.steps import (
     balance, config_hash, count_rows, input_files, publish_version, read_tasks_in_whole_rounds,

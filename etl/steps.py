@@ -18,7 +18,7 @@ from pyspark.sql import functions as F
 from ringtrain.config import EtlConfig
 from ringtrain.errors import BadDataError
 from ringtrain.etl.features import (
-    SPLIT, SPLITS, FeatureStats, apply_features, assign_split, fit_features, known_label, split_of,
+    SPLIT, FeatureStats, apply_features, assign_split, fit_features, known_label, split_of,
 )
 from ringtrain.etl.manifest import check_staged
 from ringtrain.etl.shards import (
@@ -27,7 +27,7 @@ from ringtrain.etl.shards import (
 from ringtrain.etl.sources import CORRUPT
 from ringtrain.etl.validate import REASON, parse_and_validate
 from ringtrain.layout import DatasetStore
-from ringtrain.manifest import Manifest, Shard, Split
+from ringtrain.manifest import SPLITS, Manifest, Shard, Split
 from ringtrain.schema import to_dict
 from ringtrain.spark import session_conf
 from ringtrain.store import join, rmtree

@@ -20,6 +20,7 @@ from typing import Callable
 
 from ringtrain.config import Config, load_config
 from ringtrain.errors import ConfigError, ModelLocked, TrainingFailed, TrainingInterrupted, UserError
+from ringtrain.schema import to_dict
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,8 @@ def run(name: str, args: argparse.Namespace) -> int:
     except TrainingFailed as exc:
         print(f"ringtrain {name}: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(summary, indent=2) if args.json else "\n" + command.format(summary))
+    # to_dict: a train summary's ranks are RankResults
+    print(json.dumps(to_dict(summary), indent=2) if args.json else "\n" + command.format(summary))
     return 0
 
 

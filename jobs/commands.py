@@ -10,7 +10,7 @@ import time
 from ringtrain.manifest import DatasetError, load_manifest
 from ringtrain.etl.pipeline import run_etl
 from ringtrain.etl.sample_data import write_churn_csv
-from ringtrain.config import Config, MonitorConfig
+from ringtrain.config import Config
 from ringtrain.schema import ConfigError
 from ringtrain.spark import export_store_settings, get_spark
 from ringtrain.layout import RunStore
@@ -67,10 +67,6 @@ def demo_job(cfg: Config) -> dict:
     etl = etl_job(cfg)
     train = train_job(cfg.with_run_id(store.run_id), dataset_dir=etl["dataset_dir"])
     return {"etl": etl, "train": train, "wall_s": round(time.time() - started, 1)}
-
-
-def monitor_direction(monitor: dict) -> str:
-    return MonitorConfig(**monitor).direction()
 
 
 def retrain_job(cfg: Config, *, dates: list[str], force: bool = False) -> dict:
@@ -161,19 +157,19 @@ def format_summary(kind: str, summary: dict) -> str:
                   f"{' (unchanged source: reused)' if etl.get('reused') else ''} in {etl['seconds']}s "
                   f"(Spark start-up {etl['spark_startup_s']}s)"]
     if train:
-        r0 = train["ranks"][0]
-        m = r0["metrics"]
-        lines += [f"TRAIN     {len(train['ranks'])} ranks ({r0['engine']}, {r0['reader']} reader, {r0['device']}), "
-                  f"{r0['epochs_run']} epochs, "
-                  f"{r0['steps_per_epoch']} steps/epoch on every rank, {train['train_wall_s']}s "
-                  f"(Spark start-up {train['spark_startup_s']}s, ring start-up {r0['ring_init_s']}s)",
-                  f"          best epoch {r0['best_epoch'] + 1} of {r0['epochs_run']} by validation "
-                  f"{r0['monitor']['metric']} ({'lower' if monitor_direction(r0['monitor']) == 'min' else 'higher'} "
+        r0 = train["ranks"][0]  # RankResult
+        m = r0.metrics
+        lines += [f"TRAIN     {len(train['ranks'])} ranks ({r0.engine}, {r0.reader} reader, {r0.device}), "
+                  f"{r0.epochs_run} epochs, "
+                  f"{r0.steps_per_epoch} steps/epoch on every rank, {train['train_wall_s']}s "
+                  f"(Spark start-up {train['spark_startup_s']}s, ring start-up {r0.ring_init_s}s)",
+                  f"          best epoch {r0.best_epoch + 1} of {r0.epochs_run} by validation "
+                  f"{r0.monitor.metric} ({'lower' if r0.monitor.direction() == 'min' else 'higher'} "
                   f"is better)"
-                  f"{', stopped early' if r0['stopped_early'] else ''}: the model is that epoch's",
+                  f"{', stopped early' if r0.stopped_early else ''}: the model is that epoch's",
                   *[f"          {line}" for line in task_for_metrics(m).summary_lines(m)],
                   f"          ranks' parameters identical: "
-                  f"{len({r['param_sha256'] for r in train['ranks']}) == 1}",
+                  f"{len({r.param_sha256 for r in train['ranks']}) == 1}",
                   f"          model {train['model_dir']}",
                   f"          metrics {join(train['run_dir'], 'metrics.json')} (+ metrics.png)"]
     if kind == "demo":

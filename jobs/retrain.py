@@ -248,8 +248,8 @@ def _train_step(spark, cfg: Config, registry: Registry, records: Records, record
     timings = {**record["timings_s"], "train": round(time.time() - clock, 1)}
     return records.save({**_before(record, "evaluate"), "state": "evaluate", "timings_s": timings,
                          "warm_start_from": champion if init else None,
-                         "training": {k: ranks[0][k] for k in ("epochs_run", "batches_run", "steps_per_epoch",
-                                                               "metrics")}})
+                         "training": {"epochs_run": ranks[0].epochs_run, "batches_run": ranks[0].batches_run,
+                                      "steps_per_epoch": ranks[0].steps_per_epoch, "metrics": ranks[0].metrics}})
 
 
 def _evaluate_step(cfg: Config, registry: Registry, records: Records, record: dict, store: RunStore) -> dict:

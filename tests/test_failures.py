@@ -326,7 +326,7 @@ def test_a_rank_user_error_is_not_retried(spark, small_dataset, tmp_path):
     cfg, dataset_dir = small_dataset
     cfg = demo_config(cfg.store.root, ["train.model.name=user_models:one_logit_column", "train.max_attempts=2"])
     store = RunStore.create(str(tmp_path), "unimportable").prepare()
-    spec = WorkerSpec(train=cfg.train, dataset_dir=dataset_dir, paths=store.paths(), run_id=store.run_id)
+    spec = WorkerSpec(config=cfg, dataset_dir=dataset_dir, paths=store.paths(), run_id=store.run_id)
     with pytest.raises(RankRefused, match=r"^rank [01] failed first: ModelContractError: train.model.name "
                                           r"'user_models:one_logit_column': cannot import it \(No module named "
                                           r"'user_models'\)\. The module must be importable on the driver and on "
@@ -383,7 +383,7 @@ def test_a_job_killed_in_the_spark_ui_stops_the_run_without_a_retry(spark, small
     cfg, dataset_dir = small_dataset
     cfg = demo_config(cfg.store.root, ["train.checkpoint_every_steps=10", "train.max_attempts=2"])
     store = RunStore.create(str(tmp_path), "uikill").prepare()
-    spec = WorkerSpec(train=cfg.train, dataset_dir=dataset_dir, paths=store.paths(), run_id=store.run_id)
+    spec = WorkerSpec(config=cfg, dataset_dir=dataset_dir, paths=store.paths(), run_id=store.run_id)
     sc = spark.sparkContext
 
     def kill_from_the_ui():  # the UI's "kill" link on a stage calls SparkContext.cancelStage(id, reason)
@@ -409,7 +409,7 @@ def test_a_user_model_with_one_logit_column_trains(small_dataset, tmp_path):
     cfg = demo_config(cfg.store.root, ["train.model.name=user_models:one_logit_column", "train.epochs=1"])
     store = RunStore.create(str(tmp_path), "column").prepare()
     spec_path = tmp_path / "spec.json"
-    spec_path.write_text(WorkerSpec(train=cfg.train, dataset_dir=dataset_dir, paths=store.paths(),
+    spec_path.write_text(WorkerSpec(config=cfg, dataset_dir=dataset_dir, paths=store.paths(),
                                     run_id=store.run_id).to_json())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HOROVOD_", "RANK", "WORLD_SIZE", "LOCAL_"))}
     out = subprocess.run([sys.executable, "-m", "ringtrain.training.worker", str(spec_path)], cwd=ROOT,

@@ -43,7 +43,7 @@ def spec_file(folder, dataset_dir: str, overrides: list[str], run_id: str = "run
     cfg = load_config(os.path.join(ROOT, "conf", "demo.yaml"), [f"store.root={folder}", "train.num_workers=1",
                                                                 *overrides])
     store = RunStore.create(str(folder), run_id).prepare()
-    spec = WorkerSpec(train=cfg.train, dataset_dir=dataset_dir, paths=store.paths(), run_id=run_id, fault=fault)
+    spec = WorkerSpec(config=cfg, dataset_dir=dataset_dir, paths=store.paths(), run_id=run_id, fault=fault)
     path = os.path.join(str(folder), f"spec-{run_id}.json")
     with open(path, "w") as f:
         f.write(spec.to_json())

@@ -46,14 +46,21 @@ def test_cli_help_imports_neither_torch_nor_pyspark():
     assert _heavy(loaded) == set()
 
 
-def test_the_spark_launcher_loads_no_training_code():
-    """The driver imports the launcher to start a training: it runs no torch, so it loads none."""
-    loaded = _modules_after("import ringtrain.training.launcher")
-    assert "ringtrain.training.launcher" in loaded
+# What the Spark side of a training loads, on the driver and in each barrier task: the worker, in its own
+# process, is the only one that runs torch.
+SPARK_SIDE = {"ringtrain.training.task", "ringtrain.training.rendezvous", "ringtrain.training.environment",
+              "ringtrain.training.failure", "ringtrain.training.spec"}
+
+
+@pytest.mark.parametrize("module, expected", [
+    ("ringtrain.training.launcher", SPARK_SIDE | {"ringtrain.training.launcher"}),
+    ("ringtrain.training.task", SPARK_SIDE)])
+def test_the_spark_launcher_loads_no_training_code(module, expected):
+    """The driver imports the launcher to start a training, and each barrier task the task module to start its
+    worker: neither runs torch, so neither loads it (nor Horovod, whose rendezvous server loads when it starts)."""
+    loaded = _modules_after(f"import {module}")
     assert {m for m in loaded if m.split(".")[0] in ("torch", "horovod", "petastorm")} == set()
-    assert {m for m in loaded if m.startswith("ringtrain.training.")} == {
-        "ringtrain.training.launcher", "ringtrain.training.environment", "ringtrain.training.failure",
-        "ringtrain.training.spec"}
+    assert {m for m in loaded if m.startswith("ringtrain.training.")} == expected
 
 
 @pytest.mark.slow

@@ -157,9 +157,9 @@ def test_two_ranks_with_two_stages_each_train_like_the_unsplit_model(spark, smal
             "train.model.num_blocks=2", "train.epochs=1"]
     split, split_store = train(spark, small_dataset, tmp_path, f"split-{engine}",
                                opts + ["train.pipeline.stages=2", "train.pipeline.micro_batches=4"])
-    assert split[0]["param_sha256"] == split[1]["param_sha256"]
-    assert split[0]["batches_run"] == split[1]["batches_run"] == split[0]["steps_per_epoch"]
-    metrics = split[0]["metrics"]
+    assert split[0].param_sha256 == split[1].param_sha256
+    assert split[0].batches_run == split[1].batches_run == split[0].steps_per_epoch
+    metrics = split[0].metrics
     assert metrics["accuracy"] > metrics["baseline_accuracy"] + 0.02
     whole, whole_store = train(spark, small_dataset, tmp_path, f"whole-{engine}", opts)
     # Same data, same initial weights, same steps: only float summation order differs.

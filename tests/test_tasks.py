@@ -320,25 +320,25 @@ def test_early_stopped_run_keeps_the_best_epoch(spark, small_dataset, tmp_path):
                                        "train.checkpoint_every_steps=0", "train.num_workers=2",
                                        "train.max_attempts=1"])
     store = RunStore.create(str(tmp_path), "early").prepare()
-    spec = WorkerSpec(train=cfg.train, dataset_dir=dataset_dir, paths=store.paths(), run_id=store.run_id)
+    spec = WorkerSpec(config=cfg, dataset_dir=dataset_dir, paths=store.paths(), run_id=store.run_id)
     results = launch(spark.sparkContext, spec)
     r0 = results[0]
-    assert r0["stopped_early"] and r0["epochs_run"] == r0["best_epoch"] + 2  # patience 1: one worse epoch
+    assert r0.stopped_early and r0.epochs_run == r0.best_epoch + 2  # patience 1: one worse epoch
     with open(os.path.join(store.model_dir, "artifact.json")) as f:
         artifact = json.load(f)
     history = artifact["history"]
     best = min(range(len(history)), key=lambda e: history[e]["loss"])
-    assert r0["best_epoch"] == artifact["best_epoch"] == best and history[-1]["loss"] > history[best]["loss"]
-    assert r0["metrics"] == artifact["metrics"] == history[best]
+    assert r0.best_epoch == artifact["best_epoch"] == best and history[-1]["loss"] > history[best]["loss"]
+    assert r0.metrics == artifact["metrics"] == history[best]
     # The artifact's weights are the checkpoint written at the end of the best epoch, not the last one.
     checkpoints = {torch.load(p, weights_only=False)["epoch"]: p for p in list_checkpoints(store.checkpoint_dir)}
     best_ckpt = torch.load(checkpoints[best + 1], weights_only=False)["model"]
-    last_ckpt = torch.load(checkpoints[r0["epochs_run"]], weights_only=False)["model"]
+    last_ckpt = torch.load(checkpoints[r0.epochs_run], weights_only=False)["model"]
     published = torch.load(os.path.join(store.model_dir, "state_dict.pt"))
     assert published.keys() == best_ckpt.keys()
     assert all(torch.equal(published[k], best_ckpt[k]) for k in published)
     assert not all(torch.equal(published[k], last_ckpt[k]) for k in published)
     summary = format_summary("train", {"ranks": results, "train_wall_s": 1.0, "spark_startup_s": 1.0,
                                        "model_dir": store.model_dir, "run_dir": store.run_dir})
-    assert (f"best epoch {best + 1} of {r0['epochs_run']} by validation loss (lower is better), stopped early: "
+    assert (f"best epoch {best + 1} of {r0.epochs_run} by validation loss (lower is better), stopped early: "
             f"the model is that epoch's") in summary

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 def worker_spec(small_dataset, store, overrides=(), fault=None):
     cfg, dataset_dir = small_dataset
     cfg = demo_config(cfg.store.root, list(overrides))
-    return WorkerSpec(train=cfg.train, dataset_dir=dataset_dir, paths=store.paths(), run_id=store.run_id, fault=fault)
+    return WorkerSpec(config=cfg, dataset_dir=dataset_dir, paths=store.paths(), run_id=store.run_id, fault=fault)
 
 
 def train(spark, small_dataset, tmp_path, run_id, overrides=(), fault=None, *, root=None):
@@ -41,9 +41,9 @@ def test_two_ranks_end_with_identical_parameters(spark, small_dataset, tmp_path,
     ports_before = listening_ports()
     results, store = train(spark, small_dataset, tmp_path, engine, [f"train.engine={engine}"])
     assert not ports_left(ports_before)  # the rendezvous server (Horovod) or TCPStore (DDP) is closed
-    assert [r["rank"] for r in results] == [0, 1] and all(r["size"] == 2 for r in results)
-    assert results[0]["param_sha256"] == results[1]["param_sha256"]
-    assert results[0]["batches_run"] == results[1]["batches_run"] == 2 * results[0]["steps_per_epoch"]
+    assert [r.rank for r in results] == [0, 1] and all(r.size == 2 for r in results)
+    assert results[0].param_sha256 == results[1].param_sha256
+    assert results[0].batches_run == results[1].batches_run == 2 * results[0].steps_per_epoch
     assert_exported_model_gives_the_eager_logits(store, small_dataset[1])
 
 
@@ -53,8 +53,8 @@ def test_horovod_grouped_gradients_with_accumulation_stay_identical_across_ranks
     # requested only on the last backward of each optimizer step.
     results, _ = train(spark, small_dataset, tmp_path, "accumulate",
                        ["train.engine=horovod", "train.grad_accumulation=2", "train.epochs=1"])
-    assert results[0]["param_sha256"] == results[1]["param_sha256"]
-    assert results[0]["opt_steps"] == results[0]["steps_per_epoch"] // 2 > 0
+    assert results[0].param_sha256 == results[1].param_sha256
+    assert results[0].opt_steps == results[0].steps_per_epoch // 2 > 0
 
 
 def assert_exported_model_gives_the_eager_logits(store, dataset_dir):
@@ -97,21 +97,21 @@ def test_killed_rank_is_retried_from_checkpoint_and_matches_uninterrupted_run(sp
                 "logs/attempt1-rank1.log", "model/artifact.json", "model/state_dict.pt", "metrics.json",
                 "metrics.png"} <= set(keys), keys
         assert len([k for k in keys if k.startswith("checkpoints/ckpt-")]) == 2, keys  # the newest two kept
-    assert resumed[0]["batches_run"] < clean[0]["batches_run"]  # it resumed, it did not restart
+    assert resumed[0].batches_run < clean[0].batches_run  # it resumed, it did not restart
     a, b = state_dict(clean_store), state_dict(resumed_store)
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-6, rtol=0), name
-    assert resumed[0]["param_sha256"] == resumed[1]["param_sha256"]
+    assert resumed[0].param_sha256 == resumed[1].param_sha256
     if where == "local":  # bit for bit, the history too: each rank resumed its own part of epoch 1's loss sum
-        assert resumed[0]["param_sha256"] == clean[0]["param_sha256"]
+        assert resumed[0].param_sha256 == clean[0].param_sha256
         assert read_json(resumed_store.metrics_path) == read_json(clean_store.metrics_path)
     assert not worker_processes()
 
 
 def test_nan_on_one_rank_is_skipped_by_every_rank(spark, small_dataset, tmp_path):
     results, _ = train(spark, small_dataset, tmp_path, "nan", fault="nan:1:10")
-    assert [r["skipped_steps"] for r in results] == [1, 1]
-    assert results[0]["param_sha256"] == results[1]["param_sha256"]
+    assert [r.skipped_steps for r in results] == [1, 1]
+    assert results[0].param_sha256 == results[1].param_sha256
 
 
 def test_nan_with_on_nonfinite_fail_stops_every_rank(spark, small_dataset, tmp_path):
@@ -154,9 +154,9 @@ def test_fp16_overflow_on_one_rank_is_skipped_by_every_rank_and_lowers_the_loss_
                                                                                       tmp_path):
     results, store = train(spark, small_dataset, tmp_path, "fp16", ["train.amp=fp16", "train.epochs=1"],
                            fault="overflow:1:10")
-    assert [(r["overflow_steps"], r["skipped_steps"]) for r in results] == [(1, 0), (1, 0)]
-    assert results[0]["param_sha256"] == results[1]["param_sha256"]
-    m = results[0]["metrics"]
+    assert [(r.overflow_steps, r.skipped_steps) for r in results] == [(1, 0), (1, 0)]
+    assert results[0].param_sha256 == results[1].param_sha256
+    m = results[0].metrics
     assert m["accuracy"] > m["baseline_accuracy"], m
     ckpt = torch.load(sorted(glob.glob(os.path.join(store.checkpoint_dir, "ckpt-*.pt")))[-1], weights_only=False)
     assert ckpt["grad_scaler"]["scale"] == 2.0 ** 15  # GradScaler starts at 2**16 and halved once

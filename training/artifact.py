@@ -62,9 +62,10 @@ def _plot(history: list[dict], path: str) -> None:
     atomic_write_bytes(path, png.getvalue())
 
 
-def publish_model(paths: dict, model: torch.nn.Module, example: dict, manifest: Manifest, spec: dict, state,
-                  task) -> str:
-    """`model` holds the best epoch's weights (state.best_epoch); `task` gives the output schema."""
+def publish_model(paths: dict, model: torch.nn.Module, example: dict, manifest: Manifest, dataset_dir: str,
+                  config: dict, state, task) -> str:
+    """`model` holds the best epoch's weights (state.best_epoch), trained on `dataset_dir` with `config` (the
+    whole config as plain values); `task` gives the output schema."""
     final = paths["model_dir"]
     with tempfile.TemporaryDirectory(prefix="ringtrain-model-") as staging:  # local: torch writes files
         model = model.cpu().eval()
@@ -78,11 +79,11 @@ def publish_model(paths: dict, model: torch.nn.Module, example: dict, manifest: 
             "program": program,
             "inputs": input_schema(features),
             "output": task.output_schema(),
-            "dataset": {"dir": spec["dataset_dir"], "name": manifest.dataset,
-                        "version": os.path.basename(spec["dataset_dir"].rstrip("/")),
-                        "features_json": join(spec["dataset_dir"], features.path)},
+            "dataset": {"dir": dataset_dir, "name": manifest.dataset,
+                        "version": os.path.basename(dataset_dir.rstrip("/")),
+                        "features_json": join(dataset_dir, features.path)},
             "best_epoch": state.best_epoch, "metrics": best, "history": history,
-            "train_config": spec["train"], "config": spec.get("config", {}),
+            "train_config": config["train"], "config": config,
         }
         with open(os.path.join(staging, "artifact.json"), "w") as f:
             json.dump(info, f, indent=2, sort_keys=True)

@@ -15,6 +15,7 @@ from typing import Protocol
 import torch
 
 from ringtrain.training.environment import RankEnvironment
+from ringtrain.training.spec import COLLECTIVE_TIMEOUT_S
 
 
 class Engine(Protocol):
@@ -112,11 +113,11 @@ class HorovodEngine:
 class TorchDDPEngine:
     name = "ddp"
 
-    def __init__(self, device: torch.device, env: RankEnvironment) -> None:
+    def __init__(self, device: torch.device, env: RankEnvironment, collective_timeout_s: float) -> None:
         import torch.distributed as dist
         self.dist, self.device = dist, device
         self.rank, self.size, self.local_rank = env.rank, env.size, env.local_rank
-        timeout = timedelta(seconds=float(os.environ.get("RINGTRAIN_COLLECTIVE_TIMEOUT_S", "1800")))
+        timeout = timedelta(seconds=collective_timeout_s)
         if self.size == 1 and "MASTER_PORT" not in os.environ:
             # Alone (no launcher gave a rendezvous): an in-memory store. A TCP store on a port picked
             # beforehand can lose that port to another process before it binds it (EADDRINUSE, seen in CI).
@@ -229,11 +230,13 @@ def _grad(p: torch.Tensor) -> torch.Tensor:
     return p.grad
 
 
-def make_engine(name: str, device: torch.device, env: RankEnvironment) -> Engine:
+def make_engine(name: str, device: torch.device, env: RankEnvironment, *,
+                collective_timeout_s: float = COLLECTIVE_TIMEOUT_S) -> Engine:
+    """`collective_timeout_s`: DDP only (WorkerSpec.collective_timeout_s); Horovod keeps its own."""
     if name == "horovod":
         return HorovodEngine(env)
     if name == "ddp":
-        return TorchDDPEngine(device, env)
+        return TorchDDPEngine(device, env, collective_timeout_s)
     raise ValueError(f"train.engine: unknown engine {name!r}; use 'horovod' or 'ddp'")
 
 

@@ -1,14 +1,10 @@
-"""Run the training worker in Spark barrier tasks: set each task's environment, then get out of the way.
+"""The driver's side of a training: run attempts of one Spark barrier stage, name the root cause of a failed one.
 
-Per attempt, one barrier stage of `train.num_workers` tasks:
-  1. every task shares its host address (allGather);
-  2. task 0 starts the rendezvous: Horovod's HTTP rendezvous server bound to its cluster address
-     (not all interfaces), or a free port for torch.distributed's TCPStore;
-  3. every task sets its `RankEnvironment` (rank, world size, local rank and size, its Spark GPUs)
-     and the engine's rendezvous variables, and runs `python -m ringtrain.training.worker` as a child;
-  4. a watchdog kills the child when it stops reporting progress for `hang_timeout_s`; the child
-     also dies with its parent (PR_SET_PDEATHSIG), so a killed task leaves no process behind.
+Per attempt, one barrier stage of `train.num_workers` tasks, each running `training.task.run_task`:
+the tasks form the engine's ring (training.rendezvous), each runs the worker as a child process and
+answers its `RankResult` (training.spec). This module imports no torch: the driver only starts them.
 
+Before anything starts, `check_slots` and `check_gpus` refuse a cluster that cannot run the stage.
 Spark does not retry a failed barrier result stage, so `launch` retries the whole stage up to
 `max_attempts` times; the workers resume from the run's last checkpoint. Not every failure is
 retried: after a failed stage the driver reads the ranks' failure records (training.failure) and
@@ -19,33 +15,24 @@ run (`TrainingInterrupted`, exit 130). Lost ranks or executors, hangs and other 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import json
 import logging
 import os
 import re
 import signal
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections import deque
 
-from pyspark import BarrierTaskContext, SparkContext
+from pyspark import SparkContext
 
-from ringtrain import store
 from ringtrain.errors import ConfigError, NotEnoughSlots, RankRefused, TrainingFailed, TrainingInterrupted
-from ringtrain.schema import to_dict
 from ringtrain.layout import RunStore
 from ringtrain.training import failure
-from ringtrain.training.environment import RankEnvironment, free_port
-from ringtrain.training.spec import ERROR_PREFIX, RESULT_PREFIX, WorkerSpec
+from ringtrain.training.spec import RankResult, WorkerSpec
+from ringtrain.training.task import RankFailed, run_task
 
 log = logging.getLogger("ringtrain.launcher")
 _RECORD_WAIT_S = 3.0  # how long the driver waits for a failed rank's record written by its Spark task
 _CANCELLED = re.compile(r"Job \d+ cancelled")  # Spark's words for cancelAllJobs, the UI's kill, sc.stop()
-LOG_SYNC_S = 10.0  # how often a log bound for a non-POSIX store is uploaded while its worker runs
 # Spark's loggers that print a failed or killed task's Java stack trace on the driver's stderr (the executors'
 # too in local mode, where they share the driver's JVM). After a user's interrupt those failures are the
 # interrupt itself: the CLI's one line says what happened and how to resume.
@@ -54,20 +41,19 @@ _TASK_FAILURE_LOGGERS = ("org.apache.spark.executor.Executor", "org.apache.spark
                          "org.apache.spark.scheduler.TaskSchedulerImpl", "org.apache.spark.scheduler.DAGScheduler",
                          "org.apache.spark.api.python.PythonRunner", "org.apache.spark.api.python.PythonWorkerFactory",
                          "org.apache.spark.storage.BlockManager")
-_INTERRUPT_GRACE_S = 2.0  # how long a Spark task hit by the terminal's Ctrl-C waits for the driver's cancel
 
 
-def run_training(spark, cfg, run: RunStore, dataset_dir: str, *, init_weights: str | None = None) -> list:
+def run_training(spark, cfg, run: RunStore, dataset_dir: str, *, init_weights: str | None = None) -> list[RankResult]:
     """Train on `dataset_dir` into the run `run` (resuming from its checkpoints) with `cfg` (a Config); each
     rank's result. `init_weights`: a state_dict file to start from (a warm start), instead of train.seed's
     initialization. What `ringtrain train` and a retrain's training step both run."""
     run.prepare()
-    spec = WorkerSpec(train=cfg.train, dataset_dir=dataset_dir, paths=run.paths(), run_id=run.run_id,
-                      config=to_dict(cfg), init_weights=init_weights)
+    spec = WorkerSpec(config=cfg, dataset_dir=dataset_dir, paths=run.paths(), run_id=run.run_id,
+                      init_weights=init_weights)
     return launch(spark.sparkContext, spec)
 
 
-def launch(sc: SparkContext, spec: WorkerSpec) -> list[dict]:
+def launch(sc: SparkContext, spec: WorkerSpec) -> list[RankResult]:
     """Run the worker on `spec.train.num_workers` barrier tasks; return each rank's result, ordered by rank."""
     t = spec.train
     check_slots(sc, t.num_workers)
@@ -102,12 +88,12 @@ def launch(sc: SparkContext, spec: WorkerSpec) -> list[dict]:
                          f"Per-rank logs: {log_dir}")
 
 
-def _run_attempt(sc: SparkContext, spec: WorkerSpec) -> list[dict]:
+def _run_attempt(sc: SparkContext, spec: WorkerSpec) -> list[RankResult]:
     task_spec = spec.to_json()
     num_workers = spec.train.num_workers
     rdd = sc.parallelize(range(num_workers), num_workers)
-    raw = rdd.barrier().mapPartitions(lambda _: _run_task(task_spec)).collect()
-    return sorted((json.loads(r) for r in raw), key=lambda r: r["rank"])
+    raw = rdd.barrier().mapPartitions(lambda _: run_task(task_spec)).collect()
+    return sorted((RankResult.from_json(r) for r in raw), key=lambda r: r.rank)
 
 
 def _root_cause(exc: Exception, log_dir: str, attempt: int) -> failure.Failure:
@@ -212,209 +198,7 @@ def check_gpus(sc: SparkContext, gpus_per_worker: int) -> None:
 
 def _short_error(exc: Exception) -> str:
     text = str(exc)
-    found = re.findall(r"RankFailed: ([^\n]+)", text)
+    found = re.findall(rf"{RankFailed.__name__}: ([^\n]+)", text)
     if found:
         return found[0]
     return text.strip().splitlines()[0][:500] if text.strip() else type(exc).__name__
-
-
-# ----------------------------------------------------------------------------- inside a barrier task
-
-class RankFailed(RuntimeError):
-    pass
-
-
-def _run_task(task_spec: str):
-    spec = WorkerSpec.from_json(task_spec)
-    engine = spec.train.engine
-    ctx = BarrierTaskContext.get()
-    pid = ctx.partitionId()
-    host = ctx.getTaskInfos()[pid].address.rsplit(":", 1)[0]
-    hosts = [json.loads(x)["host"] for x in ctx.allGather(json.dumps({"host": host}))]
-    placement = _placement(hosts)
-    server = None
-    try:
-        if pid == 0:
-            if engine == "horovod":
-                server, port = _start_rendezvous(host, hosts, placement)
-            else:
-                port = free_port(host)
-            message = json.dumps({"addr": host, "port": port})
-        else:
-            message = ""
-        rendezvous = json.loads(ctx.allGather(message)[0])
-        gpus = ctx.resources().get("gpu")
-        local_rank, local_size, _, _ = placement[pid]
-        rank_env = RankEnvironment(rank=pid, size=len(hosts), local_rank=local_rank, local_size=local_size,
-                                   task_gpus=tuple(gpus.addresses) if gpus is not None else None)
-        env = {**rank_env.to_environ(), **_rendezvous_env(engine, rank_env, hosts, placement, rendezvous)}
-        result = run_worker_process(task_spec, env, spec=spec, rank=pid)
-        ctx.barrier()  # rank 0 keeps the rendezvous up until every rank is done with it
-    finally:
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-    yield json.dumps(result)
-
-
-def _placement(hosts: list[str]) -> list[tuple[int, int, int, int]]:
-    """Per task: (local_rank, local_size, cross_rank, cross_size), ranks grouped by host in task order."""
-    order = list(dict.fromkeys(hosts))
-    local_ranks, seen = [], {}
-    for h in hosts:
-        local_ranks.append(seen.get(h, 0))
-        seen[h] = seen.get(h, 0) + 1
-    out = []
-    for h, lr in zip(hosts, local_ranks):
-        cross = [x for x in order if seen[x] > lr]  # hosts that have a rank with this local rank
-        out.append((lr, seen[h], cross.index(h), len(cross)))
-    return out
-
-
-def _start_rendezvous(host: str, hosts: list[str], placement):
-    from horovod.runner.common.util.hosts import SlotInfo
-    from horovod.runner.http.http_server import RendezvousHandler, RendezvousHTTPServer
-    plan = [SlotInfo(hostname=h, rank=r, local_rank=p[0], cross_rank=p[2], size=len(hosts),
-                     local_size=p[1], cross_size=p[3]) for r, (h, p) in enumerate(zip(hosts, placement))]
-    # Bound to the address Spark uses for this executor, not to every interface: the rendezvous
-    # store has no authentication.
-    server = RendezvousHTTPServer((host, 0), RendezvousHandler, 0)
-    server.init(plan)
-    threading.Thread(target=server.serve_forever, name="horovod-rendezvous", daemon=True).start()
-    return server, server.server_address[1]
-
-
-def _rendezvous_env(engine: str, rank_env: RankEnvironment, hosts: list[str], placement,
-                    rendezvous: dict) -> dict:
-    """What the engine's own library reads to join the ring (the rank environment is set apart)."""
-    if engine != "horovod":
-        return {"MASTER_ADDR": rendezvous["addr"], "MASTER_PORT": str(rendezvous["port"])}
-    rank = rank_env.rank
-    _, _, cross_rank, cross_size = placement[rank]
-    return {
-        "HOROVOD_GLOO_RENDEZVOUS_ADDR": rendezvous["addr"], "HOROVOD_GLOO_RENDEZVOUS_PORT": str(rendezvous["port"]),
-        "HOROVOD_CONTROLLER": "gloo", "HOROVOD_CPU_OPERATIONS": "gloo", "HOROVOD_HOSTNAME": hosts[rank],
-        "HOROVOD_RANK": str(rank), "HOROVOD_SIZE": str(rank_env.size), "HOROVOD_LOCAL_RANK": str(rank_env.local_rank),
-        "HOROVOD_LOCAL_SIZE": str(rank_env.local_size), "HOROVOD_CROSS_RANK": str(cross_rank),
-        "HOROVOD_CROSS_SIZE": str(cross_size),
-    }
-
-
-def run_worker_process(task_spec: str, env: dict, *, spec: WorkerSpec, rank: int) -> dict:
-    """Run `python -m ringtrain.training.worker` with `env`; return its result or raise RankFailed.
-
-    When the worker fails without writing its own failure record (it crashed, was killed, hung, or
-    could not write), this writes one from what the task saw.
-
-    The worker's output goes to a local log file as it comes; on a store that is not POSIX (S3, HDFS:
-    no appends) that local copy is uploaded to the log folder when the worker starts, every LOG_SYNC_S
-    while it runs (Spark may kill this task when another rank fails, before it can upload), and when it ends."""
-    log_dir, attempt, hang_timeout_s = spec.paths["log_dir"], spec.attempt, spec.train.hang_timeout_s
-    store.makedirs(log_dir)
-    log_path = failure.log_path(log_dir, attempt, rank)
-    if store.is_posix(log_dir):
-        local_log, sync_log = log_path, (lambda: None)
-    else:
-        local_log = _local_log_path(spec.run_id, log_path.rsplit("/", 1)[-1])
-        open(local_log, "a").close()  # so that the first upload, at start, makes the log visible at once
-
-        def sync_log() -> None:
-            if os.path.exists(local_log):
-                store.upload_file(local_log, log_path)
-
-    def fail(kind: str, message: str) -> RankFailed:
-        failure.write_record(log_dir, failure.Failure(rank=rank, attempt=attempt, kind=kind, message=message,
-                                                      failed_at=time.time(), log=log_path))
-        return RankFailed(f"rank {rank} failed: {message}. Log: {log_path}")
-
-    try:
-        return _run_worker(task_spec, env, local_log, hang_timeout_s, sync_log, fail)
-    finally:
-        sync_log()
-
-
-def _local_log_path(run_id: str, name: str) -> str:
-    """The executor's own copy of a log bound for a remote store: <tmp>/ringtrain-logs/<run_id>/<name>."""
-    folder = os.path.join(tempfile.gettempdir(), "ringtrain-logs", run_id)
-    os.makedirs(folder, exist_ok=True)
-    return os.path.join(folder, name)
-
-
-def _run_worker(task_spec: str, env: dict, local_log: str, hang_timeout_s: float, sync_log, fail) -> dict:
-    with tempfile.TemporaryDirectory(prefix="ringtrain-") as tmp:
-        heartbeat = os.path.join(tmp, "heartbeat")
-        open(heartbeat, "w").close()
-        child_env = {**os.environ, **env, "RINGTRAIN_SPEC": task_spec, "RINGTRAIN_HEARTBEAT": heartbeat,
-                     "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "ringtrain.training.worker"], env=child_env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                                preexec_fn=_die_with_parent)
-        tail: deque[str] = deque(maxlen=40)
-        result: list[dict] = []
-        errors: list[dict] = []
-        pump = threading.Thread(target=_pump, args=(proc, local_log, tail, result, errors), daemon=True)
-        pump.start()
-        synced = time.time()
-        try:
-            while proc.poll() is None:
-                if time.time() - synced > LOG_SYNC_S:
-                    sync_log()
-                    synced = time.time()
-                idle = time.time() - os.path.getmtime(heartbeat)
-                if idle > hang_timeout_s:
-                    _kill_group(proc)
-                    raise fail("hang", f"made no progress for {idle:.0f}s (train.hang_timeout_s={hang_timeout_s:g}): "
-                                       f"killed")
-                time.sleep(0.1)
-            pump.join(timeout=10)
-        except KeyboardInterrupt:  # a Ctrl-C reached this Spark worker too (the terminal's process group)
-            # The driver got it as well and is cancelling the job, after quieting the loggers that would print
-            # this task's failure as a Java stack trace: give it that moment before failing (the cancel may
-            # kill this task first, which ends it the same way).
-            _kill_group(proc)
-            try:
-                time.sleep(_INTERRUPT_GRACE_S)
-            except KeyboardInterrupt:
-                pass
-            raise fail("interrupted", "interrupted by the user") from None
-        finally:
-            _kill_group(proc)  # no-op after a clean exit; otherwise no orphan survives the task
-        if proc.returncode != 0 or not result:
-            if errors:
-                raise fail(errors[0]["kind"], errors[0]["message"])
-            last = " | ".join(line.strip() for line in list(tail)[-6:])
-            code = proc.returncode
-            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            raise fail("exit", f"{how} without an error line; last lines: {last}")
-        return result[0]
-
-
-def _pump(proc: subprocess.Popen, log_path: str, tail: deque, result: list, errors: list) -> None:
-    with open(log_path, "a") as out:
-        for raw in proc.stdout:
-            line = raw.decode(errors="replace")
-            if line.startswith(RESULT_PREFIX):
-                result.append(json.loads(line[len(RESULT_PREFIX):]))
-                continue
-            if line.startswith(ERROR_PREFIX):
-                errors.append(json.loads(line[len(ERROR_PREFIX):]))
-            out.write(line)
-            out.flush()
-            tail.append(line)
-            sys.stderr.write(line)
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait()
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when the Spark task's process dies (Linux prctl PR_SET_PDEATHSIG)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except OSError:
-        pass

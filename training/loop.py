@@ -109,8 +109,8 @@ NO_FAULTS = NoFaults()
 
 
 class FaultInjector:
-    """Failure tests only: 'kind:rank:when[:attempt]', e.g. 'crash:1:30:0' (the spec's 'fault' or
-    RINGTRAIN_FAULT). At optimizer step `when`: crash exits the process, hang sleeps forever, nan
+    """Failure tests only: 'kind:rank:when[:attempt]', e.g. 'crash:1:30:0' (the spec's 'fault').
+    At optimizer step `when`: crash exits the process, hang sleeps forever, nan
     poisons the loss, overflow makes the gradients overflow in fp16. At the end of epoch `when`
     (0-based), points that are not an optimizer step: crash_validating exits as the epoch's validation
     starts (before its checkpoint), crash_checkpointed right after the epoch's checkpoint is written

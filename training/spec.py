@@ -1,29 +1,40 @@
-"""The worker's contract: everything a training worker needs, as one typed value that travels as JSON.
+"""The worker's contract: everything a training worker reads, and what it answers, as typed values that travel as JSON.
 
 The driver builds a `WorkerSpec`; the Spark launcher hands it to every barrier task as text (workers
 never receive driver objects), and a worker run by hand reads it from a file:
 
     text = spec.to_json()                  # the driver, or a user preparing a torchrun/horovodrun run
     spec = WorkerSpec.from_json(text)      # the worker: every value checked again, with its key
+
+Besides the spec, a worker reads only who it is in the ring from its environment (`RankEnvironment`,
+set by the Spark task, torchrun or horovodrun) and, under Spark, where to find its spec and heartbeat
+(SPEC_ENV, HEARTBEAT_ENV). It answers with one `RankResult` line on its stdout (RESULT_PREFIX), which
+the Spark task reads and the driver returns, checked by the same schema code as the config.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ringtrain.config import TrainConfig
+from ringtrain.config import Config, MonitorConfig, TrainConfig
 from ringtrain.schema import build, to_dict
 
 # A worker's answer on its stdout, one line each, read by the launcher's task: its result, or its error.
 RESULT_PREFIX = "RINGTRAIN_RESULT "
 ERROR_PREFIX = "RINGTRAIN_ERROR "
+# What the Spark task sets for the worker process it starts: the spec's JSON, and the file whose
+# modification time the worker touches as it makes progress (the task's hang watchdog reads it).
+SPEC_ENV = "RINGTRAIN_SPEC"
+HEARTBEAT_ENV = "RINGTRAIN_HEARTBEAT"
+COLLECTIVE_TIMEOUT_S = 1800.0  # a DDP rank's wait in a collective, unless its spec says otherwise
+
 
 @dataclass(kw_only=True)
 class WorkerSpec:
-    train: TrainConfig
-    """The `train` section: the only part of the config a worker acts on."""
+    config: Config
+    """The whole config: the worker acts on its `train` section; the model artifact records all of it."""
     dataset_dir: str
     """The published dataset version to read (a folder with manifest.json)."""
     paths: dict[str, str | None]
@@ -33,14 +44,22 @@ class WorkerSpec:
     """`store.run_id` of the run, quoted in messages that say how to resume it."""
     attempt: int = 0
     """Launch attempt, from 0: names the per-rank logs and failure records."""
-    config: dict[str, Any] = field(default_factory=dict)
-    """The whole config as plain values, recorded in the model artifact (not read by the worker)."""
     init_weights: str | None = None
     """A state_dict file (path or URI) to start from instead of train.seed's initialization: a warm start
     (scheduled retraining). A checkpoint of this run, when there is one, still wins."""
+    collective_timeout_s: float = COLLECTIVE_TIMEOUT_S
+    """DDP engine: how long a rank waits in a collective (and for the ring to form) before it fails
+    (torch.distributed's `timeout`)."""
+    record_keys: bool = False
+    """Read each row's key column (the dataset's `key`) into its batches too."""
     fault: str | None = None
     """Tests only: 'kind:rank:when[:attempt]', a fault the loop injects at an optimizer step or an epoch's end
     (see training.loop.FaultInjector)."""
+
+    @property
+    def train(self) -> TrainConfig:
+        """The `train` section: the only part of the config a worker acts on."""
+        return self.config.train
 
     def for_attempt(self, attempt: int) -> "WorkerSpec":
         return dataclasses.replace(self, attempt=attempt)
@@ -51,3 +70,58 @@ class WorkerSpec:
     @classmethod
     def from_json(cls, text: str) -> "WorkerSpec":
         return build(cls, json.loads(text), "spec")
+
+
+@dataclass(kw_only=True)
+class Placement:
+    """Where a rank planned to run, from its environment alone, before it picked a device."""
+    cuda_visible_devices: str | None
+    """CUDA_VISIBLE_DEVICES as the rank saw it (under Spark: exactly its task's GPUs)."""
+    task_gpus: str | None
+    """The GPUs Spark gave the rank's task, comma-separated; None outside Spark or without GPUs."""
+    stage_devices: list[str]
+    """Per pipeline stage, its device ('cuda:i' among the visible GPUs, or 'cpu'): stage i on stage_devices[i]."""
+    device: str
+    """The rank's own device: its first stage's."""
+
+
+@dataclass(kw_only=True)
+class RankResult:
+    """What one rank reports when it finishes: the `RINGTRAIN_RESULT` line, and each rank of a run's summary."""
+    rank: int
+    size: int
+    """World size: the number of ranks."""
+    engine: str
+    reader: str
+    device: str
+    """The device it trained on (the CPU when its planned GPU had no CUDA: see `placement`)."""
+    param_sha256: str
+    """sha256 over the final parameters and buffers: equal on every rank of a correct run."""
+    epochs_run: int
+    opt_steps: int
+    batches_run: int
+    steps_per_epoch: int
+    skipped_steps: int
+    """Optimizer steps skipped for non-finite gradients."""
+    overflow_steps: int
+    """Of those, fp16 overflows (the loss scaler's)."""
+    stopped_early: bool
+    metrics: dict[str, Any]
+    """The best epoch's validation metrics (by train.monitor): the model artifact holds its weights."""
+    best_epoch: int
+    monitor: MonitorConfig
+    seconds: float
+    """The whole training call, data set-up included."""
+    train_seconds: float
+    """The training steps alone, what throughput is measured over."""
+    train_samples: int
+    ring_init_s: float
+    """How long the engine took to form the ring."""
+    placement: Placement
+
+    def to_json(self) -> str:
+        return json.dumps(to_dict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "RankResult":
+        return build(cls, json.loads(text), "result")

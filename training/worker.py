@@ -8,9 +8,10 @@ The same function runs in every setting; only who sets the environment differs
     # under torchrun (DDP engine) or horovodrun (Horovod engine)
     torchrun --nproc_per_node 2 -m ringtrain.training.worker spec.json
     horovodrun -np 2 python -m ringtrain.training.worker spec.json
-    # under Spark: training.launcher sets the rank environment and the task's GPUs per barrier task
+    # under Spark: training.task sets the rank environment and the task's GPUs per barrier task
 
-It prints one line `RINGTRAIN_RESULT {json}` at the end, which the Spark launcher collects. When it
+Everything it reads besides its rank environment is in its spec (training/spec.py). It prints one line
+`RINGTRAIN_RESULT {json}` at the end, its `RankResult`, which the Spark task collects. When it
 fails it prints one line `RINGTRAIN_ERROR "<type>: <message>"` and writes its failure record
 (training.failure) before it leaves the ring, so that the driver can tell its failure from the ones
 it causes on other ranks.
@@ -41,7 +42,8 @@ from ringtrain.training.environment import RankEnvironment, pin_to_cores
 from ringtrain.training.loop import FaultInjector, Heartbeat, fit
 from ringtrain.training.optimizer import make_optimizer
 from ringtrain.training.pipeline import PipelineModel, stage_devices
-from ringtrain.training.spec import ERROR_PREFIX, RESULT_PREFIX, WorkerSpec
+from ringtrain.training.spec import (ERROR_PREFIX, HEARTBEAT_ENV, RESULT_PREFIX, SPEC_ENV, Placement, RankResult,
+                                     WorkerSpec)
 
 
 def emit_line(line: str) -> None:
@@ -55,7 +57,7 @@ def emit_line(line: str) -> None:
 log = logging.getLogger("ringtrain.worker")
 
 
-def plan_placement(gpus_per_worker: int, stages: int, env: RankEnvironment) -> dict:
+def plan_placement(gpus_per_worker: int, stages: int, env: RankEnvironment) -> Placement:
     """Where this rank will run, from its environment alone, before any device is picked.
 
     Under Spark, CUDA_VISIBLE_DEVICES holds exactly this task's GPUs (env.task_gpus); under
@@ -71,27 +73,27 @@ def plan_placement(gpus_per_worker: int, stages: int, env: RankEnvironment) -> d
         num_gpus = torch.cuda.device_count()
     devices = stage_devices(stages, num_gpus, env.local_rank, env.task_gpus is not None)
     # Stage i runs on devices[i % len(devices)]; the rank's own device is its first stage's.
-    return {"cuda_visible_devices": visible, "task_gpus": ",".join(env.task_gpus) if env.task_gpus else None,
-            "stage_devices": devices, "device": devices[0]}
+    return Placement(cuda_visible_devices=visible, task_gpus=",".join(env.task_gpus) if env.task_gpus else None,
+                     stage_devices=devices, device=devices[0])
 
 
-def pick_device(placement: dict) -> torch.device:
+def pick_device(placement: Placement) -> torch.device:
     """The planned device when CUDA is there; the CPU otherwise (CPU-only torch, or fake GPUs in tests),
     said in the log: a rank given GPUs never trains on the CPU without a word."""
-    if placement["device"] == "cpu":
+    if placement.device == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
-        device = torch.device(placement["device"])
+        device = torch.device(placement.device)
         torch.cuda.set_device(device)
         return device
     log.warning("this rank was given GPU(s) %s but torch %s sees no CUDA device (a CPU build of torch, or no "
                 "driver): training on the CPU. Install the GPU stack (make setup GPU=1; README \"GPU stack\") "
-                "and check with `ringtrain doctor`", placement["cuda_visible_devices"] or placement["device"],
+                "and check with `ringtrain doctor`", placement.cuda_visible_devices or placement.device,
                 torch.__version__)
     return torch.device("cpu")
 
 
-def train_worker(spec: WorkerSpec, env: RankEnvironment) -> dict:
+def train_worker(spec: WorkerSpec, env: RankEnvironment) -> RankResult:
     cfg = spec.train
     pin = cfg.pin_cores == "always" or (cfg.pin_cores == "auto" and cfg.engine == "horovod")
     if pin and hasattr(os, "sched_setaffinity"):  # Linux; elsewhere (macOS) ranks run unpinned
@@ -101,12 +103,11 @@ def train_worker(spec: WorkerSpec, env: RankEnvironment) -> dict:
     placement = plan_placement(cfg.gpus_per_worker, cfg.pipeline.stages, env)
     device = pick_device(placement)
     ring_started = time.time()
-    engine = make_engine(cfg.engine, device, env)
+    engine = make_engine(cfg.engine, device, env, collective_timeout_s=spec.collective_timeout_s)
     ring_init_s = round(time.time() - ring_started, 2)
     finished = False
     try:
-        result = {**_train(spec, env, engine, device, placement), "ring_init_s": ring_init_s,
-                  "placement": placement}
+        result = _train(spec, engine, device, placement, ring_init_s)
         finished = True
         return result
     except Exception as exc:
@@ -116,11 +117,11 @@ def train_worker(spec: WorkerSpec, env: RankEnvironment) -> dict:
         engine.shutdown(clean=finished)
 
 
-def _train(spec: WorkerSpec, env: RankEnvironment, engine, device: torch.device, placement: dict) -> dict:
+def _train(spec: WorkerSpec, engine, device: torch.device, placement: Placement, ring_init_s: float) -> RankResult:
     started = time.time()
     cfg, paths = spec.train, spec.paths
     manifest = load_manifest(spec.dataset_dir)
-    model, cols, task = assemble(cfg, manifest, with_key=bool(os.environ.get("RINGTRAIN_RECORD_KEYS")))
+    model, cols, task = assemble(cfg, manifest, with_key=spec.record_keys)
     model = model.to(device)
     train_plan = plan_reading(spec.dataset_dir, manifest, "train", engine.rank, engine.size, cfg.batch_size)
     val_plan = plan_reading(spec.dataset_dir, manifest, "val", engine.rank, engine.size, cfg.batch_size,
@@ -133,38 +134,34 @@ def _train(spec: WorkerSpec, env: RankEnvironment, engine, device: torch.device,
     if spec.init_weights:  # a warm start; a checkpoint of this run, if any, still wins in fit()
         model.load_state_dict(torch.load(io.BytesIO(read_bytes(spec.init_weights)), map_location=device))
     if cfg.pipeline.stages > 1:  # layer splitting inside this rank; data parallelism across ranks
-        devices = [torch.device(d) for d in placement["stage_devices"]] if device.type == "cuda" else [device]
+        devices = [torch.device(d) for d in placement.stage_devices] if device.type == "cuda" else [device]
         model = PipelineModel(model, cfg.pipeline.stages, cfg.pipeline.micro_batches, devices, cfg.pipeline.balance)
         if engine.rank == 0:
             log.info("pipeline: %d stages over layers %s on %s, %d micro-batches (train.pipeline.micro_batches: %s)",
                      model.num_stages, model.bounds, [str(d) for d in model.devices], model.micro_batches,
                      cfg.pipeline.micro_batches)
     optimizer = make_optimizer(cfg, model.parameters(), device)
-    # A fault (tests only) travels in the spec: Spark's Python workers do not see the driver's environment.
-    faults = FaultInjector.from_spec(spec.fault or os.environ.get("RINGTRAIN_FAULT"), engine.rank, spec.attempt)
+    faults = FaultInjector.from_spec(spec.fault, engine.rank, spec.attempt)  # tests only
     on_epoch = (lambda state: write_metrics(paths, state.history)) if paths.get("metrics_path") else None
     state = fit(cfg, engine, model, optimizer, task, train_reader, val_reader, device, paths["checkpoint_dir"],
-                heartbeat=Heartbeat(os.environ.get("RINGTRAIN_HEARTBEAT")), faults=faults, on_epoch=on_epoch)
+                heartbeat=Heartbeat(os.environ.get(HEARTBEAT_ENV)), faults=faults, on_epoch=on_epoch)
     final = unwrap(model)
     best = state.history[state.best_epoch] if state.history else {}
-    result = {
-        "rank": engine.rank, "size": engine.size, "engine": cfg.engine, "reader": cfg.reader,
-        "device": str(device),
-        "param_sha256": param_digest(final), "epochs_run": state.epoch, "opt_steps": state.opt_step,
-        "batches_run": state.batches_run, "steps_per_epoch": train_plan.steps_per_epoch,
-        "skipped_steps": state.skipped_steps,
-        "overflow_steps": state.overflow_steps, "stopped_early": state.stopped_early,
+    result = RankResult(
+        rank=engine.rank, size=engine.size, engine=cfg.engine, reader=cfg.reader, device=str(device),
+        param_sha256=param_digest(final), epochs_run=state.epoch, opt_steps=state.opt_step,
+        batches_run=state.batches_run, steps_per_epoch=train_plan.steps_per_epoch,
+        skipped_steps=state.skipped_steps, overflow_steps=state.overflow_steps, stopped_early=state.stopped_early,
         # The best epoch's (train.monitor): the artifact holds its weights.
-        "metrics": best, "best_epoch": state.best_epoch, "monitor": to_dict(cfg.monitor),
-        "seconds": round(time.time() - started, 2),
-        "train_seconds": round(state.train_seconds, 3), "train_samples": state.train_samples,
-    }
+        metrics=best, best_epoch=state.best_epoch, monitor=cfg.monitor,
+        seconds=round(time.time() - started, 2), train_seconds=round(state.train_seconds, 3),
+        train_samples=state.train_samples, ring_init_s=ring_init_s, placement=placement)
     if engine.rank == 0 and paths.get("model_dir"):
         example = next(iter(val_reader.all_rows()))
         kept = load_best(paths["checkpoint_dir"])
         if kept is not None:
             final.load_state_dict(kept["model"])  # after param_sha256: that one proves the ranks agree
-        publish_model(paths, final, example, manifest, to_dict(spec), state, task)
+        publish_model(paths, final, example, manifest, spec.dataset_dir, to_dict(spec.config), state, task)
     return result
 
 
@@ -216,12 +213,12 @@ def main(argv: list[str] | None = None) -> int:
             with open(argv[0]) as f:
                 spec = WorkerSpec.from_json(f.read())
         else:
-            spec = WorkerSpec.from_json(os.environ["RINGTRAIN_SPEC"])
+            spec = WorkerSpec.from_json(os.environ[SPEC_ENV])
         result = train_worker(spec, env)
     except Exception as exc:
         report_failure(exc, spec, env)  # a failure before the ring started (the spec, the engine, the device)
         raise
-    emit_line(RESULT_PREFIX + json.dumps(result))
+    emit_line(RESULT_PREFIX + result.to_json())
     return 0
 
 
