@@ -193,20 +193,27 @@ def assert_balanced(manifest) -> None:
             assert max(rows) - min(rows) <= 1, (split, rows)
 
 
-def manifest_of(splits: dict, **features):
-    """A full-mode `Manifest` of hand-written shards (no ETL): `splits` as the ETL records them, the features entry
-    from `features` (numeric_columns, categorical_cardinalities, label, key), every other field a placeholder."""
-    from ringtrain.manifest import FORMAT_VERSION, Manifest
-    from ringtrain.schema import build
+def manifest_dict(splits: dict, **features) -> dict:
+    """A full-mode manifest.json's content for hand-written shards (no ETL): `splits` as the ETL records them, the
+    features entry from `features` (numeric_columns, categorical_cardinalities, label, key), every other field a
+    placeholder."""
+    from ringtrain.manifest import FORMAT_VERSION
     rows = sum(info["rows"] for info in splits.values())
-    return build(Manifest, {
+    return {
         "format_version": FORMAT_VERSION, "dataset": "hand-made", "mode": "full", "created_utc": "2026-11-22T10:00:00Z",
         "identity": {"source": "-", "config": "-", "partition": None}, "partition": None,
         "source": {"format": "parquet", "path": "-", "table": None, "fingerprint": "-"}, "schema": {"columns": []},
         "features": {"path": "features.json", "arrays": {}, "task": "binary", "label_values": ["0", "1"],
                      "label_stats": {}, **features},
         "rows_read": rows, "rows_good": rows, "quarantine": {"path": None, "counts": {}}, "splits": splits,
-        "row_group_rows": 100, "max_world_size": 1, "balance_max_min": 1.0})
+        "row_group_rows": 100, "max_world_size": 1, "balance_max_min": 1.0}
+
+
+def manifest_of(splits: dict, **features):
+    """`manifest_dict` as the typed `Manifest` that `load_manifest` returns."""
+    from ringtrain.manifest import Manifest
+    from ringtrain.schema import build
+    return build(Manifest, manifest_dict(splits, **features))
 
 
 def read_json(path):

@@ -11,6 +11,8 @@ from ringtrain import publish, store
 from ringtrain.layout import ConcurrentPublish, DatasetStore
 from ringtrain.manifest import load_manifest, shard_paths
 
+from conftest import manifest_dict
+
 SPLITS = ("train", "val", "test")
 
 
@@ -61,26 +63,27 @@ def test_exclusive_create_on_s3_has_exactly_one_winner_among_concurrent_processe
     assert s3_server.read(path).decode() == f"writer {wins.index(True)}"
 
 
-def _fake_shards(ds: DatasetStore, staging: str, rows: int) -> dict:
-    """A staging folder with one (not Parquet) file per split and the manifest that references it."""
+def _fake_shards(ds: DatasetStore, staging: str, rows: int) -> bytes:
+    """A staging folder with one (not Parquet) file per split, and the manifest.json that references it."""
     splits = {}
     for split in SPLITS:
         with store.open_output(store.join(staging, split, "part-00000.parquet")) as out:
             out.write(b"x" * rows)
-        splits[split] = {"rows": rows, "shards": [{"file": "part-00000.parquet", "rows": rows,
-                                                   "dir": ds.shard_dir(staging)}]}
-    return {"splits": splits}
+        shard = {"shard": 0, "file": "part-00000.parquet", "rows": rows, "bytes": rows, "row_groups": 1,
+                 "sha256": "-", "dir": ds.shard_dir(staging)}
+        splits[split] = {"rows": rows, "shards": [shard]}
+    return json.dumps(manifest_dict(splits, numeric_columns=["x"], categorical_cardinalities={},
+                                    label="label", key="id")).encode()
 
 
 def test_publish_without_rename_references_shards_and_trusts_only_manifests(s3_server):
     ds = DatasetStore(store.join(s3_server.fresh_uri("publish"), "datasets", "churn"))
     assert not ds.renames and ds.latest() is None
     first = ds.staging_dir()
-    manifest = _fake_shards(ds, first, 3)
-    v1 = ds.publish(first, json.dumps(manifest).encode())
+    v1 = ds.publish(first, _fake_shards(ds, first, 3))
     assert ds.versions() == ["v000001"] and ds.latest() == v1
     assert store.read_bytes(store.join(ds.root, "LATEST")) == b"v000001"
-    assert shard_paths(v1, manifest, "train") == [store.join(first, "train", "part-00000.parquet")]
+    assert shard_paths(v1, load_manifest(v1), "train") == [store.join(first, "train", "part-00000.parquet")]
 
     # A killed ETL: shards without a manifest. Invisible, and removed once stale, unlike referenced shards.
     killed = ds.staging_dir()
@@ -93,7 +96,7 @@ def test_publish_without_rename_references_shards_and_trusts_only_manifests(s3_s
     # An incremental publish built on a version that is no longer the newest is refused.
     second = ds.staging_dir()
     with pytest.raises(ConcurrentPublish, match="v000001 was published while this ETL built on nothing"):
-        ds.publish(second, json.dumps(_fake_shards(ds, second, 2)).encode(), based_on=None, check_base=True)
+        ds.publish(second, _fake_shards(ds, second, 2), based_on=None, check_base=True)
     # LATEST is a checked hint: a version published after it (a publisher killed before moving it) wins.
     publish.atomic_write_bytes(store.join(ds.root, "v000002", "manifest.json"), b'{"splits": {}}')
     assert ds.latest() == store.join(ds.root, "v000002")
