@@ -21,16 +21,15 @@ class Assembly(NamedTuple):
     task: object  # a training.tasks task: its loss, outputs and metrics
 
 
-def columns_and_task(cfg: TrainConfig, manifest: Manifest, *, with_key: bool = False) -> tuple[Columns, object]:
-    """The dataset's columns as the model reads them (`with_key`: the key column too), and its task under
-    `cfg`, from the dataset's manifest."""
-    return Columns.from_manifest(manifest, with_key=with_key), make_task(manifest.features, cfg)
+def columns_and_task(cfg: TrainConfig, manifest: Manifest) -> tuple[Columns, object]:
+    """The dataset's columns as the model reads them, and its task under `cfg`, from the dataset's manifest."""
+    return Columns.from_manifest(manifest), make_task(manifest.features, cfg)
 
 
-def assemble(cfg: TrainConfig, manifest: Manifest, *, with_key: bool = False) -> Assembly:
+def assemble(cfg: TrainConfig, manifest: Manifest) -> Assembly:
     """`cfg.model` built for the dataset of `manifest`, on the CPU, with its initial weights drawn from
     `cfg.seed` (the same on every rank, before any broadcast)."""
-    cols, task = columns_and_task(cfg, manifest, with_key=with_key)
+    cols, task = columns_and_task(cfg, manifest)
     torch.manual_seed(cfg.seed)
     cards = list(manifest.features.categorical_cardinalities.values())
     model = build_model(to_dict(cfg.model), len(cols.numeric), cards,

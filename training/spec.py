@@ -50,8 +50,6 @@ class WorkerSpec:
     collective_timeout_s: float = COLLECTIVE_TIMEOUT_S
     """DDP engine: how long a rank waits in a collective (and for the ring to form) before it fails
     (torch.distributed's `timeout`)."""
-    record_keys: bool = False
-    """Read each row's key column (the dataset's `key`) into its batches too."""
     fault: str | None = None
     """Tests only: 'kind:rank:when[:attempt]', a fault the loop injects at an optimizer step or an epoch's end
     (see training.loop.FaultInjector)."""

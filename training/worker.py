@@ -121,7 +121,7 @@ def _train(spec: WorkerSpec, engine, device: torch.device, placement: Placement,
     started = time.time()
     cfg, paths = spec.train, spec.paths
     manifest = load_manifest(spec.dataset_dir)
-    model, cols, task = assemble(cfg, manifest, with_key=spec.record_keys)
+    model, cols, task = assemble(cfg, manifest)
     model = model.to(device)
     train_plan = plan_reading(spec.dataset_dir, manifest, "train", engine.rank, engine.size, cfg.batch_size)
     val_plan = plan_reading(spec.dataset_dir, manifest, "val", engine.rank, engine.size, cfg.batch_size,
