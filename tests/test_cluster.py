@@ -6,6 +6,7 @@ The ETL's shards must be byte-identical to a local-mode run of the same config, 
 with identical parameters, and nothing the test started (process or listening port) may survive it.
 """
 import contextlib
+import fcntl
 import glob
 import json
 import os
@@ -45,14 +46,34 @@ SETS = [f"demo.rows={ROWS}", "etl.shards.rows_per_shard=1000", "etl.shards.row_g
         "train.batch_size=128", spark_conf_set(SPARK_CONF)]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def packed_env(tmp_path_factory):
-    """`ringtrain pack`, once per test session (the environment under build/ is reused across sessions)."""
+    """`ringtrain pack`, once for this module (the environment under build/ is reused across sessions). With
+    RINGTRAIN_DISCARD_PACK_ENV=1 (CI, where disk is scarce) the environment goes once the module is done; the
+    archive always does."""
     out_dir = tmp_path_factory.mktemp("pack")
     done = subprocess.run([f"{BIN}/ringtrain", "pack", "--output", str(out_dir / "env.tar.gz"), "--json"],
                           cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout)
+    packed = json.loads(done.stdout)
+    yield packed
+    os.remove(packed["archive"])
+    if os.environ.get("RINGTRAIN_DISCARD_PACK_ENV") == "1":
+        shutil.rmtree(packed["env_dir"], ignore_errors=True)
+
+
+@pytest.fixture
+def one_cluster_at_a_time():
+    """CI runs the two stacks' suites side by side (.ci/run); their standalone clusters take turns, through a
+    lock on a file in this checkout's build/ (their pytest temp folders differ). Yields the seconds waited."""
+    os.makedirs(os.path.join(ROOT, "build"), exist_ok=True)
+    started = time.time()
+    with open(os.path.join(ROOT, "build", ".cluster-test.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield time.time() - started
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def test_pack_holds_ringtrain_non_editable_and_names_the_interpreter(packed_env):
@@ -67,6 +88,10 @@ def test_pack_holds_ringtrain_non_editable_and_names_the_interpreter(packed_env)
     assert (f"{site}/horovod/torch/__init__.py" in names) == installed("horovod")
     assert not [n for n in names if "__editable__" in n or n.endswith("ringtrain.egg-link")]
     assert not [n for n in names if "/pyspark/jars/" in n]  # the cluster's Spark brings its own
+    # Nothing a task imports is left out: the test suites and torch's C++ test programs are (the cluster test
+    # below runs the ETL and training from this archive); torch's shared-memory manager stays.
+    assert not [n for n in names if "/tests/" in n or n.startswith(f"{site}/torch/bin/test_")]
+    assert f"{site}/torch/bin/torch_shm_manager" in names
     # venv-pack does not pack the interpreter: the archive links to it, and pack says so.
     assert os.path.isabs(python_link) and os.path.realpath(python_link) == packed_env["interpreter"]["path"]
     assert packed_env["interpreter"]["version"] == platform.python_version()
@@ -206,7 +231,8 @@ def processes_left(before: set[int], grace_s: float = 30.0) -> set[int]:
     return left
 
 
-def test_etl_and_training_on_a_standalone_cluster_with_the_packed_env(spark, packed_env, cluster_store, tmp_path):
+def test_etl_and_training_on_a_standalone_cluster_with_the_packed_env(spark, packed_env, cluster_store, tmp_path,
+                                                                       one_cluster_at_a_time):
     raw = str(tmp_path / "raw")
     write_churn_csv(raw, ROWS, 7)
     root, store_sets = cluster_store
