@@ -1,6 +1,7 @@
 """A user's own training function in the barrier tasks (`launcher.run_function`, `train.function`): real Spark
 local mode, real DDP and Horovod rings, the functions of tests/user_functions.py (plain torch loops)."""
 import os
+import re
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ import pytest
 import user_functions
 from conftest import ROOT, demo_config, no_worker_left
 from ringtrain.errors import ConfigError, RankRefused, TrainingFailed
+from ringtrain.manifest import load_manifest
 from ringtrain.training import failure
 from ringtrain.training.spec import FunctionResult, cloudpickle
 
@@ -36,7 +38,6 @@ def log_dir(tmp_path, run_id):
 @pytest.mark.parametrize("engine", [pytest.param("horovod", marks=pytest.mark.horovod), "ddp"])
 def test_a_users_loop_on_the_shards_ends_with_identical_parameters_on_both_ranks(spark, small_dataset, tmp_path,
                                                                               engine):
-    from ringtrain.manifest import load_manifest
     from ringtrain.training.data import shard_paths
     values = run(spark, small_dataset, tmp_path, engine, user_functions.logistic_regression, 0.05,
                  overrides=[f"train.engine={engine}"])
@@ -62,7 +63,8 @@ def test_a_user_error_on_rank_1_is_not_retried_and_names_rank_1(spark, small_dat
 
 def test_a_rank_killed_once_resumes_from_the_functions_own_checkpoint_and_ends_as_an_uninterrupted_run(
         spark, small_dataset, tmp_path):
-    uninterrupted = run(spark, small_dataset, tmp_path, "whole", user_functions.logistic_regression, 0.05, epochs=1)
+    uninterrupted = run(spark, small_dataset, tmp_path, "whole", user_functions.logistic_regression, 0.05,
+                        epochs=1)
     resumed = run(spark, small_dataset, tmp_path, "killed", user_functions.logistic_regression, 0.05,
                   epochs=1, die_at=(1, 10), overrides=["train.max_attempts=2"])
     assert [(v["attempt"], v["resumed_from"]) for v in resumed] == [(1, 10), (1, 10)]
@@ -92,18 +94,23 @@ def test_a_return_value_over_the_limit_is_refused_naming_the_limit_and_the_fix(s
         run_function(spark, cfg, user_functions.returns_too_much)  # no dataset: none is needed
 
 
-def test_train_function_from_the_cli_runs_by_import_path(small_dataset, tmp_path):
+def test_train_function_from_the_cli_runs_the_example_by_import_path(small_dataset, tmp_path):
     _, dataset_dir = small_dataset
-    env = {**os.environ, "PYTHONPATH": TESTS, "PYSPARK_PYTHON": sys.executable}
-    sets = [f"store.root={tmp_path}", "store.run_id=cli", "train.function=user_functions:from_config",
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "examples"), "PYSPARK_PYTHON": sys.executable}
+    sets = [f"store.root={tmp_path}", "store.run_id=cli", "train.epochs=1",
+            "train.function=train_function:train_from_config",
             "spark.conf={spark.ui.enabled: 'false', spark.sql.shuffle.partitions: '4'}"]
     out = subprocess.run([os.path.join(os.path.dirname(sys.executable), "ringtrain"), "train", "--config",
                           os.path.join(ROOT, "conf", "demo.yaml"), "--dataset", dataset_dir,
                           *[a for s in sets for a in ("--set", s)]],
                          cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "TRAIN     2 ranks ran user_functions:from_config" in out.stdout
-    assert "          rank 1 returned {'sha256': " in out.stdout
+    steps = load_manifest(dataset_dir).splits["train"].rows // (2 * 256)  # demo.yaml: batch_size 256, 2 ranks
+    assert "TRAIN     2 ranks ran train_function:train_from_config" in out.stdout
+    for rank in (0, 1):
+        assert re.search(rf"^          rank {rank} returned {{'loss': [0-9.]+, 'steps': {steps}}}; last metrics "
+                         rf"{{'epoch': 0, 'loss': [0-9.]+}}$", out.stdout, re.M), out.stdout
+    assert os.path.isfile(os.path.join(str(tmp_path), "runs", "cli", "model", "logreg.pt"))
 
 
 @pytest.mark.parametrize("exc, kind", [

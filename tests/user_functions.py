@@ -60,10 +60,5 @@ def logistic_regression(ctx, lr, *, epochs=2, checkpoint_every=5, raise_at=None,
             "world_size": ctx.world_size, "shards": reader.files}
 
 
-def from_config(ctx):
-    """What `train.function: user_functions:from_config` runs: the loop above with the config's lr."""
-    return logistic_regression(ctx, ctx.config.train.lr, epochs=1)
-
-
 def returns_too_much(ctx):
     return b"x" * (17 << 20)
