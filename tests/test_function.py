@@ -143,3 +143,13 @@ def test_train_function_that_is_no_import_path_fails_at_load_naming_the_key(tmp_
     with pytest.raises(ConfigError, match=r"demo\.yaml: train\.function: 'pkg\.mod\.fn' is not an import path "
                                           r"'package\.module:function'$"):
         demo_config(str(tmp_path), ["train.function=pkg.mod.fn"])
+
+
+def test_a_return_value_that_cannot_be_pickled_is_a_user_error_naming_its_type():
+    import threading
+    from ringtrain.errors import FunctionContractError, UserError
+    with pytest.raises(FunctionContractError, match=r"^the training function returned a lock that cannot be pickled "
+                                                    r"\(TypeError: cannot pickle '_thread\.lock' object\): return "
+                                                    r"plain values") as caught:
+        FunctionResult.of(threading.Lock(), rank=0, size=1, metrics={}, seconds=0.0, ring_init_s=0.0)
+    assert isinstance(caught.value, UserError)

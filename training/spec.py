@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ringtrain.config import Config, MonitorConfig, TrainConfig
+from ringtrain.errors import FunctionContractError
 from ringtrain.schema import absent_key, build, to_dict
 
 # A worker's answer on its stdout, one line each, read by the launcher's task: its result, or its error.
@@ -160,7 +161,6 @@ class FunctionResult:
     @classmethod
     def of(cls, value: Any, **fields) -> "FunctionResult":
         """Pickle `value` (cloudpickle: lambdas and classes of __main__ travel too), within MAX_RETURN_BYTES."""
-        from ringtrain.errors import FunctionContractError
         try:
             data = cloudpickle().dumps(value)
         except Exception as exc:
