@@ -17,6 +17,7 @@ from ringtrain.layout import RunStore
 from ringtrain.store import join
 from ringtrain.training.contract import dry_run
 from ringtrain.training.launcher import run_training
+from ringtrain.training.spec import FunctionResult
 from ringtrain.training.tasks import task_for_metrics
 
 log = logging.getLogger("ringtrain")
@@ -43,7 +44,9 @@ def train_job(cfg: Config, *, dataset_dir: str | None = None) -> dict:
         raise DatasetError(f"no published version of dataset {cfg.etl.dataset!r} under {store.root}/datasets; "
                            f"run `ringtrain etl --config ...` first")
     # Refuse an unpublished folder, and a model that breaks the contract, in seconds and before any executor starts.
-    dry_run(cfg.train, dataset_dir, load_manifest(dataset_dir))
+    manifest = load_manifest(dataset_dir)
+    if cfg.train.function is None:  # a user's function builds its own model: there is no contract to check
+        dry_run(cfg.train, dataset_dir, manifest)
     started = time.time()
     spark = get_spark(cfg.spark, barrier_slots=cfg.train.num_workers)
     try:
@@ -53,7 +56,8 @@ def train_job(cfg: Config, *, dataset_dir: str | None = None) -> dict:
         spark.stop()
     return {"run_dir": store.run_dir, "model_dir": store.model_dir, "dataset_dir": dataset_dir,
             "ranks": results, "spark_startup_s": round(spark_s, 1),
-            "train_wall_s": round(time.time() - started - spark_s, 1)}
+            "train_wall_s": round(time.time() - started - spark_s, 1),
+            **({"function": cfg.train.function} if cfg.train.function else {})}
 
 
 def demo_job(cfg: Config) -> dict:
@@ -156,7 +160,14 @@ def format_summary(kind: str, summary: dict) -> str:
                   f"          published {etl['dataset_dir']}"
                   f"{' (unchanged source: reused)' if etl.get('reused') else ''} in {etl['seconds']}s "
                   f"(Spark start-up {etl['spark_startup_s']}s)"]
-    if train:
+    if train and isinstance(train["ranks"][0], FunctionResult):
+        ranks = train["ranks"]
+        lines += [f"TRAIN     {len(ranks)} ranks ran {train['function']}, {train['train_wall_s']}s "
+                  f"(Spark start-up {train['spark_startup_s']}s, ring start-up {ranks[0].ring_init_s}s)",
+                  *[f"          rank {r.rank} returned {_short(repr(r.load()))}"
+                    + (f"; last metrics {r.metrics}" if r.metrics else "") for r in ranks],
+                  f"          run {train['run_dir']}"]
+    elif train:
         r0 = train["ranks"][0]  # RankResult
         m = r0.metrics
         lines += [f"TRAIN     {len(train['ranks'])} ranks ({r0.engine}, {r0.reader} reader, {r0.device}), "
@@ -175,6 +186,10 @@ def format_summary(kind: str, summary: dict) -> str:
     if kind == "demo":
         lines.append(f"WALL      {summary['wall_s']}s end to end")
     return "\n".join(lines)
+
+
+def _short(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def format_retrain(summary: dict) -> str:

@@ -14,7 +14,7 @@ from typing import Literal
 
 import yaml
 
-from ringtrain.schema import ConfigError, build, check
+from ringtrain.schema import ConfigError, absent_key, build, check
 from ringtrain.stack import resolve
 
 ColumnType = Literal["double", "float", "int", "long", "string", "boolean", "array<float>"]
@@ -366,6 +366,10 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     """Layer splitting inside each rank (combined with data parallelism across ranks)."""
+    function: str | None = absent_key()
+    """Your own training function instead of the built-in loop, as 'package.module:function', called once per
+    rank as function(ctx) with a `ringtrain.training.context.TrainContext` (README "Your own training function").
+    The module must be importable on every executor. Unset: the built-in loop (model, optimizer, epochs above)."""
 
     def __post_init__(self) -> None:
         self.engine = resolve(self.engine, "horovod")
@@ -378,6 +382,8 @@ class TrainConfig:
             check(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
         check(self.lr > 0, "train.lr", "must be > 0")
         check(self.gpus_per_worker >= 0, "train.gpus_per_worker", "must be >= 0")
+        check(self.function is None or re.fullmatch(r"[\w.]+:\w+", self.function) is not None, "train.function",
+              f"{self.function!r} is not an import path 'package.module:function'")
         check(self.hang_timeout_s > 0, "train.hang_timeout_s", "must be > 0")
         check(self.grad_clip_norm is None or self.grad_clip_norm > 0, "train.grad_clip_norm", "must be > 0")
         check(self.huber_delta > 0, "train.huber_delta", "must be > 0")

@@ -46,6 +46,11 @@ class ModelContractError(UserError, ValueError):
     """The model cannot be built, or its output or `layers()` breaks the contract the loop relies on."""
 
 
+class FunctionContractError(UserError, ValueError):
+    """A user's training function cannot run in the ring: it cannot be imported or unpickled on a rank, or its
+    return value cannot come back to the driver (unpicklable, or too large)."""
+
+
 class RankRefused(UserError):
     """A rank stopped on a problem the user must fix (configuration, model contract, data). Retrying the
     same spec would fail the same way, so the launcher does not retry."""

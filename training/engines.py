@@ -104,7 +104,9 @@ class HorovodEngine:
         return self.hvd.allreduce(tensor, op=self.hvd.Sum)
 
     def broadcast_object(self, obj):
-        return self.hvd.broadcast_object(obj, root_rank=0)
+        # A fixed name: Horovod names the broadcast after type(obj) by default, and ranks that pass objects of
+        # different types (rank 0 a value, the others None) would wait for each other's names forever.
+        return self.hvd.broadcast_object(obj, root_rank=0, name="ringtrain.broadcast_object")
 
     def shutdown(self, clean=True):
         self.hvd.shutdown()  # Horovod's own shutdown already coordinates the ranks

@@ -50,19 +50,34 @@ class Failure:
         return f"rank {self.rank} failed first: {self.message}" + (f". Log: {self.log}" if self.log else "")
 
 
-def classify(exc: BaseException) -> str:
+def classify(exc: BaseException, *, user_function: bool = False) -> str:
+    """The failure's kind. `user_function`: raised while a user's training function ran, where any exception
+    other than a ring error or a transient I/O error is the user's (retrying runs the same code on the same
+    data: a bug, a bad argument or an out-of-memory fails again); the built-in loop's own exceptions are
+    retried unless they are UserErrors."""
     if isinstance(exc, UserError):
         return "user"
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
     if {c.__name__ for c in type(exc).__mro__} & _RING_TYPES or _RING_TEXT.search(str(exc)):
         return "ring"
+    if user_function and not transient(exc):
+        return "user"
     return "error"
 
 
-def from_exception(exc: BaseException, *, rank: int, attempt: int, log: str = "") -> Failure:
-    return Failure(rank=rank, attempt=attempt, kind=classify(exc), message=f"{type(exc).__name__}: {exc}",
-                   failed_at=time.time(), log=log)
+def transient(exc: BaseException) -> bool:
+    """An I/O error that may pass (a store or network hiccup), not one about a path the user named."""
+    return isinstance(exc, OSError) and not isinstance(exc, _PATH_ERRORS)
+
+
+_PATH_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def from_exception(exc: BaseException, *, rank: int, attempt: int, log: str = "",
+                   user_function: bool = False) -> Failure:
+    return Failure(rank=rank, attempt=attempt, kind=classify(exc, user_function=user_function),
+                   message=f"{type(exc).__name__}: {exc}", failed_at=time.time(), log=log)
 
 
 def log_path(log_dir: str, attempt: int, rank: int) -> str:

@@ -1,8 +1,9 @@
 """The driver's side of a training: run attempts of one Spark barrier stage, name the root cause of a failed one.
 
 Per attempt, one barrier stage of `train.num_workers` tasks, each running `training.task.run_task`:
-the tasks form the engine's ring (training.rendezvous), each runs the worker as a child process and
-answers its `RankResult` (training.spec). This module imports no torch: the driver only starts them.
+the tasks form the engine's ring (training.rendezvous), each runs the worker as a child process, which
+calls the run's training function (the built-in loop, `run_training`, or a user's, `run_function`), and
+answers its `RankResult` or `FunctionResult` (training.spec). This module imports no torch: the driver only starts them.
 
 Before anything starts, `check_slots` and `check_gpus` refuse a cluster that cannot run the stage.
 Spark does not retry a failed barrier result stage, so `launch` retries the whole stage up to
@@ -14,6 +15,7 @@ run (`TrainingInterrupted`, exit 130). Lost ranks or executors, hangs and other 
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import os
@@ -21,13 +23,14 @@ import re
 import signal
 import threading
 import time
+from typing import Any, Callable
 
 from pyspark import SparkContext
 
 from ringtrain.errors import ConfigError, NotEnoughSlots, RankRefused, TrainingFailed, TrainingInterrupted
 from ringtrain.layout import RunStore
 from ringtrain.training import failure
-from ringtrain.training.spec import RankResult, WorkerSpec
+from ringtrain.training.spec import FunctionResult, RankResult, WorkerSpec
 from ringtrain.training.task import RankFailed, run_task
 
 log = logging.getLogger("ringtrain.launcher")
@@ -53,8 +56,31 @@ def run_training(spark, cfg, run: RunStore, dataset_dir: str, *, init_weights: s
     return launch(spark.sparkContext, spec)
 
 
-def launch(sc: SparkContext, spec: WorkerSpec) -> list[RankResult]:
-    """Run the worker on `spec.train.num_workers` barrier tasks; return each rank's result, ordered by rank."""
+def run_function(spark, cfg, function: Callable, *args, dataset_dir: str | None = None, **kwargs) -> list[Any]:
+    """Run `function(ctx, *args, **kwargs)` once per rank in `cfg.train.num_workers` Spark barrier tasks; return
+    each rank's return value, ordered by rank.
+
+    Parameters: `spark`, a SparkSession; `cfg`, a Config (its `train` section: engine, num_workers,
+    gpus_per_worker, max_attempts, hang_timeout_s, seed, batch_size; its `store`: where the run's folders go,
+    and `store.run_id` to resume a run); `function`, any picklable callable (cloudpickle: a function of
+    __main__ or a notebook travels by value, one of a module by reference, so that module must be importable on
+    the executors); its first argument is a `training.context.TrainContext`; `args`/`kwargs` follow it, pickled
+    with it. `dataset_dir`: a published dataset version whose shards the ranks read through `ctx.reader`.
+    Returns: the ranks' return values (each picklable, at most spec.MAX_RETURN_BYTES pickled).
+    Raises: RankRefused (exit 2) when the function raised on a rank (not retried; names the first rank that
+    failed), or when it cannot be loaded or its value cannot come back; TrainingInterrupted (exit 130) on
+    Ctrl-C or a cancel; TrainingFailed when every attempt failed for a reason worth retrying (a killed or lost
+    rank, a hang, a transient I/O error); NotEnoughSlots and ConfigError before anything starts."""
+    from ringtrain.training.spec import cloudpickle
+    run = RunStore.create(cfg.store.root, cfg.store.run_id).prepare()
+    payload = base64.b64encode(cloudpickle().dumps((function, args, kwargs))).decode()
+    spec = WorkerSpec(config=cfg, dataset_dir=dataset_dir, paths=run.paths(), run_id=run.run_id, function=payload)
+    return [r.load() for r in launch(spark.sparkContext, spec)]
+
+
+def launch(sc: SparkContext, spec: WorkerSpec) -> list[RankResult] | list[FunctionResult]:
+    """Run the worker on `spec.train.num_workers` barrier tasks; return each rank's result, ordered by rank: a
+    RankResult per rank for the built-in loop, a FunctionResult for a user's function."""
     t = spec.train
     check_slots(sc, t.num_workers)
     check_gpus(sc, t.gpus_per_worker)
@@ -88,12 +114,12 @@ def launch(sc: SparkContext, spec: WorkerSpec) -> list[RankResult]:
                          f"Per-rank logs: {log_dir}")
 
 
-def _run_attempt(sc: SparkContext, spec: WorkerSpec) -> list[RankResult]:
+def _run_attempt(sc: SparkContext, spec: WorkerSpec) -> list[RankResult] | list[FunctionResult]:
     task_spec = spec.to_json()
     num_workers = spec.train.num_workers
     rdd = sc.parallelize(range(num_workers), num_workers)
     raw = rdd.barrier().mapPartitions(lambda _: run_task(task_spec)).collect()
-    return sorted((RankResult.from_json(r) for r in raw), key=lambda r: r.rank)
+    return sorted((spec.decode_result(r) for r in raw), key=lambda r: r.rank)
 
 
 def _root_cause(exc: Exception, log_dir: str, attempt: int) -> failure.Failure:

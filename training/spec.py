@@ -13,13 +13,16 @@ the Spark task reads and the driver returns, checked by the same schema code as 
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
+import pickle
 from dataclasses import dataclass
 from typing import Any
 
 from ringtrain.config import Config, MonitorConfig, TrainConfig
-from ringtrain.schema import build, to_dict
+from ringtrain.errors import FunctionContractError
+from ringtrain.schema import absent_key, build, to_dict
 
 # A worker's answer on its stdout, one line each, read by the launcher's task: its result, or its error.
 RESULT_PREFIX = "RINGTRAIN_RESULT "
@@ -29,14 +32,18 @@ ERROR_PREFIX = "RINGTRAIN_ERROR "
 SPEC_ENV = "RINGTRAIN_SPEC"
 HEARTBEAT_ENV = "RINGTRAIN_HEARTBEAT"
 COLLECTIVE_TIMEOUT_S = 1800.0  # a DDP rank's wait in a collective, unless its spec says otherwise
+# The most a user function's return value may take, pickled, per rank: it travels as text through the task's
+# pipe and Spark's collect (spark.driver.maxResultSize is 1 GiB by default, for all ranks together).
+MAX_RETURN_BYTES = 16 << 20
 
 
 @dataclass(kw_only=True)
 class WorkerSpec:
     config: Config
     """The whole config: the worker acts on its `train` section; the model artifact records all of it."""
-    dataset_dir: str
-    """The published dataset version to read (a folder with manifest.json)."""
+    dataset_dir: str | None
+    """The published dataset version to read (a folder with manifest.json). None: a training function that reads
+    no ringtrain dataset (the built-in loop needs one)."""
     paths: dict[str, str | None]
     """The run's folders and files (`RunStore.paths()`): run_dir, checkpoint_dir, log_dir, model_dir, metrics_path.
     model_dir or metrics_path None: no model artifact or no metrics file (benchmarks)."""
@@ -53,11 +60,23 @@ class WorkerSpec:
     fault: str | None = None
     """Tests only: 'kind:rank:when[:attempt]', a fault the loop injects at an optimizer step or an epoch's end
     (see training.loop.FaultInjector)."""
+    function: str | None = absent_key()
+    """A training function given from Python (`launcher.run_function`): base64 of the cloudpickled
+    (function, args, kwargs). None: `train.function` of the config (an import path), or else the built-in loop."""
 
     @property
     def train(self) -> TrainConfig:
         """The `train` section: the only part of the config a worker acts on."""
         return self.config.train
+
+    @property
+    def builtin(self) -> bool:
+        """Whether the ranks run the built-in loop (answering RankResult), not a user's function (FunctionResult)."""
+        return self.function is None and self.train.function is None
+
+    def decode_result(self, text: str) -> "RankResult | FunctionResult":
+        """A rank's answer, as the kind of function this spec runs gives it."""
+        return RankResult.from_json(text) if self.builtin else FunctionResult.from_json(text)
 
     def for_attempt(self, attempt: int) -> "WorkerSpec":
         return dataclasses.replace(self, attempt=attempt)
@@ -123,3 +142,51 @@ class RankResult:
     @classmethod
     def from_json(cls, text: str) -> "RankResult":
         return build(cls, json.loads(text), "result")
+
+
+@dataclass(kw_only=True)
+class FunctionResult:
+    """What one rank of a user's training function answers: its return value, and the last metrics it reported."""
+    rank: int
+    size: int
+    """World size: the number of ranks."""
+    value: str
+    """base64 of the pickled return value (`load()` gives it back)."""
+    metrics: dict[str, Any]
+    """The last `ctx.report(...)` of the rank ({} when it reported none)."""
+    seconds: float
+    """The function's call alone, from after the ring formed."""
+    ring_init_s: float
+
+    @classmethod
+    def of(cls, value: Any, **fields) -> "FunctionResult":
+        """Pickle `value` (cloudpickle: lambdas and classes of __main__ travel too), within MAX_RETURN_BYTES."""
+        try:
+            data = cloudpickle().dumps(value)
+        except Exception as exc:
+            raise FunctionContractError(f"the training function returned a {type(value).__name__} that cannot be "
+                                        f"pickled ({type(exc).__name__}: {exc}): return plain values (numbers, "
+                                        f"strings, dicts, tensors)") from exc
+        if len(data) > MAX_RETURN_BYTES:
+            raise FunctionContractError(
+                f"the training function's return value pickles to {len(data):,} bytes, over the limit of "
+                f"{MAX_RETURN_BYTES:,} per rank: return small values (metrics, a path) and write large ones (a "
+                f"model, predictions) to ctx.model_dir or ctx.checkpoint_dir")
+        return cls(value=base64.b64encode(data).decode(), **fields)
+
+    def load(self) -> Any:
+        return pickle.loads(base64.b64decode(self.value))
+
+    def to_json(self) -> str:
+        return json.dumps(to_dict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "FunctionResult":
+        return build(cls, json.loads(text), "result")
+
+
+def cloudpickle():
+    """Spark's own copy of cloudpickle (both stacks have it; the same module whose `register_pickle_by_value`
+    a user calls to ship a module's functions by value)."""
+    from pyspark import cloudpickle as module
+    return module

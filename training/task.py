@@ -10,7 +10,7 @@ Per task (the driver side, training.launcher, starts `num_workers` of them as on
   4. a watchdog kills the child when it stops reporting progress for `hang_timeout_s`; the child
      also dies with its parent (PR_SET_PDEATHSIG), so a killed task leaves no process behind.
 
-The child's output goes to its rank's log; its `RankResult` line is this task's answer. A rank that
+The child's output goes to its rank's log; its result line is this task's answer. A rank that
 fails without writing its own failure record (training.failure) gets one from here. Imports no torch:
 the worker does, in its own process.
 """
@@ -34,7 +34,8 @@ from ringtrain import store
 from ringtrain.training import failure
 from ringtrain.training.environment import RankEnvironment
 from ringtrain.training.rendezvous import for_engine, place
-from ringtrain.training.spec import ERROR_PREFIX, HEARTBEAT_ENV, RESULT_PREFIX, SPEC_ENV, RankResult, WorkerSpec
+from ringtrain.training.spec import (ERROR_PREFIX, HEARTBEAT_ENV, RESULT_PREFIX, SPEC_ENV, FunctionResult, RankResult,
+                                     WorkerSpec)
 
 LOG_SYNC_S = 10.0  # how often a log bound for a non-POSIX store is uploaded while its worker runs
 _INTERRUPT_GRACE_S = 2.0  # how long a Spark task hit by the terminal's Ctrl-C waits for the driver's cancel
@@ -45,7 +46,8 @@ class RankFailed(RuntimeError):
 
 
 def run_task(task_spec: str) -> Iterator[str]:
-    """The barrier task of one rank (its partition id): its `RankResult` as JSON, or RankFailed."""
+    """The barrier task of one rank (its partition id): its `RankResult` or `FunctionResult` as JSON, or
+    RankFailed."""
     spec = WorkerSpec.from_json(task_spec)
     ctx = BarrierTaskContext.get()
     rank = ctx.partitionId()
@@ -67,7 +69,7 @@ def run_task(task_spec: str) -> Iterator[str]:
     yield result.to_json()
 
 
-def run_worker_process(task_spec: str, env: dict, *, spec: WorkerSpec, rank: int) -> RankResult:
+def run_worker_process(task_spec: str, env: dict, *, spec: WorkerSpec, rank: int) -> RankResult | FunctionResult:
     """Run `python -m ringtrain.training.worker` with `env`; return its result or raise RankFailed.
 
     When the worker fails without writing its own failure record (it crashed, was killed, hung, or
@@ -95,7 +97,7 @@ def run_worker_process(task_spec: str, env: dict, *, spec: WorkerSpec, rank: int
         return RankFailed(f"rank {rank} failed: {message}. Log: {log_path}")
 
     try:
-        return _run_worker(task_spec, env, local_log, hang_timeout_s, sync_log, fail)
+        return _run_worker(task_spec, env, local_log, hang_timeout_s, sync_log, fail, spec.decode_result)
     finally:
         sync_log()
 
@@ -107,7 +109,8 @@ def _local_log_path(run_id: str, name: str) -> str:
     return os.path.join(folder, name)
 
 
-def _run_worker(task_spec: str, env: dict, local_log: str, hang_timeout_s: float, sync_log, fail) -> RankResult:
+def _run_worker(task_spec: str, env: dict, local_log: str, hang_timeout_s: float, sync_log, fail,
+                decode) -> RankResult | FunctionResult:
     with tempfile.TemporaryDirectory(prefix="ringtrain-") as tmp:
         heartbeat = os.path.join(tmp, "heartbeat")
         open(heartbeat, "w").close()
@@ -153,9 +156,9 @@ def _run_worker(task_spec: str, env: dict, local_log: str, hang_timeout_s: float
             how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
             raise fail("exit", f"{how} without an error line; last lines: {last}")
         try:
-            return RankResult.from_json(result[0])
-        except ValueError as exc:  # ConfigError too: a field the worker and RankResult disagree on (a bug)
-            raise fail("error", f"its result line is not a RankResult: {exc}") from None
+            return decode(result[0])
+        except ValueError as exc:  # ConfigError too: a field the worker and the result disagree on (a bug)
+            raise fail("error", f"its result line is not a result: {exc}") from None
 
 
 def _pump(proc: subprocess.Popen, log_path: str, tail: deque, result: list, errors: list) -> None:

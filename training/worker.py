@@ -10,25 +10,32 @@ The same function runs in every setting; only who sets the environment differs
     horovodrun -np 2 python -m ringtrain.training.worker spec.json
     # under Spark: training.task sets the rank environment and the task's GPUs per barrier task
 
-Everything it reads besides its rank environment is in its spec (training/spec.py). It prints one line
-`RINGTRAIN_RESULT {json}` at the end, its `RankResult`, which the Spark task collects. When it
+Everything it reads besides its rank environment is in its spec (training/spec.py). It forms the ring, then
+calls the run's training function once (`run_worker`): the built-in loop (`builtin_training`) or a user's own
+(training/context.py says what it receives). It prints one line `RINGTRAIN_RESULT {json}` at the end, its
+`RankResult` (built-in) or `FunctionResult` (a user's function), which the Spark task collects. When it
 fails it prints one line `RINGTRAIN_ERROR "<type>: <message>"` and writes its failure record
 (training.failure) before it leaves the ring, so that the driver can tell its failure from the ones
 it causes on other ranks.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
+import importlib
 import io
 import json
 import logging
 import os
+import pickle
 import sys
 import time
 import warnings
+from typing import Callable
 
 import torch
 
+from ringtrain.errors import DatasetError, FunctionContractError
 from ringtrain.manifest import load_manifest
 from ringtrain.schema import to_dict
 from ringtrain.store import read_bytes
@@ -38,12 +45,13 @@ from ringtrain.training.assemble import assemble
 from ringtrain.training.data import open_reader, plan_reading, verify_shards
 from ringtrain.training.engines import make_engine, unwrap
 from ringtrain.training.checkpoint import load_best
+from ringtrain.training.context import TrainContext
 from ringtrain.training.environment import RankEnvironment, pin_to_cores
 from ringtrain.training.loop import FaultInjector, Heartbeat, fit
 from ringtrain.training.optimizer import make_optimizer
 from ringtrain.training.pipeline import PipelineModel, stage_devices
-from ringtrain.training.spec import (ERROR_PREFIX, HEARTBEAT_ENV, RESULT_PREFIX, SPEC_ENV, Placement, RankResult,
-                                     WorkerSpec)
+from ringtrain.training.spec import (ERROR_PREFIX, HEARTBEAT_ENV, RESULT_PREFIX, SPEC_ENV, FunctionResult, Placement,
+                                     RankResult, WorkerSpec)
 
 
 def emit_line(line: str) -> None:
@@ -93,8 +101,13 @@ def pick_device(placement: Placement) -> torch.device:
     return torch.device("cpu")
 
 
-def train_worker(spec: WorkerSpec, env: RankEnvironment) -> RankResult:
+def run_worker(spec: WorkerSpec, env: RankEnvironment) -> RankResult | FunctionResult:
+    """Form the ring on this rank's device, call the run's training function once, leave the ring.
+
+    The function is the built-in loop (`builtin_training`, answering a RankResult) or a user's own (spec.function
+    from Python, or train.function from the config), whose return value comes back in a FunctionResult."""
     cfg = spec.train
+    function, args, kwargs = load_function(spec)  # before the ring: a function that cannot load fails alone
     pin = cfg.pin_cores == "always" or (cfg.pin_cores == "auto" and cfg.engine == "horovod")
     if pin and hasattr(os, "sched_setaffinity"):  # Linux; elsewhere (macOS) ranks run unpinned
         # Before torch and the engine start their threads: they inherit it.
@@ -105,19 +118,60 @@ def train_worker(spec: WorkerSpec, env: RankEnvironment) -> RankResult:
     ring_started = time.time()
     engine = make_engine(cfg.engine, device, env, collective_timeout_s=spec.collective_timeout_s)
     ring_init_s = round(time.time() - ring_started, 2)
+    paths = spec.paths
+    ctx = TrainContext(rank=engine.rank, world_size=engine.size, local_rank=engine.local_rank, device=device,
+                       attempt=spec.attempt, run_id=spec.run_id, checkpoint_dir=paths["checkpoint_dir"],
+                       log_dir=paths["log_dir"], model_dir=paths.get("model_dir"), dataset_dir=spec.dataset_dir,
+                       config=spec.config, engine=engine, placement=placement, ring_init_s=ring_init_s, spec=spec,
+                       heartbeat_file=os.environ.get(HEARTBEAT_ENV))
     finished = False
     try:
-        result = _train(spec, engine, device, placement, ring_init_s)
+        ctx.heartbeat()
+        started = time.time()
+        value = function(ctx, *args, **kwargs)
+        result = value if spec.builtin else FunctionResult.of(
+            value, rank=ctx.rank, size=ctx.world_size, metrics=ctx.metrics, seconds=round(time.time() - started, 2),
+            ring_init_s=ring_init_s)
         finished = True
         return result
     except Exception as exc:
-        report_failure(exc, spec, env)  # now, before shutdown() leaves the ring and fails the other ranks
+        # Now, before shutdown() leaves the ring and fails the other ranks.
+        report_failure(exc, spec, env, user_function=not spec.builtin)
         raise
     finally:
         engine.shutdown(clean=finished)
 
 
-def _train(spec: WorkerSpec, engine, device: torch.device, placement: Placement, ring_init_s: float) -> RankResult:
+def load_function(spec: WorkerSpec) -> tuple[Callable, tuple, dict]:
+    """The run's training function and its arguments: pickled from Python, named by train.function, or the
+    built-in loop."""
+    if spec.function is not None:
+        try:
+            return pickle.loads(base64.b64decode(spec.function))
+        except Exception as exc:
+            raise FunctionContractError(
+                f"the training function cannot be unpickled on this executor ({type(exc).__name__}: {exc}). A "
+                f"function is pickled by reference to its module unless it is defined in __main__: make its module "
+                f"importable on every executor (installed in their Python, or --py-files), or ship it by value "
+                f"with pyspark.cloudpickle.register_pickle_by_value(module) before run_function") from exc
+    if spec.train.function is not None:
+        module_name, name = spec.train.function.split(":", 1)  # the config checked the form
+        try:
+            function = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError) as exc:
+            raise FunctionContractError(
+                f"train.function {spec.train.function!r}: cannot import it ({exc}). The module must be importable "
+                f"on every executor (installed in their Python, or on spark.executorEnv.PYTHONPATH)") from exc
+        return function, (), {}
+    return builtin_training, (), {}
+
+
+def builtin_training(ctx: TrainContext) -> RankResult:
+    """The built-in loop as a training function: the model of train.model on the dataset's train split,
+    validated on val each epoch, the best epoch's model published by rank 0."""
+    spec, engine, device, placement = ctx.spec, ctx.engine, ctx.device, ctx.placement
+    if spec.dataset_dir is None:
+        raise DatasetError("the built-in training loop needs a dataset: give the run a dataset_dir")
     started = time.time()
     cfg, paths = spec.train, spec.paths
     manifest = load_manifest(spec.dataset_dir)
@@ -144,7 +198,7 @@ def _train(spec: WorkerSpec, engine, device: torch.device, placement: Placement,
     faults = FaultInjector.from_spec(spec.fault, engine.rank, spec.attempt)  # tests only
     on_epoch = (lambda state: write_metrics(paths, state.history)) if paths.get("metrics_path") else None
     state = fit(cfg, engine, model, optimizer, task, train_reader, val_reader, device, paths["checkpoint_dir"],
-                heartbeat=Heartbeat(os.environ.get(HEARTBEAT_ENV)), faults=faults, on_epoch=on_epoch)
+                heartbeat=Heartbeat(ctx.heartbeat_file), faults=faults, on_epoch=on_epoch)
     final = unwrap(model)
     best = state.history[state.best_epoch] if state.history else {}
     result = RankResult(
@@ -155,7 +209,7 @@ def _train(spec: WorkerSpec, engine, device: torch.device, placement: Placement,
         # The best epoch's (train.monitor): the artifact holds its weights.
         metrics=best, best_epoch=state.best_epoch, monitor=cfg.monitor,
         seconds=round(time.time() - started, 2), train_seconds=round(state.train_seconds, 3),
-        train_samples=state.train_samples, ring_init_s=ring_init_s, placement=placement)
+        train_samples=state.train_samples, ring_init_s=ctx.ring_init_s, placement=placement)
     if engine.rank == 0 and paths.get("model_dir"):
         example = next(iter(val_reader.all_rows()))
         kept = load_best(paths["checkpoint_dir"])
@@ -165,13 +219,15 @@ def _train(spec: WorkerSpec, engine, device: torch.device, placement: Placement,
     return result
 
 
-def report_failure(exc: BaseException, spec: WorkerSpec | None, env: RankEnvironment) -> None:
-    """Once per failure: the error line the launcher quotes, and the record the driver ranks."""
+def report_failure(exc: BaseException, spec: WorkerSpec | None, env: RankEnvironment, *,
+                   user_function: bool = False) -> None:
+    """Once per failure: the error line the launcher quotes, and the record the driver ranks. `user_function`:
+    raised by a user's training function (training.failure.classify says which of those are retried)."""
     if getattr(exc, "_ringtrain_reported", False):
         return
     exc._ringtrain_reported = True
     log_dir, attempt = (spec.paths.get("log_dir"), spec.attempt) if spec else (None, 0)
-    found = failure.from_exception(exc, rank=env.rank, attempt=attempt,
+    found = failure.from_exception(exc, rank=env.rank, attempt=attempt, user_function=user_function,
                                    log=failure.log_path(log_dir, attempt, env.rank) if log_dir else "")
     emit_line(ERROR_PREFIX + json.dumps({"kind": found.kind, "message": found.message}))
     if log_dir:
@@ -214,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                 spec = WorkerSpec.from_json(f.read())
         else:
             spec = WorkerSpec.from_json(os.environ[SPEC_ENV])
-        result = train_worker(spec, env)
+        result = run_worker(spec, env)
     except Exception as exc:
         report_failure(exc, spec, env)  # a failure before the ring started (the spec, the engine, the device)
         raise
