@@ -8,7 +8,8 @@ Per date, under the model's lock (`ringtrain.lock`, exit 75 while another retrai
     evaluate  challenger (copied into the registry as the next, still unregistered, version) and
               champion, from their artifacts alone, on the same holdout: the new version's
               retrain.holdout_split, overall and per partition
-    decide    the gate (retrain.promote) gives promote or keep, with its reason
+    decide    the gate (retrain.promote) gives promote or keep, with its reason, on the task's gate metric
+              (binary auc, multiclass macro_f1, regression rmse by default; `baseline` says what to beat)
     publish   ONE registry event registers the version, records the decision and, when promoted,
               moves `champion`; then the per-date record says done (and the MLflow mirror follows)
 
