@@ -396,7 +396,10 @@ def test_multiclass_retrain_and_predict_through_the_cli(tmp_path):
     assert np.abs(probs.sum(1) - 1).max() < 1e-9
     assert t.column("prediction").to_pylist() == [CLASSES[i] for i in probs.argmax(1)]
     truth = pd.read_csv(os.path.join(root, "raw", f"dt={D3}", "data.csv")).set_index("id")
-    assert t.column("cls").to_pylist() == truth.loc[t.column("id").to_pylist(), "cls"].tolist()
+    rows = truth.loc[t.column("id").to_pylist()]
+    assert t.column("cls").to_pylist() == rows["cls"].tolist()
+    # A kept feature is the input's value, not its encoding (black is not in the frozen vocabulary at all).
+    assert t.column("color").to_pylist() == rows["color"].tolist() and "black" in t.column("color").to_pylist()
     accuracy = np.mean(np.array(t.column("prediction").to_pylist()) == np.array(t.column("cls").to_pylist()))
     majority = truth["cls"].value_counts(normalize=True).max()
     assert accuracy > majority + 0.2, (accuracy, majority)
