@@ -284,14 +284,16 @@ def day(n, seed, first_id, *, corrupted=False, drift=False):
     """One day of rows with a known signal in both labels: cls (3 classes: argmax of noisy linear scores) and
     target (50 + linear + noise of std 0.3, so its units are far from standard ones).
     corrupted: cls is 'low' on every row (a stuck feed) and target is shuffled across rows (a broken join).
-    drift: half the rows have a color the first day never saw (black), which makes cls 'top' and adds 6 to target:
-    a pattern the first model cannot know."""
+    drift: half the rows have a color the first day never saw (black, outside the frozen vocabulary) and a large
+    x1, which makes cls 'top' (where x1 alone says 'low') and adds 6 to target: a pattern the first model cannot
+    know, and gets confidently wrong."""
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n, 2))
     color = rng.choice(COLORS, n)
     if drift:
         color = np.where(rng.random(n) < 0.5, "black", color)
     black = color == "black"
+    x[black, 0] = rng.normal(2.0, 0.5, black.sum())
     effect = pd.Series(color).map(EFFECT).to_numpy()
     scores = np.stack([2 * x[:, 0], 2 * x[:, 1] - x[:, 0], 1.5 * effect], 1)
     cls = np.array(CLASSES)[np.argmax(scores + rng.normal(scale=0.3, size=scores.shape), 1)]
@@ -306,7 +308,8 @@ def day(n, seed, first_id, *, corrupted=False, drift=False):
 
 def write_days(raw):
     first_id = 0
-    for date, rows, seed, kind in [(D1, 1500, 1, {}), (D2, 1500, 2, {"corrupted": True}), (D3, 6000, 3, {"drift": True})]:
+    # The corrupted day is small next to the drifted one: every later challenger still trains on it too.
+    for date, rows, seed, kind in [(D1, 1500, 1, {}), (D2, 1000, 2, {"corrupted": True}), (D3, 8000, 3, {"drift": True})]:
         os.makedirs(os.path.join(raw, f"dt={date}"))
         day(rows, seed, first_id, **kind).to_csv(os.path.join(raw, f"dt={date}", "data.csv"), index=False)
         first_id += rows
@@ -390,7 +393,7 @@ def test_multiclass_retrain_and_predict_through_the_cli(tmp_path):
     t = read_output(out)
     assert t.column_names == ["id", "prediction", "prob_low", "prob_mid", "prob_top", "model_version", "partition",
                               "cls", "color"]
-    assert t.num_rows == 6000 and set(t.column("model_version").to_pylist()) == {"v000003"}
+    assert t.num_rows == 8000 and set(t.column("model_version").to_pylist()) == {"v000003"}
     assert set(t.column("partition").to_pylist()) == {D3}  # from the input's dt= folder
     probs = np.stack([t.column(f"prob_{c}").to_numpy() for c in CLASSES], 1)
     assert np.abs(probs.sum(1) - 1).max() < 1e-9
@@ -431,7 +434,7 @@ def test_regression_retrain_and_predict_through_the_cli(tmp_path):
     assert "columns id, prediction, model_version, partition, target; partition day-3" in scored.stdout
     t = read_output(out)
     assert t.column_names == ["id", "prediction", "model_version", "partition", "target"]
-    assert t.num_rows == 6000 and set(t.column("partition").to_pylist()) == {"day-3"}
+    assert t.num_rows == 8000 and set(t.column("partition").to_pylist()) == {"day-3"}
     prediction, target = t.column("prediction").to_numpy(), t.column("target").to_numpy()
     # In the label's units: the mean prediction is within the champion's holdout RMSE of the mean label (a mean
     # error is at most the RMSE; the label mean is about 50 and its std about 4, far from standard units).
