@@ -358,6 +358,9 @@ def retrain_three_dates(tmp_path, task, promote):
     assert done.returncode == 0, done.stderr[-3000:]
     print(done.stdout)  # shown by pytest -rA
     events = Registry(root, task).events()
+    for e in events:  # per partition, shown by pytest -rA: how far each decision was from the gate's thresholds
+        print(e["date"], {who: {k: round(v[e["metric"]], 4) for k, v in e[who]["partitions"].items()}
+                          for who in ("challenger", "champion") if e[who]})
     assert [(e["date"], e["registers"], e["promoted"], e["metric"]) for e in events] == [
         (D1, "v000001", True, promote["metric"]), (D2, "v000002", False, promote["metric"]),
         (D3, "v000003", True, promote["metric"])]
@@ -379,7 +382,7 @@ def read_output(folder):
 @pytest.mark.spark
 @pytest.mark.slow
 def test_multiclass_retrain_and_predict_through_the_cli(tmp_path):
-    gate = {"metric": "macro_f1", "min_improvement": 0.02, "max_partition_drop": 0.2}
+    gate = {"metric": "macro_f1", "min_improvement": 0.02, "max_partition_drop": 0.15}
     root, path, events, lines = retrain_three_dates(tmp_path, "multiclass", gate)
     first = events[0]["challenger"]["overall"]
     assert lines.count(f"          gate metric macro_f1 (higher is better); baseline "
@@ -421,7 +424,7 @@ def test_multiclass_retrain_and_predict_through_the_cli(tmp_path):
 @pytest.mark.spark
 @pytest.mark.slow
 def test_regression_retrain_and_predict_through_the_cli(tmp_path):
-    gate = {"metric": "rmse", "min_improvement": 0.0, "max_partition_drop": 1.0}
+    gate = {"metric": "rmse", "min_improvement": 0.0, "max_partition_drop": 0.6}
     root, path, events, lines = retrain_three_dates(tmp_path, "regression", gate)
     first = events[0]["challenger"]["overall"]
     assert lines.count(f"          gate metric rmse (lower is better); baseline {first['baseline_rmse']:.4f} "
