@@ -147,12 +147,16 @@ def known_label(stats: FeatureStats) -> Column:
     return F.col(stats.label).cast("string").isin(*stats.label_values)
 
 
-def apply_features(df: DataFrame, stats: FeatureStats, *, key_as_string: bool = True) -> DataFrame:
+def apply_features(df: DataFrame, stats: FeatureStats, *, key_as_string: bool = True,
+                   passthrough: dict[str, str] | None = None) -> DataFrame:
     """Encoded feature columns, the label as float32, the key (for lineage) and `_split`.
     Rows to score have neither label nor split: then only the key and the features. The key is a string in
     shards (one type for every dataset's keys); `key_as_string=False` keeps its declared type (predict's
-    output, where users join scores back to their rows by it)."""
+    output, where users join scores back to their rows by it). `passthrough` {name: column of `df`}: columns
+    carried as they are, not encoded, under these names (predict's --keep; a feature column is then both
+    encoded under its own name and carried under the other)."""
     out = [F.col(stats.key).cast("string").alias(stats.key) if key_as_string else F.col(stats.key)]
+    out += [F.col(column).alias(name) for name, column in (passthrough or {}).items()]
     for name, s in stats.numeric.items():
         z = ((F.col(name).cast("double") - s["mean"]) / s["std"])
         out.append(F.coalesce(z, F.lit(0.0)).cast("float").alias(name))

@@ -74,6 +74,10 @@ def add_predict_args(c: argparse.ArgumentParser) -> None:
     c.add_argument("--input", required=True, help="rows to score: a path (or a table name with --format table)")
     c.add_argument("--output", required=True, help="output folder (published with _SUCCESS last)")
     c.add_argument("--format", dest="input_format", help="input format (default: etl.source.format)")
+    c.add_argument("--partition", help="the output's partition value (default: the value of the input path's last "
+                                       "name=value folder, else the input path)")
+    c.add_argument("--keep", action="append", default=[], metavar="COL",
+                   help="carry this input column into the output as it is (repeatable)")
 
 
 def add_models_args(c: argparse.ArgumentParser) -> None:
@@ -140,7 +144,7 @@ COMMANDS = {c.name: c for c in (
             _summary_of("evaluate"), add_evaluate_args),
     Command("predict", "batch scoring on Spark executors with a model artifact",
             lambda cfg, a: _jobs().predict_job(cfg, model_ref=a.model, input_path=a.input, output_dir=a.output,
-                                               input_format=a.input_format),
+                                               input_format=a.input_format, partition=a.partition, keep=a.keep),
             _summary_of("predict"), add_predict_args),
     Command("models", "the registry: list | show [REF] | promote VERSION | rollback",
             _models, _summary_of("models"), add_models_args),

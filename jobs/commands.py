@@ -99,7 +99,8 @@ def evaluate_job(cfg: Config, *, model_ref: str, dataset_dir: str | None, split:
     return {"model": model.folder, "version": model.version, **evaluate(model, dataset_dir, split)}
 
 
-def predict_job(cfg: Config, *, model_ref: str, input_path: str, output_dir: str, input_format: str | None) -> dict:
+def predict_job(cfg: Config, *, model_ref: str, input_path: str, output_dir: str, input_format: str | None,
+                partition: str | None = None, keep: list[str] = ()) -> dict:
     import dataclasses
     from ringtrain.jobs.predict import predict
     from ringtrain.training.scoring import resolve_model
@@ -111,7 +112,7 @@ def predict_job(cfg: Config, *, model_ref: str, input_path: str, output_dir: str
                                  options=cfg.etl.source.options if fmt == cfg.etl.source.format else {})
     spark = get_spark(cfg.spark)
     try:
-        return predict(spark, model, source, output_dir)
+        return predict(spark, model, source, output_dir, partition=partition, keep=keep)
     finally:
         spark.stop()
 
@@ -193,6 +194,8 @@ def _short(text: str, limit: int = 160) -> str:
 
 
 def format_retrain(summary: dict) -> str:
+    from ringtrain.config import lower_is_better
+    from ringtrain.jobs.retrain import baseline
     lines = []
     for r in summary["dates"]:
         d = r["decision"]
@@ -202,6 +205,7 @@ def format_retrain(summary: dict) -> str:
             continue
         m = d["metric"]
         champ = f"{d['champion']['overall'][m]:.4f} ({d['champion_before']})" if d["champion"] else "none"
+        floor, what = baseline(m, d["challenger"]["overall"])
         t = r["timings_s"]
         lines += [head + (f"PROMOTED {d['version']} to champion" if d["outcome"] == "promoted"
                           else f"champion kept ({d['champion_after'] or 'none'}); {d['version']} registered")
@@ -209,6 +213,8 @@ def format_retrain(summary: dict) -> str:
                   f"          holdout {r['dataset_version']} {d['challenger']['split']} "
                   f"({d['challenger']['overall']['rows']:,} rows): {m} challenger "
                   f"{d['challenger']['overall'][m]:.4f}, champion {champ}",
+                  f"          gate metric {m} ({'lower' if lower_is_better(m) else 'higher'} is better); "
+                  f"baseline {floor:.4f} ({what})",
                   f"          reason: {d['reason']}",
                   f"          ETL {t.get('etl')}s, training {t.get('train')}s, evaluation {t.get('evaluate')}s"
                   + (f"; MLflow: {r['mlflow']}" if r.get("mlflow") else "")]
@@ -216,13 +222,26 @@ def format_retrain(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def evaluate_metrics(m: dict) -> str:
+    """One model's metrics on a split, for the evaluate summary, per task."""
+    task = m.get("task", "binary")
+    if task == "multiclass":
+        return (f"accuracy {m['accuracy']:.4f} (majority class {m['baseline_accuracy']:.4f}), macro-F1 "
+                f"{m['macro_f1']:.4f} (majority class {m['baseline_macro_f1']:.4f}), log-loss {m['loss']:.4f} "
+                f"(prior {m['baseline_loss']:.4f})")
+    if task == "regression":
+        return (f"RMSE {m['rmse']:.4f} (train mean {m['baseline_rmse']:.4f}), MAE {m['mae']:.4f} (train mean "
+                f"{m['baseline_mae']:.4f}), R^2 {m['r2']:.4f}")
+    return (f"accuracy {m['accuracy']:.4f} (baseline {m['baseline_accuracy']:.4f}), AUC {m['auc']:.4f}, "
+            f"log-loss {m['loss']:.4f} (prior {m['baseline_loss']:.4f})")
+
+
 def format_evaluate(summary: dict) -> str:
     o = summary["overall"]
     lines = [f"EVALUATE  {summary['version'] or summary['model']} on {summary['split']} of {summary['dataset_dir']}",
-             f"          {o['rows']:,} rows: accuracy {o['accuracy']:.4f} (baseline {o['baseline_accuracy']:.4f}), "
-             f"AUC {o['auc']:.4f}, log-loss {o['loss']:.4f} (prior {o['baseline_loss']:.4f})"]
+             f"          {o['rows']:,} rows: {evaluate_metrics(o)}"]
     for name, p in summary["partitions"].items():
-        lines.append(f"          partition {name}: {p['rows']:,} rows, accuracy {p['accuracy']:.4f}, AUC {p['auc']:.4f}")
+        lines.append(f"          partition {name}: {p['rows']:,} rows, {evaluate_metrics(p)}")
     return "\n".join(lines)
 
 
@@ -231,6 +250,7 @@ def format_predict(summary: dict) -> str:
     return "\n".join([
         f"PREDICT   {summary['rows_scored']:,} rows scored with {summary['model_version'] or 'the model'}, "
         f"{summary['rows_quarantined']:,} quarantined{' ' + str(q) if q else ''}",
+        f"          columns {', '.join(summary['columns'])}; partition {summary['partition']}",
         f"          published {summary['output_dir']} ({summary['files']} files) in {summary['seconds']}s"])
 
 

@@ -8,7 +8,12 @@ once (on its GPU when Spark gave it one), scores Arrow batches, and writes its o
 through the store functions, so the output can live on any store.
 
 Output folder:
-    part-NNNNN.parquet            key column (its declared type) + `score` (the probability, for binary)
+    part-NNNNN.parquet            the key column (its declared type), the score columns of the model's task
+                                  (binary: `score`, the probability; multiclass: `prediction`, the class, and
+                                  `prob_<class>` per class; regression: `prediction` in the label's units),
+                                  `model_version` (the registry version that scored the rows), `partition`
+                                  (--partition, else the input path's last name=value folder), then the
+                                  input columns named by --keep, as the input has them
     quarantine/part-NNNNN.parquet the rejected rows as text, with `_reason`
     _manifest.json                model, input, counts, every file with rows and sha256
     _SUCCESS                      written last: the output is published
@@ -33,10 +38,10 @@ from ringtrain.config import ColumnSpec, SourceConfig
 from ringtrain.errors import BadDataError, ConfigError
 from ringtrain.etl.features import FeatureStats, apply_features
 from ringtrain.etl.steps import null_on_failure
-from ringtrain.etl.sources import CORRUPT, read_source, source_path
+from ringtrain.etl.sources import CORRUPT, SPARK_TYPES, read_source, source_path
 from ringtrain.etl.validate import REASON, parse_and_validate
 from ringtrain.schema import build
-from ringtrain.training.scoring import TASK_SCORES, ModelFiles
+from ringtrain.training.scoring import ModelFiles, task_scores
 from ringtrain.publish import atomic_write_bytes, atomic_write_json
 from ringtrain.store import join, listdir, open_output, read_bytes, remove, rmtree
 
@@ -54,15 +59,20 @@ def model_columns(model: ModelFiles) -> tuple[list[ColumnSpec], str]:
     return [build(ColumnSpec, c, "etl.columns") for c in etl["columns"]], etl["label"]["column"]
 
 
-def input_columns(spark: SparkSession, source: SourceConfig, specs: list[ColumnSpec], label: str) -> list[ColumnSpec]:
-    """The model's columns without the label, or with it (ignored) when the input has it too."""
+def input_columns(spark: SparkSession, source: SourceConfig, specs: list[ColumnSpec], label: str,
+                  keep: list[str] = ()) -> tuple[list[ColumnSpec], list[str]]:
+    """The columns to read, and the input's own columns. To read: the model's columns without the label, or with
+    it (ignored) when the input has it too, and the input's columns that `keep` names beyond the model's (as
+    text from CSV and JSON; in their own type from typed formats). In the input's order, so that a CSV header
+    that orders them otherwise still matches; a model column the input lacks comes last (read_source names it)."""
     path = source_path(source, None)
     if source.format == "table":
-        present = spark.table(source.table).columns
+        schema = spark.table(source.table).schema
     elif source.format == "csv":
-        present = spark.read.options(header="true", **source.options).csv(path).columns
+        schema = spark.read.options(header="true", **source.options).csv(path).schema
     else:
-        present = spark.read.options(**source.options).format(source.format).load(path).columns
+        schema = spark.read.options(**source.options).format(source.format).load(path).schema
+    present = [f.name for f in schema.fields]
     out = []
     for spec in specs:
         if spec.name == label:
@@ -70,37 +80,102 @@ def input_columns(spark: SparkSession, source: SourceConfig, specs: list[ColumnS
                 out.append(ColumnSpec(name=spec.name, type=spec.type, role="ignore"))
         else:
             out.append(spec)
-    return out
+    declared = {spec.name for spec in specs}
+    for name in keep:
+        if name in present and name not in declared:
+            out.append(ColumnSpec(name=name, type=_carried_type(source, schema[name].dataType, name), role="ignore"))
+    order = {name: i for i, name in enumerate(present)}
+    return sorted(out, key=lambda spec: order.get(spec.name, len(present))), present
 
 
-def predict(spark: SparkSession, model: ModelFiles, source: SourceConfig, output_dir: str) -> dict:
+def _carried_type(source: SourceConfig, spark_type, name: str) -> str:
+    """The declared type under which a kept column beyond the model's is read."""
+    if source.format in ("csv", "json"):
+        return "string"
+    for declared, known in SPARK_TYPES.items():
+        if known == spark_type:
+            return declared
+    raise ConfigError(f"--keep {name}: its type {spark_type.simpleString()} cannot be carried (predict carries "
+                      f"{', '.join(SPARK_TYPES)}); cast it in the input, or drop this --keep")
+
+
+FIXED_COLUMNS = ("model_version", "partition")
+"""The output's columns after the key and the score columns: the registry version that scored each row, and
+the partition it came from."""
+
+
+def output_columns(key: str, score_columns: list[str], keep: list[str], present: list[str]) -> list[str]:
+    """The output's columns, in order: the key, the score columns, model_version, partition, then the kept
+    input columns. Raises ConfigError for a --keep the input does not have, one that is given twice, or one
+    that an output column already names."""
+    fixed = [key, *score_columns, *FIXED_COLUMNS]
+    if len(set(fixed)) < len(fixed):
+        clash = next(c for c in fixed if fixed.count(c) > 1)
+        raise ConfigError(f"the model's key column {key!r} has the name of an output column ({', '.join(fixed)} "
+                          f"hold {clash!r} twice); rename the key column in etl.columns and retrain")
+    for i, column in enumerate(keep):
+        if column not in present:
+            raise ConfigError(f"--keep {column}: the input has no column {column!r}; its columns are "
+                              f"{', '.join(present)}")
+        if column in fixed:
+            raise ConfigError(f"--keep {column}: the output already has a column {column!r} (it has "
+                              f"{', '.join(fixed)}); drop this --keep")
+        if column in keep[:i]:
+            raise ConfigError(f"--keep {column} is given twice; give it once")
+    return [*fixed, *keep]
+
+
+def partition_of(explicit: str | None, input_ref: str) -> str:
+    """The output's `partition` value: --partition VALUE; else the value of the last name=value folder of the
+    input path (`.../dt=2026-11-23` gives 2026-11-23); else the input path (or table name) itself."""
+    if explicit is not None:
+        return explicit
+    for part in reversed(input_ref.rstrip("/").split("/")):
+        name, equals, value = part.partition("=")
+        if equals and name and value:
+            return value
+    return input_ref
+
+
+def predict(spark: SparkSession, model: ModelFiles, source: SourceConfig, output_dir: str, *,
+            partition: str | None = None, keep: list[str] = ()) -> dict:
+    """Score `source` with `model` into `output_dir` (see the module docstring); `partition`: the output's
+    partition value (default: from the input path, `partition_of`); `keep`: input columns to carry.
+    Raises ConfigError for a bad --keep, before the old output is taken down."""
     # As in the ETL: a value that does not cast must give null and quarantine its row, also on Spark 4
     # (ANSI mode on by default there, under which the cast raises and fails the whole job).
     with null_on_failure(spark):
-        return _predict(spark, model, source, output_dir)
+        return _predict(spark, model, source, output_dir, partition, list(keep))
 
 
-def _predict(spark: SparkSession, model: ModelFiles, source: SourceConfig, output_dir: str) -> dict:
+def _predict(spark: SparkSession, model: ModelFiles, source: SourceConfig, output_dir: str, partition: str | None,
+             keep: list[str]) -> dict:
     started = time.time()
-    if model.task not in TASK_SCORES:
-        raise ConfigError(f"{model.folder}: predict scores binary models only for now (this one is "
-                          f"{model.task!r}); add its score function to ringtrain.training.scoring.TASK_SCORES")
     specs, label = model_columns(model)
-    stats = FeatureStats.from_json(model.features())
-    specs = input_columns(spark, source, specs, label)
+    features = model.features()
+    stats = FeatureStats.from_json(features)
+    scores = task_scores(model.task, features)
+    specs, present = input_columns(spark, source, specs, label, keep)
+    columns = output_columns(stats.key, [name for name, _ in scores.columns], keep, present)
+    part = partition_of(partition, source.table if source.format == "table" else source.path)
+    version = model.version or model.folder
     raw = read_source(spark, source, specs)
     checked = parse_and_validate(raw, specs, None, raw_strings=source.format in ("csv", "json"), key=stats.key)
     unpublish(output_dir)
     bad = checked.where(F.col(REASON).isNotNull()).select(*[F.col(c).cast("string") for c in checked.columns])
     quarantined = write_parts(bad, join(output_dir, "quarantine"))
-    good = apply_features(checked.where(F.col(REASON).isNull()).drop(REASON, CORRUPT), stats, key_as_string=False)
-    scored = score_and_write(good, model, output_dir, stats.key)
+    carried = {f"_keep_{i}": column for i, column in enumerate(keep)}  # a kept feature is also encoded
+    good = apply_features(checked.where(F.col(REASON).isNull()).drop(REASON, CORRUPT), stats, key_as_string=False,
+                          passthrough=carried)
+    scored = score_and_write(good, model, output_dir, stats.key, {"model_version": version, "partition": part},
+                             carried)
     reasons = {r[REASON]: r["count"] for r in bad.groupBy(REASON).count().collect()} if quarantined else {}
     manifest = {
         "model": {"folder": model.folder, "version": model.version, "program": model.artifact["program"]},
         "input": {"format": source.format, "path": source.path, "table": source.table},
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "key": stats.key, "score": "probability of label = 1" if model.task == "binary" else model.task,
+        "key": stats.key, "score": SCORE_MEANING[model.task], "columns": columns, "model_version": version,
+        "partition": part,
         "rows_scored": sum(f["rows"] for f in scored), "rows_quarantined": sum(f["rows"] for f in quarantined),
         "quarantine_reasons": dict(sorted(reasons.items())),
         "files": scored, "quarantine_files": quarantined,
@@ -109,7 +184,14 @@ def _predict(spark: SparkSession, model: ModelFiles, source: SourceConfig, outpu
     atomic_write_bytes(join(output_dir, SUCCESS), b"")
     return {"output_dir": output_dir, "model_version": model.version, "rows_scored": manifest["rows_scored"],
             "rows_quarantined": manifest["rows_quarantined"], "quarantine_reasons": manifest["quarantine_reasons"],
-            "files": len(scored), "seconds": round(time.time() - started, 1)}
+            "files": len(scored), "columns": columns, "partition": part, "seconds": round(time.time() - started, 1)}
+
+
+SCORE_MEANING = {
+    "binary": "probability of label = 1",
+    "multiclass": "prediction: the most probable class; prob_<class>: its probability (softmax), per class",
+    "regression": "prediction: the predicted label, in the label's units",
+}
 
 
 def unpublish(output_dir: str) -> None:
@@ -129,30 +211,38 @@ def write_parts(df: DataFrame, folder: str) -> list[dict]:
     return _collect(df.mapInArrow(write, _FILES))
 
 
-def score_and_write(df: DataFrame, model: ModelFiles, folder: str, key: str) -> list[dict]:
-    """Score each task's rows (the model loaded once per task) and write them with the key column, in the type
-    `df` has it (the declared one)."""
+def score_and_write(df: DataFrame, model: ModelFiles, folder: str, key: str, constants: dict[str, str],
+                    carried: dict[str, str]) -> list[dict]:
+    """Score each task's rows (the model loaded once per task) and write them: the key column, in the type `df`
+    has it (the declared one), the score columns, `constants` (model_version, partition) as strings, and the
+    `carried` columns of `df` under their input names ({name in df: input name})."""
     # The model's positional inputs, in order (num, cat[, arr]), as training.artifact.input_schema wrote them.
     # artifact.json is written with sorted keys, so the order comes from the names, not from the file.
     inputs = model.artifact["inputs"]
     schema = [(name, inputs[name]["columns"], inputs[name]["dtype"]) for name in ("num", "cat", "arr") if name in inputs]
     model_folder, artifact, features, task = model.folder, model.artifact, model.features_json, model.task
+    arrow_types = {"double": pa.float64(), "string": pa.string()}
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from ringtrain.training.scoring import ModelFiles, load_program, score_arrays
-        module = None
+        from ringtrain.training.scoring import ModelFiles, load_program, score_arrays, task_scores
+        module, scores = None, None
         def scored() -> Iterator[pa.RecordBatch]:
-            nonlocal module
+            nonlocal module, scores
             for batch in batches:
                 if batch.num_rows == 0:
                     continue
                 if module is None:  # once per task, and only for a task that has rows
                     files = ModelFiles(model_folder, features, artifact)
-                    module = load_program(files, task_device())
+                    module, scores = load_program(files, task_device()), task_scores(task, files.features())
                 inputs = [_matrix(batch, columns, dtype, arrays=name == "arr") for name, columns, dtype in schema]
-                out_schema = pa.schema([batch.schema.field(key), ("score", pa.float64())])
-                yield pa.RecordBatch.from_arrays(
-                    [batch.column(key), pa.array(score_arrays(module, task, inputs))], schema=out_schema)
+                values = score_arrays(module, scores, inputs)
+                fields = [batch.schema.field(key), *(pa.field(n, arrow_types[t]) for n, t in scores.columns),
+                          *(pa.field(n, pa.string()) for n in constants),
+                          *(batch.schema.field(inner).with_name(name) for inner, name in carried.items())]
+                arrays = [batch.column(key), *(pa.array(values[n], arrow_types[t]) for n, t in scores.columns),
+                          *(pa.array([v] * batch.num_rows, pa.string()) for v in constants.values()),
+                          *(batch.column(inner) for inner in carried)]
+                yield pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
         yield from _write_task(folder, scored())
     return _collect(df.mapInArrow(score, _FILES))
 

@@ -8,7 +8,8 @@ Per date, under the model's lock (`ringtrain.lock`, exit 75 while another retrai
     evaluate  challenger (copied into the registry as the next, still unregistered, version) and
               champion, from their artifacts alone, on the same holdout: the new version's
               retrain.holdout_split, overall and per partition
-    decide    the gate (retrain.promote) gives promote or keep, with its reason
+    decide    the gate (retrain.promote) gives promote or keep, with its reason, on the task's gate metric
+              (binary auc, multiclass macro_f1, regression rmse by default; `baseline` says what to beat)
     publish   ONE registry event registers the version, records the decision and, when promoted,
               moves `champion`; then the per-date record says done (and the MLflow mirror follows)
 
@@ -32,7 +33,7 @@ import logging
 import math
 import time
 
-from ringtrain.config import Config, PromoteConfig
+from ringtrain.config import Config, PromoteConfig, lower_is_better
 from ringtrain.errors import ConfigError
 from ringtrain.lock import FileLock
 from ringtrain.manifest import load_manifest
@@ -47,28 +48,44 @@ STATES = ("etl", "train", "evaluate", "decide", "done")
 _CARRIED = ("dataset_dir", "dataset_version", "partition_rows", "warm_start_from", "training", "evaluation")
 
 log = logging.getLogger("ringtrain.jobs.retrain")
-BASELINES = {"auc": lambda m: 0.5, "accuracy": lambda m: m["baseline_accuracy"], "loss": lambda m: m["baseline_loss"]}
 
 
 # ----------------------------------------------------------------------------- the gate (pure)
 
+def baseline(metric: str, metrics: dict) -> tuple[float, str]:
+    """The value a model must beat on `metric`, and what predicts it, from one model's holdout metrics (the
+    training loop's, which measure the baselines on the same rows): AUC 0.5; the majority class for accuracy and
+    macro-F1; the class prior's log-loss; for regression, always predicting the train split's mean."""
+    task = metrics.get("task", "binary")
+    if metric == "auc":
+        return 0.5, "a random ranking"
+    if metric in ("accuracy", "macro_f1"):
+        return metrics[f"baseline_{metric}"], "always the majority class"
+    if metric == "loss" and task != "regression":
+        return metrics["baseline_loss"], "the class prior"
+    if metric == "r2":
+        return 0.0, "always the train mean"
+    return metrics[f"baseline_{metric}"], "always the train mean"  # regression loss, rmse, mae
+
+
 def improvement(metric: str, new: float, old: float) -> float:
-    """How much better `new` is than `old` (positive: better); loss is better when lower."""
-    return old - new if metric == "loss" else new - old
+    """How much better `new` is than `old` (positive: better); loss, rmse and mae are better when lower."""
+    return old - new if lower_is_better(metric) else new - old
 
 
 def decide(gate: PromoteConfig, challenger: dict, champion: dict | None) -> tuple[bool, str]:
-    """Promote or keep, and why. `challenger`/`champion`: `scoring.evaluate` results on the same holdout."""
+    """Promote or keep, and why. `challenger`/`champion`: `scoring.evaluate` results on the same holdout.
+    `gate.metric` is resolved (the config does it when it loads)."""
     m = gate.metric
     new = challenger["overall"]
-    baseline = BASELINES[m](new)
+    floor, _ = baseline(m, new)
     refusals = []
-    if not improvement(m, new[m], baseline) > 0:
-        refusals.append(f"the challenger's {m} {new[m]:.4f} does not beat the baseline {baseline:.4f}")
+    if not improvement(m, new[m], floor) > 0:
+        refusals.append(f"the challenger's {m} {new[m]:.4f} does not beat the baseline {floor:.4f}")
     if champion is None:
         if refusals:
             return False, f"no champion yet, and {refusals[0]}: not promoted"
-        return True, f"first model: {m} {new[m]:.4f} beats the baseline {baseline:.4f}"
+        return True, f"first model: {m} {new[m]:.4f} beats the baseline {floor:.4f}"
     old = champion["overall"]
     gain = improvement(m, new[m], old[m])
     if not gain > gate.min_improvement:
@@ -86,7 +103,7 @@ def decide(gate: PromoteConfig, challenger: dict, champion: dict | None) -> tupl
     if refusals:
         return False, "champion kept: " + "; ".join(refusals)
     return True, (f"{m} {new[m]:.4f} vs champion {old[m]:.4f} ({gain:+.4f} > {gate.min_improvement:g}), "
-                  f"beats the baseline {baseline:.4f}, no partition drops more than {gate.max_partition_drop}")
+                  f"beats the baseline {floor:.4f}, no partition drops more than {gate.max_partition_drop}")
 
 
 # ----------------------------------------------------------------------------- dates and records

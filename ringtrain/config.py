@@ -299,6 +299,13 @@ class MonitorConfig:
 MINIMIZED_METRICS = ("loss", "rmse", "mae")
 TASK_METRICS = {"binary": ("loss", "accuracy", "auc"), "multiclass": ("loss", "accuracy", "macro_f1"),
                 "regression": ("loss", "rmse", "mae", "r2")}
+GATE_METRICS = {"binary": "auc", "multiclass": "macro_f1", "regression": "rmse"}
+"""retrain.promote.metric when the config leaves it null, per etl.label.task."""
+
+
+def lower_is_better(metric: str) -> bool:
+    """The direction of a metric when nothing overrides it (train.monitor.mode can)."""
+    return metric in MINIMIZED_METRICS
 
 
 @dataclass(kw_only=True)
@@ -395,8 +402,10 @@ class TrainConfig:
 
 @dataclass(kw_only=True)
 class PromoteConfig:
-    metric: Literal["auc", "accuracy", "loss"] = "auc"
-    """The metric the gate compares on the holdout (higher is better, except loss)."""
+    metric: str | None = None
+    """The holdout metric the gate compares: one of the task's metrics (TASK_METRICS). Lower is better for loss,
+    rmse and mae, higher for the others. null: the task's default (GATE_METRICS): binary auc, multiclass
+    macro_f1, regression rmse; resolved when the config loads. A metric the task lacks fails at load."""
     min_improvement: float = 0.0
     """The challenger must beat the champion's metric by more than this to be promoted."""
     max_partition_drop: float | None = 0.05
@@ -475,8 +484,13 @@ class Config:
             # champion's embedding tables: both need the features frozen across dates.
             check(self.etl.mode == "incremental", "etl.mode",
                   "retrain needs etl.mode: incremental (one partition per date, features frozen by the first)")
-            check(task == "binary", "etl.label.task",
-                  f"retrain's gate and predict support task 'binary' only for now, not {task!r}")
+            gate = self.retrain.promote
+            if gate.metric is None:
+                gate.metric = GATE_METRICS[task]
+            check(gate.metric in TASK_METRICS[task], "retrain.promote.metric",
+                  f"{gate.metric!r} is not a metric of task {task!r} (etl.label.task); the {task} metrics are "
+                  f"{', '.join(TASK_METRICS[task])}: use one of them, or leave the key out for the default "
+                  f"{GATE_METRICS[task]!r}")
 
 
 def load_config(path: str, overrides: list[str] | None = None) -> Config:

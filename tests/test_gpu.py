@@ -207,7 +207,7 @@ def test_the_exported_model_loads_on_the_gpu_and_evaluates_and_scores_as_on_the_
     scores that `predict` writes agree."""
     import numpy as np
     from ringtrain.manifest import load_manifest, shard_paths
-    from ringtrain.training.scoring import evaluate, load_program, resolve_model, score_arrays
+    from ringtrain.training.scoring import evaluate, load_program, resolve_model, score_arrays, task_scores
     from ringtrain.training.data import Columns, ReadPlan, open_reader
     from ringtrain.training.models import model_inputs
     _, folder, _ = gpu_and_cpu_runs["gpu"]
@@ -225,7 +225,8 @@ def test_the_exported_model_loads_on_the_gpu_and_evaluates_and_scores_as_on_the_
     inputs = [np.ascontiguousarray(x) for x in model_inputs(batch)]
     program = load_program(model, torch.device("cuda"))
     assert {p.device.type for p in program.parameters()} == {"cuda"}
-    gpu_scores = score_arrays(program, "binary", inputs)
-    cpu_scores = score_arrays(load_program(model), "binary", inputs)
+    scores = task_scores("binary", model.features())
+    gpu_scores = score_arrays(program, scores, inputs)["score"]
+    cpu_scores = score_arrays(load_program(model), scores, inputs)["score"]
     assert gpu_scores.shape == cpu_scores.shape == (len(batch["label"]),)
     assert np.abs(gpu_scores - cpu_scores).max() < 1e-4

@@ -138,6 +138,11 @@ def test_predict_scores_or_quarantines_every_row_like_the_eager_model(spark, thr
                                              "null:customer_id": 10}
     assert os.path.exists(os.path.join(out, "_SUCCESS"))
     scored = read_parts(os.path.join(out, "part-*.parquet"))
+    # What a user joins on and trusts: the key, the score, the version that scored and the partition (here the
+    # input path itself: it has no name=value folder).
+    assert scored.column_names == ["customer_id", "score", "model_version", "partition"]
+    assert set(scored.column("model_version").to_pylist()) == {"v000003"}
+    assert set(scored.column("partition").to_pylist()) == {str(tmp_path / "in")}
     quarantined = read_parts(os.path.join(out, "quarantine", "part-*.parquet"))
     keys = scored.column("customer_id").to_pylist()
     assert sorted(keys) == sorted(frame["customer_id"])

@@ -1,8 +1,11 @@
 """Scoring with a model artifact alone: its exported program and its features.json.
 
 A model reference is a registry version or alias (`champion`, `v000003`), or a run's model folder.
-What the model outputs means something per task; each task is one small function here:
-  binary       the logit of P(label = 1) -> the probability
+What the model outputs means to a user depends on the task; each task is one small class here
+(`TASK_SCORES`), which names the output columns and fills them:
+  binary       the logit of P(label = positive) -> `score`, the probability
+  multiclass   K logits -> `prediction` (the class, as the label's own value) and `prob_<class>` per class
+  regression   the output -> `prediction` in the label's units (the ETL's standardization undone)
 
 `evaluate` computes the training loop's own validation metrics (`training.loop.evaluate`, the same
 code) on one split of a published dataset, overall and per partition, in this process. The
@@ -16,23 +19,72 @@ import contextlib
 import io
 import os
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ringtrain.errors import FeatureMismatch, ModelNotFound
 from ringtrain.manifest import IncrementalManifest, Manifest, Shard, load_manifest, shard_path, shard_paths
-from ringtrain.registry import FEATURES, Registry
+from ringtrain.registry import FEATURES, VERSION_MARKER, Registry
 from ringtrain.store import exists, join, read_bytes, read_json
 
 
-def binary_scores(logits: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(logits.float().reshape(-1))  # [B] or [B, 1] -> [B]
+class BinaryScores:
+    """binary: the logit of P(label = positive) -> `score`, that probability."""
+
+    def __init__(self, features: dict):
+        self.columns = [("score", "double")]
+
+    def __call__(self, outputs: torch.Tensor) -> dict[str, np.ndarray]:
+        return {"score": torch.sigmoid(outputs.float().reshape(-1)).double().cpu().numpy()}  # [B] or [B, 1] -> [B]
 
 
-# task -> (model output -> the score a user reads). Other tasks add one entry each.
-TASK_SCORES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"binary": binary_scores}
+class MulticlassScores:
+    """multiclass: one logit per class -> `prediction`, the most probable class as the label's own value (as the
+    ETL recorded it in features.json), and `prob_<class>`, the softmax, for every class in the model's order."""
+
+    def __init__(self, features: dict):
+        self.classes = list(features["label_values"])
+        self.columns = [("prediction", "string"), *((prob_column(c), "double") for c in self.classes)]
+
+    def __call__(self, outputs: torch.Tensor) -> dict[str, np.ndarray]:
+        probs = torch.softmax(outputs.double(), dim=1).cpu().numpy()
+        out = {"prediction": np.asarray(self.classes, dtype=object)[probs.argmax(axis=1)]}
+        out.update((prob_column(c), probs[:, i]) for i, c in enumerate(self.classes))
+        return out
+
+
+class RegressionScores:
+    """regression: the output -> `prediction` in the label's units. With etl.label.standardize the model was
+    trained on (label - mean) / std of the train split (features.json `label_stats`): undone here."""
+
+    def __init__(self, features: dict):
+        self.label_stats = features["label_stats"]
+        self.columns = [("prediction", "double")]
+
+    def __call__(self, outputs: torch.Tensor) -> dict[str, np.ndarray]:
+        return {"prediction": to_label_units(outputs.double().reshape(-1).cpu().numpy(), self.label_stats)}
+
+
+def prob_column(value: str) -> str:
+    """The output column of one class's probability."""
+    return f"prob_{value}"
+
+
+def to_label_units(values: np.ndarray, label_stats: dict) -> np.ndarray:
+    """A regression model's outputs in the label's units: `label_stats` is features.json's entry."""
+    if label_stats.get("standardized"):
+        return values * label_stats["std"] + label_stats["mean"]
+    return values
+
+
+# task -> what the model's output means to a user: the output columns and the function that fills them.
+TASK_SCORES = {"binary": BinaryScores, "multiclass": MulticlassScores, "regression": RegressionScores}
+
+
+def task_scores(task: str, features: dict):
+    """The score columns of a model of `task`, built from its features.json (classes, label statistics)."""
+    return TASK_SCORES[task](features)
 
 
 @dataclass(frozen=True)
@@ -42,7 +94,7 @@ class ModelFiles:
     folder: str
     features_json: str
     artifact: dict
-    version: str | None = None  # the registry version, when the reference went through the registry
+    version: str | None = None  # the registry version: an alias or version looked up, or a version folder
 
     @property
     def program(self) -> str:
@@ -61,8 +113,10 @@ def resolve_model(ref: str, *, store_root: str, registry_name: str | None) -> Mo
     the model `registry_name` (retrain.model)."""
     if exists(join(ref, "artifact.json")):
         artifact = read_json(join(ref, "artifact.json"))
-        own = join(ref, FEATURES)  # registry versions carry their own copy
-        return ModelFiles(ref, own if exists(own) else artifact["dataset"]["features_json"], artifact)
+        own = join(ref, FEATURES)  # registry versions carry their own copy, and their version.json
+        marker = join(ref, VERSION_MARKER)
+        return ModelFiles(ref, own if exists(own) else artifact["dataset"]["features_json"], artifact,
+                          version=read_json(marker)["version"] if exists(marker) else None)
     if registry_name is None:
         raise ModelNotFound(f"--model {ref}: not a model folder (no artifact.json), and the config has no "
                             f"retrain.model to look it up in a registry; pass a folder or set retrain.model")
@@ -96,12 +150,12 @@ def load_program(model: ModelFiles, device: torch.device | None = None) -> Progr
     return Program(module.to(device) if device is not None else module)
 
 
-def score_arrays(module: torch.nn.Module, task: str, inputs: list[np.ndarray]) -> np.ndarray:
-    """Scores of encoded rows (the model's inputs: num, cat[, arr]), as float64 (what `predict` writes)."""
+def score_arrays(module: torch.nn.Module, scores, inputs: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """The score columns (`task_scores`) of encoded rows (the model's inputs: num, cat[, arr]): what `predict`
+    writes. Probabilities and regression predictions as float64."""
     device = next(iter(module.parameters()), torch.empty(0)).device
     with torch.no_grad():
-        out = TASK_SCORES[task](module(*(torch.from_numpy(x).to(device) for x in inputs)))
-    return out.double().cpu().numpy()
+        return scores(module(*(torch.from_numpy(x).to(device) for x in inputs)))
 
 
 # ----------------------------------------------------------------------------- evaluate
