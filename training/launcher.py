@@ -3,7 +3,8 @@
 Per attempt, one barrier stage of `train.num_workers` tasks, each running `training.task.run_task`:
 the tasks form the engine's ring (training.rendezvous), each runs the worker as a child process, which
 calls the run's training function (the built-in loop, `run_training`, or a user's, `run_function`), and
-answers its `RankResult` or `FunctionResult` (training.spec). This module imports no torch: the driver only starts them.
+answers its `RankResult` or `FunctionResult` (training.spec). This module imports no torch: the driver only
+starts them.
 
 Before anything starts, `check_slots` and `check_gpus` refuse a cluster that cannot run the stage.
 Spark does not retry a failed barrier result stage, so `launch` retries the whole stage up to
