@@ -107,6 +107,16 @@ def draws_random(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in model.modules())
 
 
+def import_entry(path: str, key: str, error: type[Exception], where: str):
+    """The object that config key `key` names as 'package.module:name' (the config checked the form); `error`
+    naming the key and where the module must be importable when it cannot be imported."""
+    module_name, name = path.split(":", 1)
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as exc:
+        raise error(f"{key} {path!r}: cannot import it ({exc}). The module must be importable {where}") from exc
+
+
 def build_model(model_cfg: dict, num_numeric: int, cardinalities: list[int], *, array_width: int = 0,
                 num_outputs: int = 1) -> nn.Module:
     """`model_cfg` is the plain `train.model` section; name is built in or 'package.module:factory'.
@@ -123,13 +133,8 @@ def build_model(model_cfg: dict, num_numeric: int, cardinalities: list[int], *, 
         params["array_width"] = array_width
     if num_outputs != 1:
         params["num_outputs"] = num_outputs
-    module_name, factory_name = name.split(":", 1)  # the config checked the form
-    try:
-        factory = getattr(importlib.import_module(module_name), factory_name)
-    except (ImportError, AttributeError) as exc:
-        raise ModelContractError(
-            f"train.model.name {name!r}: cannot import it ({exc}). The module must be importable on the driver "
-            f"and on every executor (e.g. spark-submit --py-files, or installed in the shipped environment)") from exc
+    factory = import_entry(name, "train.model.name", ModelContractError, "on the driver and on every executor (e.g. "
+                           "spark-submit --py-files, or installed in the shipped environment)")
     try:
         model = factory(num_numeric=num_numeric, cardinalities=cardinalities, **params)
     except Exception as exc:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib
 import io
 import json
 import logging
@@ -48,6 +47,7 @@ from ringtrain.training.checkpoint import load_best
 from ringtrain.training.context import TrainContext
 from ringtrain.training.environment import RankEnvironment, pin_to_cores
 from ringtrain.training.loop import FaultInjector, Heartbeat, fit
+from ringtrain.training.models import import_entry
 from ringtrain.training.optimizer import make_optimizer
 from ringtrain.training.pipeline import PipelineModel, stage_devices
 from ringtrain.training.spec import (ERROR_PREFIX, HEARTBEAT_ENV, RESULT_PREFIX, SPEC_ENV, FunctionResult, Placement,
@@ -155,13 +155,8 @@ def load_function(spec: WorkerSpec) -> tuple[Callable, tuple, dict]:
                 f"importable on every executor (installed in their Python, or --py-files), or ship it by value "
                 f"with pyspark.cloudpickle.register_pickle_by_value(module) before run_function") from exc
     if spec.train.function is not None:
-        module_name, name = spec.train.function.split(":", 1)  # the config checked the form
-        try:
-            function = getattr(importlib.import_module(module_name), name)
-        except (ImportError, AttributeError) as exc:
-            raise FunctionContractError(
-                f"train.function {spec.train.function!r}: cannot import it ({exc}). The module must be importable "
-                f"on every executor (installed in their Python, or on spark.executorEnv.PYTHONPATH)") from exc
+        function = import_entry(spec.train.function, "train.function", FunctionContractError,
+                                "on every executor (installed in their Python, or on spark.executorEnv.PYTHONPATH)")
         return function, (), {}
     return builtin_training, (), {}
 
