@@ -153,3 +153,17 @@ def test_a_return_value_that_cannot_be_pickled_is_a_user_error_naming_its_type()
                                                     r"plain values") as caught:
         FunctionResult.of(threading.Lock(), rank=0, size=1, metrics={}, seconds=0.0, ring_init_s=0.0)
     assert isinstance(caught.value, UserError)
+
+
+def test_a_rank_imports_what_spark_put_on_its_tasks_sys_path():
+    """spark-submit --py-files and addPyFile put SparkFiles' folder on the Python worker's sys.path, not on
+    PYTHONPATH: the rank's own process gets it through PYTHONPATH, ahead of the task's, without the folders
+    every Python of this installation finds by itself. (tests/test_cluster.py ships examples/ this way.)"""
+    from ringtrain.training.task import child_pythonpath
+    files = "/spark/work/app-1/0/spark-3/userFiles-9"
+    path = ["", files, "/spark/python/lib/pyspark.zip", "/spark/python/lib/py4j.zip",
+            os.path.join(sys.base_prefix, "lib", "python3.11"), os.path.join(sys.prefix, "lib", "python3.11",
+                                                                               "site-packages")]
+    assert child_pythonpath(path, "/spark/python/lib/pyspark.zip:/spark/python/lib/py4j.zip:/elsewhere") == \
+        f"{files}:/spark/python/lib/pyspark.zip:/spark/python/lib/py4j.zip:/elsewhere"
+    assert child_pythonpath(["", os.path.join(sys.prefix, "lib")], "") == ""

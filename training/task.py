@@ -109,12 +109,24 @@ def _local_log_path(run_id: str, name: str) -> str:
     return os.path.join(folder, name)
 
 
+def child_pythonpath(path: list[str], pythonpath: str) -> str:
+    """The worker child's PYTHONPATH: this Python worker's sys.path, less what every Python of this
+    installation finds by itself (the folders under its prefixes), in its order; then the rest of its
+    PYTHONPATH. So the child imports what Spark put on the task's sys.path alone: the files of spark-submit
+    --py-files and SparkContext.addPyFile (ahead of PYTHONPATH, as in the task)."""
+    prefixes = tuple(os.path.join(p, "") for p in {sys.prefix, sys.base_prefix, sys.exec_prefix})
+    entries = [p for p in path if p and not os.path.join(p, "").startswith(prefixes)]
+    entries += [p for p in pythonpath.split(os.pathsep) if p and p not in entries]
+    return os.pathsep.join(dict.fromkeys(entries))
+
+
 def _run_worker(task_spec: str, env: dict, local_log: str, hang_timeout_s: float, sync_log, fail,
                 decode) -> RankResult | FunctionResult:
     with tempfile.TemporaryDirectory(prefix="ringtrain-") as tmp:
         heartbeat = os.path.join(tmp, "heartbeat")
         open(heartbeat, "w").close()
-        child_env = {**os.environ, **env, SPEC_ENV: task_spec, HEARTBEAT_ENV: heartbeat, "PYTHONUNBUFFERED": "1"}
+        child_env = {**os.environ, **env, SPEC_ENV: task_spec, HEARTBEAT_ENV: heartbeat, "PYTHONUNBUFFERED": "1",
+                     "PYTHONPATH": child_pythonpath(sys.path, os.environ.get("PYTHONPATH", ""))}
         proc = subprocess.Popen([sys.executable, "-m", "ringtrain.training.worker"], env=child_env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=_die_with_parent)

@@ -155,8 +155,8 @@ def load_function(spec: WorkerSpec) -> tuple[Callable, tuple, dict]:
                 f"importable on every executor (installed in their Python, or --py-files), or ship it by value "
                 f"with pyspark.cloudpickle.register_pickle_by_value(module) before run_function") from exc
     if spec.train.function is not None:
-        function = import_entry(spec.train.function, "train.function", FunctionContractError,
-                                "on every executor (installed in their Python, or on spark.executorEnv.PYTHONPATH)")
+        function = import_entry(spec.train.function, "train.function", FunctionContractError, "on every executor "
+                                "(installed in their Python, or shipped with spark-submit --py-files)")
         return function, (), {}
     return builtin_training, (), {}
 
