@@ -21,9 +21,12 @@ It trains a logistic regression on the dataset's numeric columns with its own mo
 checkpoints every 50 steps and, when an attempt failed (a rank was killed or lost, or hung), resumes
 from its newest checkpoint: ringtrain calls it again with ctx.attempt one higher.
 """
-import os
+import io
 
 import torch
+
+from ringtrain import store
+from ringtrain.publish import atomic_write_bytes
 
 
 def train(ctx, lr: float, *, epochs: int = 3, checkpoint_every: int = 50) -> dict:
@@ -54,9 +57,10 @@ def train(ctx, lr: float, *, epochs: int = 3, checkpoint_every: int = 50) -> dic
                                      "step": step}, step)
         ctx.report(epoch=epoch, loss=loss)
     inner = getattr(model, "module", model)
-    if ctx.rank == 0 and ctx.model_dir:
-        os.makedirs(ctx.model_dir, exist_ok=True)        # a local store; use ringtrain.store for s3:// or hdfs://
-        torch.save(inner.state_dict(), os.path.join(ctx.model_dir, "logreg.pt"))
+    if ctx.rank == 0 and ctx.model_dir:                  # on any store (a folder, s3://, hdfs://), all or nothing
+        buffer = io.BytesIO()
+        torch.save(inner.state_dict(), buffer)
+        atomic_write_bytes(store.join(ctx.model_dir, "logreg.pt"), buffer.getvalue())
     return {"loss": loss.item(), "steps": step}
 
 

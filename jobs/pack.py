@@ -53,6 +53,7 @@ def pack(output: str, *, env_dir: str | None = None) -> dict:
     flavour = stack + ("-gpu" if gpu else "")
     env_dir = os.path.abspath(env_dir or default_env_dir(root, stack, gpu=gpu))
     output = os.path.abspath(output)
+    os.makedirs(os.path.dirname(output), exist_ok=True)  # before the build, not after it
     started = time.time()
     _run(["bash", os.path.join(root, "scripts", "bootstrap.sh")],
          {"RINGTRAIN_VENV": env_dir, "STACK": stack, "GPU": "1" if gpu else "0"},

@@ -1,9 +1,11 @@
 """A real Spark standalone cluster on this machine: a master and two workers, each its own JVM, and the
-jobs (doctor, ETL, training) submitted to it as a user would, with the environment that `ringtrain pack` built shipped by
---archives, authentication and network encryption on.
+jobs (doctor, ETL, training; a user's training function on each engine of the stack, its module shipped
+by --py-files) submitted to it as a user would, with the environment that `ringtrain pack` built shipped
+by --archives, authentication and network encryption on.
 
 The ETL's shards must be byte-identical to a local-mode run of the same config, both ranks must end
-with identical parameters, and nothing the test started (process or listening port) may survive it.
+with identical parameters (the function: the same steps), and nothing the test started (process or
+listening port) may survive it.
 """
 import contextlib
 import fcntl
@@ -30,11 +32,14 @@ from ringtrain.manifest import load_manifest
 from ringtrain import store
 from ringtrain.stack import current as current_stack, installed, resolve
 from ringtrain.training.environment import free_port
+from ringtrain.training.spec import FunctionResult
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 BIN = os.path.dirname(sys.executable)
 SPARK_CLASS = os.path.join(os.path.dirname(__import__("pyspark").__file__), "bin", "spark-class")
 ROWS = 6000
+ENGINES = ["horovod", "ddp"] if installed("horovod") else ["ddp"]
+EXAMPLE = os.path.join(ROOT, "examples", "train_function.py")
 SPARK_CONF = {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "4"}
 
 
@@ -51,9 +56,10 @@ def packed_env(tmp_path_factory):
     """`ringtrain pack`, once for this module (the environment under build/ is reused across sessions). With
     RINGTRAIN_DISCARD_PACK_ENV=1 (CI, where disk is scarce) the environment goes once the module is done; the
     archive always does."""
-    out_dir = tmp_path_factory.mktemp("pack")
-    done = subprocess.run([f"{BIN}/ringtrain", "pack", "--output", str(out_dir / "env.tar.gz"), "--json"],
-                          cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800)
+    out_dir = tmp_path_factory.mktemp("pack")  # pack makes the archive's folder (archives/) itself
+    archive = str(out_dir / "archives" / "env.tar.gz")
+    done = subprocess.run([f"{BIN}/ringtrain", "pack", "--output", archive, "--json"], cwd=ROOT,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     packed = json.loads(done.stdout)
     yield packed
@@ -245,6 +251,13 @@ def test_etl_and_training_on_a_standalone_cluster_with_the_packed_env(spark, pac
         etl = submit(master, props, packed_env, "etl_job.py", sets, work_dirs=work)
         train = submit(master, props, packed_env, "train_job.py", [*sets, "store.run_id=cluster", "train.epochs=1"],
                        work_dirs=work)
+        # A user's own training function (examples/train_function.py), on each engine of this stack, shipped
+        # as a user ships one: spark-submit --py-files, which the driver and the ranks' worker processes see.
+        function = {engine: submit(master, props, packed_env, "train_job.py",
+                                   [*sets, f"store.run_id=cluster-{engine}", "train.epochs=1", f"train.engine={engine}",
+                                    "train.function=train_function:train_from_config"],
+                                   extra=["--py-files", EXAMPLE], work_dirs=work)
+                    for engine in ENGINES}
     # Every JVM and Python process the cluster and the jobs started is gone, and every port they listened on.
     assert not processes_left(processes_before)
     assert listening_ports() <= ports_before
@@ -268,3 +281,13 @@ def test_etl_and_training_on_a_standalone_cluster_with_the_packed_env(spark, pac
     # The model and the checkpoints are in the store (on the object store when there is one).
     assert train["model_dir"].startswith(root) and store.exists(store.join(train["model_dir"], "artifact.json"))
     assert store.listdir(store.join(train["run_dir"], "checkpoints"))
+
+    # The function ran once per rank on the cluster, each rank the same steps (one epoch of its share), and
+    # wrote its model where the run's folders are (the object store when there is one).
+    rows = on_cluster.splits["train"].rows
+    for engine, run in function.items():
+        assert run["function"] == "train_function:train_from_config"
+        values = [FunctionResult(**r) for r in run["ranks"]]
+        assert [(v.rank, v.size) for v in values] == [(0, 2), (1, 2)], engine
+        assert [v.load()["steps"] for v in values] == [rows // (2 * 128)] * 2, engine  # train.batch_size=128
+        assert run["model_dir"].startswith(root) and store.exists(store.join(run["model_dir"], "logreg.pt")), engine
