@@ -27,6 +27,15 @@ else
 $(error STACK=$(STACK): use spark35 or spark4)
 endif
 PY := $(VENV)/bin/python
+# make test runs the test files on this many processes (pytest-xdist, one file per process at a time, so a
+# file's module fixtures are built once). Much of a test's time is spent waiting on JVMs, rank processes and
+# deadlines; 1 runs them one after the other in this process.
+TEST_WORKERS ?= 2
+ifeq ($(TEST_WORKERS),1)
+TEST_PARALLEL :=
+else
+TEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
+endif
 
 .PHONY: setup demo test test-fast clean bench bench-smoke bench-stacks gpu-data test-gpu bench-gpu
 
@@ -37,7 +46,7 @@ demo: setup
 	$(VENV)/bin/ringtrain demo --config conf/demo.yaml
 
 test: setup
-	$(PY) -m pytest tests -v --durations=15 $(TEST_SELECT)
+	$(PY) -m pytest tests -v --durations=15 $(TEST_PARALLEL) $(TEST_SELECT)
 
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow$(if $(TEST_SELECT), and not horovod and not petastorm)"
