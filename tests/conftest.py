@@ -219,3 +219,33 @@ def manifest_of(splits: dict, **features):
 def read_json(path):
     with open(path) as f:
         return json.load(f)
+
+
+# The files whose tests take minutes, slowest first (README "What was and was not tested": the CI's slowest
+# tests). `make test` runs files on two processes (pytest-xdist --dist loadfile), which would start with the
+# files of the most tests and leave these, two tests each, for the end, one process busy long after the other
+# is done; they start first instead.
+SLOWEST_FILES = ("tests/test_cluster.py", "tests/test_chaos.py", "tests/test_retrain_tasks.py",
+                 "tests/test_end_to_end.py", "tests/test_retrain_cli.py", "tests/test_tasks.py")
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, when it runs the suite
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SlowestFilesFirst(LoadFileScheduling):
+        """loadfile, with SLOWEST_FILES first (then the rest as loadfile orders it: most tests first)."""
+        ordered = False
+
+        def _assign_work_unit(self, node) -> None:
+            if not self.ordered:  # the first assignment: the work queue is complete
+                self.ordered = True
+                rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+                queue = sorted(self.workqueue.items(), key=lambda item: rank.get(item[0], len(rank)))
+                self.workqueue.clear()
+                self.workqueue.update(queue)
+            super()._assign_work_unit(node)
+
+    return SlowestFilesFirst(config, log)
