@@ -69,6 +69,7 @@ endif
 	$(PY) bench/etl_bench.py --out etl$(BENCH_SUFFIX)
 	$(PY) bench/store_bench.py --out store$(BENCH_SUFFIX)
 	$(PY) bench/retrain_bench.py --out retrain$(BENCH_SUFFIX)
+	$(PY) bench/predict_bench.py --out predict$(BENCH_SUFFIX)
 	$(PY) bench/render.py --suffix="$(BENCH_SUFFIX)"
 
 # The two stacks side by side (BENCHMARKS.md "Spark 3.5 stack vs Spark 4 stack"): the like-for-like benchmarks

@@ -262,6 +262,11 @@ def render_stacks(results: str) -> str:
     return "\n".join(lines)
 
 
+def render_predict(result: dict) -> str:
+    from predict_bench import render  # the benchmark's own table
+    return render(result)
+
+
 SECTIONS = {  # results name -> (section heading in BENCHMARKS.md, renderer); <name>-before.json: older code
     "etl": ("## ETL", render_etl),
     "scaling": ("## Training: scaling", render_scaling),
@@ -270,6 +275,7 @@ SECTIONS = {  # results name -> (section heading in BENCHMARKS.md, renderer); <n
     "allreduce": ("## Training: all-reduce bandwidth", render_allreduce),
     "pipeline": ("## Training: pipeline (layer splitting)", render_pipeline),
     "store": ("## Store: S3-compatible server ÷ local", render_store),
+    "predict": ("## Batch scoring: predict ÷ its I/O floor", render_predict),
 }
 
 

@@ -2,10 +2,10 @@
 
 Rows are encoded exactly as in training, by the ETL's own Spark functions: `read_source` (the model's
 declared columns; the label column may be present or not), `parse_and_validate`, then `apply_features`
-with the model's frozen features.json. Rows that fail validation are not scored: they go to
-quarantine with their reason. The good rows are scored with `mapInArrow`: each task loads the model
-once (on its GPU when Spark gave it one), scores Arrow batches, and writes its own Parquet file
-through the store functions, so the output can live on any store.
+with the model's frozen features.json. One pass over the input, with `mapInArrow`: each task scores its
+good rows (loading the model once, on its GPU when Spark gave it one) and writes them as its own Parquet
+file, and writes the rows that failed validation, as text with their reason, to quarantine; both through
+the store functions, so the output can live on any store.
 
 Output folder:
     part-NNNNN.parquet            the key column (its declared type), the score columns of the model's task
@@ -38,7 +38,7 @@ from ringtrain.config import ColumnSpec, SourceConfig
 from ringtrain.errors import BadDataError, ConfigError
 from ringtrain.etl.features import FeatureStats, apply_features
 from ringtrain.etl.steps import null_on_failure
-from ringtrain.etl.sources import CORRUPT, SPARK_TYPES, read_source, source_path
+from ringtrain.etl.sources import SPARK_TYPES, read_source, source_path
 from ringtrain.etl.validate import REASON, parse_and_validate
 from ringtrain.schema import build
 from ringtrain.training.scoring import ModelFiles, task_scores
@@ -47,7 +47,9 @@ from ringtrain.store import join, listdir, open_output, read_bytes, remove, rmtr
 
 log = logging.getLogger("ringtrain.jobs.predict")
 SUCCESS, MANIFEST = "_SUCCESS", "_manifest.json"
-_FILES = "part int, rows long, sha256 string, file string"
+_RECORD_DDL = "kind string, part int, rows long, sha256 string, file string"
+_RECORDS = pa.schema([("kind", pa.string()), ("part", pa.int32()), ("rows", pa.int64()), ("sha256", pa.string()),
+                      ("file", pa.string())])
 
 
 def model_columns(model: ModelFiles) -> tuple[list[ColumnSpec], str]:
@@ -162,14 +164,22 @@ def _predict(spark: SparkSession, model: ModelFiles, source: SourceConfig, outpu
     raw = read_source(spark, source, specs)
     checked = parse_and_validate(raw, specs, None, raw_strings=source.format in ("csv", "json"), key=stats.key)
     unpublish(output_dir)
-    bad = checked.where(F.col(REASON).isNotNull()).select(*[F.col(c).cast("string") for c in checked.columns])
-    quarantined = write_parts(bad, join(output_dir, "quarantine"))
+    # One pass over the input: every row encoded (a rejected row's encoding is never used), a rejected row also
+    # as text, each column under a name of its own, with its reason. Each task scores and writes its good rows
+    # and writes its rejected ones to quarantine/, in the files the two passes of before wrote.
     carried = {f"_keep_{i}": column for i, column in enumerate(keep)}  # a kept feature is also encoded
-    good = apply_features(checked.where(F.col(REASON).isNull()).drop(REASON, CORRUPT), stats, key_as_string=False,
-                          passthrough=carried)
-    scored = score_and_write(good, model, output_dir, stats.key, {"model_version": version, "partition": part},
-                             carried)
-    reasons = {r[REASON]: r["count"] for r in bad.groupBy(REASON).count().collect()} if quarantined else {}
+    rejected = {f"_text_{i}": column for i, column in enumerate(checked.columns)}
+    as_text = [F.when(F.col(REASON).isNotNull(), F.col(c).cast("string")).alias(t) for t, c in rejected.items()]
+    rows = apply_features(checked.select("*", *as_text), stats, key_as_string=False,
+                          passthrough={**carried, REASON: REASON, **{t: t for t in rejected}})
+    written = score_and_write(rows, model, output_dir, stats.key, {"model_version": version, "partition": part},
+                              carried, rejected)
+    scored = [w for w in written if w["kind"] == "scored"]
+    quarantined = [w for w in written if w["kind"] == "quarantine"]
+    reasons: dict[str, int] = {}
+    for w in written:
+        if w["kind"] == "reason":
+            reasons[w["file"]] = reasons.get(w["file"], 0) + w["rows"]
     manifest = {
         "model": {"folder": model.folder, "version": model.version, "program": model.artifact["program"]},
         "input": {"format": source.format, "path": source.path, "table": source.table},
@@ -178,7 +188,7 @@ def _predict(spark: SparkSession, model: ModelFiles, source: SourceConfig, outpu
         "partition": part,
         "rows_scored": sum(f["rows"] for f in scored), "rows_quarantined": sum(f["rows"] for f in quarantined),
         "quarantine_reasons": dict(sorted(reasons.items())),
-        "files": scored, "quarantine_files": quarantined,
+        "files": [_file(w) for w in scored], "quarantine_files": [_file(w) for w in quarantined],
     }
     atomic_write_json(join(output_dir, MANIFEST), manifest)
     atomic_write_bytes(join(output_dir, SUCCESS), b"")
@@ -204,47 +214,92 @@ def unpublish(output_dir: str) -> None:
             remove(join(output_dir, name))
 
 
-def write_parts(df: DataFrame, folder: str) -> list[dict]:
-    """Each task writes its rows (if any) as <folder>/part-<partition>.parquet; returns the files written."""
-    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        yield from _write_task(folder, batches)
-    return _collect(df.mapInArrow(write, _FILES))
-
-
 def score_and_write(df: DataFrame, model: ModelFiles, folder: str, key: str, constants: dict[str, str],
-                    carried: dict[str, str]) -> list[dict]:
-    """Score each task's rows (the model loaded once per task) and write them: the key column, in the type `df`
-    has it (the declared one), the score columns, `constants` (model_version, partition) as strings, and the
-    `carried` columns of `df` under their input names ({name in df: input name})."""
+                    carried: dict[str, str], rejected: dict[str, str]) -> list[dict]:
+    """Score each task's good rows (the model loaded once per task, when it has some) and write them as
+    `folder`/part-<task>.parquet: the key column, in the type `df` has it (the declared one), the score columns,
+    `constants` (model_version, partition) as strings, and the `carried` columns of `df` under their input names
+    ({name in df: input name}). Write its rejected rows (REASON set) as `folder`/quarantine/part-<task>.parquet,
+    from their text columns ({name in df: input name}). Returns one record per file written (kind scored or
+    quarantine) and one per reason (kind reason: its name in `file`, its rows)."""
     # The model's positional inputs, in order (num, cat[, arr]), as training.artifact.input_schema wrote them.
     # artifact.json is written with sorted keys, so the order comes from the names, not from the file.
     inputs = model.artifact["inputs"]
     schema = [(name, inputs[name]["columns"], inputs[name]["dtype"]) for name in ("num", "cat", "arr") if name in inputs]
     model_folder, artifact, features, task = model.folder, model.artifact, model.features_json, model.task
     arrow_types = {"double": pa.float64(), "string": pa.string()}
+    quarantine = join(folder, "quarantine")
 
     def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import numpy as np
+        import pyarrow.compute as pc
+        from pyspark import TaskContext
         from ringtrain.training.scoring import ModelFiles, load_program, score_arrays, task_scores
-        module, scores = None, None
-        def scored() -> Iterator[pa.RecordBatch]:
-            nonlocal module, scores
-            for batch in batches:
-                if batch.num_rows == 0:
-                    continue
-                if module is None:  # once per task, and only for a task that has rows
-                    files = ModelFiles(model_folder, features, artifact)
-                    module, scores = load_program(files, task_device()), task_scores(task, files.features())
-                inputs = [_matrix(batch, columns, dtype, arrays=name == "arr") for name, columns, dtype in schema]
-                values = score_arrays(module, scores, inputs)
-                fields = [batch.schema.field(key), *(pa.field(n, arrow_types[t]) for n, t in scores.columns),
-                          *(pa.field(n, pa.string()) for n in constants),
-                          *(batch.schema.field(inner).with_name(name) for inner, name in carried.items())]
-                arrays = [batch.column(key), *(pa.array(values[n], arrow_types[t]) for n, t in scores.columns),
-                          *(pa.array([v] * batch.num_rows, pa.string()) for v in constants.values()),
-                          *(batch.column(inner) for inner in carried)]
-                yield pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
-        yield from _write_task(folder, scored())
-    return _collect(df.mapInArrow(score, _FILES))
+        name = f"part-{TaskContext.get().partitionId():05d}.parquet"
+        good_out, bad_out = _PartWriter(folder, name), _PartWriter(quarantine, name)
+        module, scores, reasons = None, None, {}
+        for batch in batches:
+            bad = batch.column(REASON).is_valid()
+            if pc.any(bad).as_py():
+                rows = batch.filter(bad)
+                for reason, count in zip(*np.unique(rows.column(REASON).to_numpy(zero_copy_only=False),
+                                                    return_counts=True)):
+                    reasons[reason] = reasons.get(reason, 0) + int(count)
+                bad_out.write(pa.RecordBatch.from_arrays([rows.column(t) for t in rejected],
+                                                         names=list(rejected.values())))
+                batch = batch.filter(pc.invert(bad))
+            if batch.num_rows == 0:
+                continue
+            if module is None:  # once per task, and only for a task that has rows to score
+                files = ModelFiles(model_folder, features, artifact)
+                module, scores = load_program(files, task_device()), task_scores(task, files.features())
+            inputs = [_matrix(batch, columns, dtype, arrays=name == "arr") for name, columns, dtype in schema]
+            values = score_arrays(module, scores, inputs)
+            fields = [batch.schema.field(key), *(pa.field(n, arrow_types[t]) for n, t in scores.columns),
+                      *(pa.field(n, pa.string()) for n in constants),
+                      *(batch.schema.field(inner).with_name(name) for inner, name in carried.items())]
+            arrays = [batch.column(key), *(pa.array(values[n], arrow_types[t]) for n, t in scores.columns),
+                      *(pa.array([v] * batch.num_rows, pa.string()) for v in constants.values()),
+                      *(batch.column(inner) for inner in carried)]
+            good_out.write(pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields)))
+        records = [record for kind, out in (("scored", good_out), ("quarantine", bad_out))
+                   if (record := out.close(kind)) is not None]
+        records += [{"kind": "reason", "part": 0, "rows": n, "sha256": "", "file": r} for r, n in reasons.items()]
+        if records:
+            yield pa.RecordBatch.from_pylist(records, schema=_RECORDS)
+    return sorted((r.asDict() for r in df.mapInArrow(score, _RECORD_DDL).collect()),
+                  key=lambda r: (r["kind"], r["part"], r["file"]))
+
+
+class _PartWriter:
+    """One Parquet file of a task's rows, opened at its first row (a task with none writes no file)."""
+
+    def __init__(self, folder: str, name: str):
+        self.folder, self.name = folder, name
+        self.sink, self.writer, self.rows = None, None, 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        if self.writer is None:
+            self.sink = open_output(join(self.folder, self.name))
+            self.writer = pq.ParquetWriter(self.sink, batch.schema, compression="snappy")
+        self.writer.write_batch(batch)
+        self.rows += batch.num_rows
+
+    def close(self, kind: str) -> dict | None:
+        if self.writer is None:
+            return None
+        self.writer.close()
+        self.sink.close()
+        path = join(self.folder, self.name)
+        return {"kind": kind, "part": int(self.name[5:10]), "rows": self.rows,
+                "sha256": hashlib.sha256(read_bytes(path)).hexdigest(), "file": self.name}
+
+
+def _file(record: dict) -> dict:
+    """A written file's entry in the manifest."""
+    return {k: record[k] for k in ("part", "rows", "sha256", "file")}
 
 
 def task_device():
@@ -268,30 +323,3 @@ def _matrix(batch: pa.RecordBatch, columns: list[str], dtype: str, *, arrays: bo
     return np.stack([batch.column(c).to_numpy(zero_copy_only=False).astype(dtype) for c in columns], axis=1)
 
 
-def _write_task(folder: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    from pyspark import TaskContext
-    part = TaskContext.get().partitionId()
-    name = f"part-{part:05d}.parquet"
-    path = join(folder, name)
-    writer, rows = None, 0
-    with open_output(path) as sink:
-        for batch in batches:
-            if batch.num_rows == 0:
-                continue
-            if writer is None:
-                writer = pq.ParquetWriter(sink, batch.schema, compression="snappy")
-            writer.write_batch(batch)
-            rows += batch.num_rows
-        if writer is not None:
-            writer.close()
-    if writer is None:  # no rows in this task: no file
-        remove(path)
-        return
-    digest = hashlib.sha256(read_bytes(path)).hexdigest()
-    yield pa.RecordBatch.from_pylist([{"part": part, "rows": rows, "sha256": digest, "file": name}],
-                                     schema=pa.schema([("part", pa.int32()), ("rows", pa.int64()),
-                                                       ("sha256", pa.string()), ("file", pa.string())]))
-
-
-def _collect(df: DataFrame) -> list[dict]:
-    return sorted((r.asDict() for r in df.collect()), key=lambda r: r["part"])
