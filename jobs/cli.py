@@ -89,7 +89,7 @@ def add_models_args(c: argparse.ArgumentParser) -> None:
 
 def add_pack_args(c: argparse.ArgumentParser) -> None:
     c.add_argument("--output", default="ringtrain-env.tar.gz", help="archive to write (default: %(default)s)")
-    c.add_argument("--env-dir", help="where to build the environment (default: build/pack-env in the checkout; "
+    c.add_argument("--env-dir", help="where to copy the environment to (replaced; default: build/pack-env in the checkout; "
                                      "build/pack-env-spark4 from the Spark 4 stack, "
                                      "build/pack-env-gpu and build/pack-env-spark4-gpu from the GPU stacks)")
 

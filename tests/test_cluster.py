@@ -53,9 +53,8 @@ SETS = [f"demo.rows={ROWS}", "etl.shards.rows_per_shard=1000", "etl.shards.row_g
 
 @pytest.fixture(scope="module")
 def packed_env(tmp_path_factory):
-    """`ringtrain pack`, once for this module (the environment under build/ is reused across sessions). With
-    RINGTRAIN_DISCARD_PACK_ENV=1 (CI, where disk is scarce) the environment goes once the module is done; the
-    archive always does."""
+    """`ringtrain pack`, once for this module. With RINGTRAIN_DISCARD_PACK_ENV=1 (CI, where disk is scarce) the
+    environment it made under build/ goes once the module is done; the archive always does."""
     out_dir = tmp_path_factory.mktemp("pack")  # pack makes the archive's folder (archives/) itself
     archive = str(out_dir / "archives" / "env.tar.gz")
     done = subprocess.run([f"{BIN}/ringtrain", "pack", "--output", archive, "--json"], cwd=ROOT,
@@ -98,6 +97,10 @@ def test_pack_holds_ringtrain_non_editable_and_names_the_interpreter(packed_env)
     # below runs the ETL and training from this archive); torch's shared-memory manager stays.
     assert not [n for n in names if "/tests/" in n or n.startswith(f"{site}/torch/bin/test_")]
     assert f"{site}/torch/bin/torch_shm_manager" in names
+    # It is a copy of the environment that ran pack, less ringtrain's test tools (and what only they need).
+    assert {"pytest", "moto", "venv-pack", "botocore"} <= set(packed_env["left_out"])
+    assert not [n for n in names if n.startswith((f"{site}/pytest", f"{site}/moto", f"{site}/botocore/"))]
+    assert f"{site}/pip/__init__.py" in names and f"{site}/yaml/__init__.py" in names
     # venv-pack does not pack the interpreter: the archive links to it, and pack says so.
     assert os.path.isabs(python_link) and os.path.realpath(python_link) == packed_env["interpreter"]["path"]
     assert packed_env["interpreter"]["version"] == platform.python_version()
