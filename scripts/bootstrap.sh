@@ -113,7 +113,7 @@ grep -vE '^(torch==|#|$)' "$LOCK" > "$VENV/rest.txt"
 
 # --- Horovod (spark35 only): build once from the sdist (or HOROVOD_SDIST, offline), then reuse the cached wheel
 if [ $need_horovod_build = 1 ]; then
-  echo "bootstrap: building horovod $HOROVOD_VERSION from source (once; about 2-3 minutes on 2 cores)"
+  echo "bootstrap: building horovod $HOROVOD_VERSION from source (once; about 1-2 minutes on 2 cores)"
   PY="$PY" GPU="$GPU" bash "$ROOT/scripts/build_horovod.sh" ${HOROVOD_SDIST:+"$HOROVOD_SDIST"} "$HOROVOD_CACHE" \
     || die "building Horovod failed (scripts/build_horovod.sh said why, above)"
 fi

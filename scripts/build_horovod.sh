@@ -116,6 +116,11 @@ for f in "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"; do
   sed -i 's/CMAKE_CXX_STANDARD 14/CMAKE_CXX_STANDARD 17/; s/-std=c++14/-std=c++17/g' "$f"
   ! grep -q 'c++14\|STANDARD 14' "$f" || die "patch to C++17 did not apply to $f"
 done
+# A Release build (-O3, no debug info) in place of setup.py's RelWithDebInfo (-O2 -g): measured on 2 idle
+# cores, the CPU wheel builds in 71-77 s instead of 112 s, and is 1.1 MB instead of 18.6 MB (3 MiB installed
+# instead of 60, in every archive `ringtrain pack` makes). HOROVOD_DEBUG=1 still makes a Debug build.
+sed -i "s/else 'RelWithDebInfo'/else 'Release'/" "$src/setup.py"
+grep -q "else 'Release'" "$src/setup.py" || die "patch to a Release build did not apply to $src/setup.py"
 
 # --- build ---------------------------------------------------------------------------------
 echo "build_horovod: building horovod $HOROVOD_VERSION for $("$PY" -c 'import sys, torch; print(sys.executable, "torch", torch.__version__)') (GPU=$GPU)"
