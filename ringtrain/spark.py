@@ -11,6 +11,17 @@ from ringtrain.config import SparkConfig
 from ringtrain.store import s3_env_from_hadoop
 
 
+SESSION_DEFAULTS = {
+    # Whole-stage codegen makes one Java method of the validation and the encoding of all columns together; it
+    # is larger than the 8000 bytes of bytecode HotSpot's JIT compiles (DontCompileHugeMethods), so the JVM ran
+    # it interpreted: the ETL's and predict's encoding took 10.6 s per 1M rows instead of 2.0 (BENCHMARKS.md,
+    # "Batch scoring"). At 8000, the value Spark's documentation gives for HotSpot, Spark runs such a stage
+    # without whole-stage codegen: each operator's own generated code, split into methods the JIT compiles.
+    # A SQL setting, so it reaches every executor without JVM flags.
+    "spark.sql.codegen.hugeMethodLimit": "8000",
+}
+
+
 def get_spark(cfg: SparkConfig, *, barrier_slots: int = 0) -> SparkSession:
     """Under spark-submit the master comes from the command line; the CLI falls back to cfg.master."""
     builder = SparkSession.builder.appName(cfg.app_name)
@@ -30,6 +41,10 @@ def get_spark(cfg: SparkConfig, *, barrier_slots: int = 0) -> SparkSession:
     for key, value in {**defaults, **cfg.conf}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
+    given = spark.sparkContext.getConf()
+    for key, value in SESSION_DEFAULTS.items():  # unless the config, spark-submit or spark-defaults set them
+        if key not in cfg.conf and not given.contains(key):
+            spark.conf.set(key, value)
     export_store_settings(dict(spark.sparkContext.getConf().getAll()), spark.sparkContext.environment)
     return spark
 
