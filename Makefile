@@ -103,6 +103,7 @@ endif
 	$(PY) bench/etl_bench.py --rows 50000 --repeats 1 --out smoke-etl$(BENCH_SUFFIX)
 	$(PY) bench/store_bench.py --rows 20000 --repeats 1 --out smoke-store$(BENCH_SUFFIX)
 	$(PY) bench/retrain_bench.py --rows 5000 --repeats 1 --out smoke-retrain$(BENCH_SUFFIX)
+	$(PY) bench/predict_bench.py --rows 20000 --train-rows 5000 --repeats 1 --out smoke-predict$(BENCH_SUFFIX)
 
 # The datasets the GPU tests (tests/test_gpu.py) and bench/gpu_bench.py read, published here by the real ETL
 # (Spark), so that they run where there is no Spark or Java (README "GPU tests and benchmarks without Spark").

@@ -51,13 +51,24 @@ def warn_if_busy(info: dict) -> None:
               f"the numbers will be skewed", file=sys.stderr)
 
 
-def spark_session(cores: int = 2):
-    """A local[cores] session like the tests' (UI off, scratch dirs under bench/.data)."""
+def settings(pairs: list[str]) -> dict[str, str]:
+    """--conf KEY=VALUE arguments as a dict of Spark settings."""
+    out = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise SystemExit(f"--conf {pair}: give KEY=VALUE, e.g. spark.sql.codegen.hugeMethodLimit=65535")
+        out[key] = value
+    return out
+
+
+def spark_session(cores: int = 2, conf: dict[str, str] | None = None):
+    """A local[cores] session like the tests' (UI off, scratch dirs under bench/.data), plus `conf`."""
     from ringtrain.config import SparkConfig
     from ringtrain.spark import get_spark, scratch_conf
     tmp = os.path.join(DATA, "spark")
     os.makedirs(tmp, exist_ok=True)
-    conf = {**scratch_conf(tmp), "spark.sql.shuffle.partitions": "8"}
+    conf = {**scratch_conf(tmp), "spark.sql.shuffle.partitions": "8", **(conf or {})}
     session = get_spark(SparkConfig(master=f"local[{cores}]", app_name="ringtrain-bench", conf=conf))
     session.sparkContext.setLogLevel("ERROR")
     return session

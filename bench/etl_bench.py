@@ -24,6 +24,7 @@ with like: run it with the interpreter of a checkout of the older code (`--label
     .venv/bin/python bench/etl_bench.py                                  # 1M and 5M rows, 3 rounds (make bench)
     .venv/bin/python bench/etl_bench.py --rows 200000 --repeats 3 --out etl-small
     /path/to/old-checkout/.venv/bin/python bench/etl_bench.py --rows 200000 --label before --out etl-small-before
+    .venv/bin/python bench/etl_bench.py --conf spark.sql.codegen.hugeMethodLimit=65535 --label before --out etl-before
     .venv/bin/python bench/etl_bench.py --rows 50000 --repeats 1 --out smoke-etl   # smoke test
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import DATA, ROOT, machine, median, quiet_logs, warn_if_busy, write_result  # noqa: E402
+from _common import DATA, ROOT, machine, median, quiet_logs, settings, warn_if_busy, write_result  # noqa: E402
 from render import ETL_STEPS, render_etl  # noqa: E402
 
 # ETL function that started a Spark action -> step. The innermost listed function on the stack names it.
@@ -60,6 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed rounds per size (medians)")
     p.add_argument("--master", default="local[2]", help="Spark master of the session")
     p.add_argument("--label", default="after", help="what code this measures (recorded; e.g. before, after)")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Spark setting for the session (recorded), e.g. spark.sql.codegen.hugeMethodLimit=65535 "
+                        "to measure the ETL with Spark's default limit, as before ringtrain set its own")
     p.add_argument("--out", default="etl", help="results name: bench/results/<out>.json")
     return p.parse_args(argv)
 
@@ -208,14 +212,16 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     # The demo's settings (8 shuffle partitions), UI off, Spark's scratch under bench/.data.
     spark = get_spark(SparkConfig(master=args.master, app_name="ringtrain-etl-bench",
-                                  conf={**scratch_conf(tmp), "spark.sql.shuffle.partitions": "8"}))
+                                  conf={**scratch_conf(tmp), "spark.sql.shuffle.partitions": "8",
+                                        **settings(args.conf)}))
     spark_startup_s = time.perf_counter() - started
     spark.sparkContext.setLogLevel("ERROR")
     try:
         sizes = [measure_size(spark, rows, args.repeats, args.master) for rows in args.rows]
     finally:
         spark.stop()
-    write_result(args.out, {"label": args.label, "repeats": args.repeats, "master": args.master, "machine": info,
+    write_result(args.out, {"label": args.label, "conf": settings(args.conf), "repeats": args.repeats,
+                            "master": args.master, "machine": info,
                             "spark_startup_s": round(spark_startup_s, 3), "sizes": sizes}, render_etl)
 
 

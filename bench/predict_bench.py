@@ -20,6 +20,8 @@ predict ÷ peer (whose input is already encoded: it reads fewer bytes and valida
     .venv/bin/python bench/predict_bench.py                                  # 1M rows, 3 rounds (make bench)
     .venv/bin/python bench/predict_bench.py --rows 5000000 --out predict-5m
     .venv/bin/python bench/predict_bench.py --rows 20000 --repeats 1 --out smoke-predict   # smoke test
+    .venv/bin/python bench/predict_bench.py --conf spark.sql.codegen.hugeMethodLimit=65535 --label before \
+        --out predict-before                                                 # Spark's default codegen limit
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import DATA, ROOT, machine, median, quiet_logs, warn_if_busy, write_result  # noqa: E402
+from _common import DATA, ROOT, machine, median, quiet_logs, settings, warn_if_busy, write_result  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -38,6 +40,10 @@ def parse_args(argv=None):
     p.add_argument("--rows", type=int, default=1_000_000, help="rows to score (default 1M)")
     p.add_argument("--train-rows", type=int, default=50_000, help="rows the model is trained on (default 50k)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (medians)")
+    p.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Spark setting for the timed session (recorded), e.g. "
+                        "spark.sql.codegen.hugeMethodLimit=65535: Spark's default, as before ringtrain set its own")
+    p.add_argument("--label", default="after", help="what code this measures (recorded; e.g. before, after)")
     p.add_argument("--out", default="predict", help="results name: bench/results/<out>.json")
     return p.parse_args(argv)
 
@@ -153,7 +159,7 @@ def main(argv=None) -> None:
     source = write_churn_csv(os.path.join(root, "raw"), args.rows, 7)
     specs, _ = model_columns(model)
     key = FeatureStats.from_json(model.features()).key
-    spark = spark_session(2)
+    spark = spark_session(2, settings(args.conf))
     runs = {"predict": [], "floor": [], "peer": []}
     try:
         encoded = os.path.join(root, "encoded")
@@ -181,6 +187,7 @@ def main(argv=None) -> None:
     medians = {name: median(times) for name, times in runs.items()}
     result = {
         "rows": args.rows, "train_rows": args.train_rows, "repeats": args.repeats, "machine": info,
+        "label": args.label, "conf": settings(args.conf),
         "rows_scored": scored["rows_scored"], "rows_quarantined": scored["rows_quarantined"],
         "jobs": {name: {"seconds": round(medians[name], 3), "runs_s": [round(t, 3) for t in runs[name]]}
                  for name in runs},
