@@ -262,9 +262,11 @@ def render_stacks(results: str) -> str:
     return "\n".join(lines)
 
 
-def render_predict(result: dict) -> str:
-    from predict_bench import render  # the benchmark's own table
-    return render(result)
+def render_predict(result: dict, before: dict | None = None) -> str:
+    from predict_bench import render  # the benchmark's own table; with older code's result, that one first
+    if before is None:
+        return render(result)
+    return f"Before ({before.get('label', 'before')}):\n\n{render(before)}\n\nAfter:\n\n{render(result)}"
 
 
 SECTIONS = {  # results name -> (section heading in BENCHMARKS.md, renderer); <name>-before.json: older code
