@@ -266,7 +266,7 @@ def render_predict(result: dict, before: dict | None = None) -> str:
     from predict_bench import render  # the benchmark's own table; with older code's result, that one first
     if before is None:
         return render(result)
-    return f"Before ({before.get('label', 'before')}):\n\n{render(before)}\n\nAfter:\n\n{render(result)}"
+    return f"Before:\n\n{render(before)}\n\nAfter:\n\n{render(result)}"
 
 
 SECTIONS = {  # results name -> (section heading in BENCHMARKS.md, renderer); <name>-before.json: older code
