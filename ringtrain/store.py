@@ -260,8 +260,8 @@ def read_bytes(path: str, attempts: int = 5) -> bytes:
     """The whole file. On an object store a reader learns an object's size in one request and fetches its
     bytes in another: when a writer replaces the object between them (a state record, a pointer), the bytes
     are a prefix of the newer version, or all of a shorter one. So the size is asked again after the read,
-    and a read that does not match it is repeated (a GET returns a single version, whole). Not caught: two
-    replacements within one read that put back a version of the first one's size."""
+    and a read that does not match it is repeated (a GET returns a single version, whole). Not caught here: two
+    replacements within one read that put back a version of the first one's size (read_json catches it)."""
     if not is_object_store(path):
         with open_input(path) as f:
             return f.read()
@@ -303,5 +303,14 @@ def share_or_copy(src: str, dst: str) -> None:
             shutil.copyfileobj(f, out, 1 << 20)
 
 
-def read_json(path: str) -> Any:
+def read_json(path: str, attempts: int = 5) -> Any:
+    """A JSON document, whole. On an object store a read that raced two replacements can pass read_bytes'
+    size check and still be a prefix of a longer version (see read_bytes). A proper prefix of a JSON object or
+    array never parses, so there a document that does not parse is read again, up to `attempts` times; one
+    that never parses is damaged and raises json.JSONDecodeError, as a local file does at once."""
+    for _ in range(attempts - 1 if is_object_store(path) else 0):
+        try:
+            return json.loads(read_bytes(path))
+        except json.JSONDecodeError:
+            continue
     return json.loads(read_bytes(path))
