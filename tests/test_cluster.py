@@ -1,7 +1,7 @@
 """A real Spark standalone cluster on this machine: a master and two workers, each its own JVM, and the
 jobs (doctor, ETL, training; a user's training function on each engine of the stack, its module shipped
-by --py-files) submitted to it as a user would, with the environment that `ringtrain pack` built shipped
-by --archives, authentication and network encryption on.
+by --py-files) submitted to it as a user would, with the environment that `ringtrain pack` built (shipped
+by --archives to the doctor, the ETL and the training), authentication and network encryption on.
 
 The ETL's shards must be byte-identical to a local-mode run of the same config, both ranks must end
 with identical parameters (the function: the same steps), and nothing the test started (process or
@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, listening_ports, own_tree
+from conftest import JVM_TEST_OPTS, ROOT, listening_ports, own_tree
 from ringtrain.config import load_config
 from ringtrain.etl.pipeline import run_etl
 from ringtrain.etl.sample_data import write_churn_csv
@@ -124,7 +124,8 @@ def standalone_cluster(tmp_path):
     props.write_text(f"spark.authenticate true\nspark.authenticate.secret {secrets.token_hex(16)}\n"
                      "spark.network.crypto.enabled true\nspark.io.encryption.enabled true\n")
     props.chmod(0o600)
-    env = {**without_aws(os.environ), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(tmp_path)}
+    env = {**without_aws(os.environ), "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(tmp_path),
+           "SPARK_DAEMON_JAVA_OPTS": JVM_TEST_OPTS}
     started: list[subprocess.Popen] = []
 
     def daemon(name: str, args: list[str]) -> subprocess.Popen:
@@ -180,15 +181,19 @@ def without_aws(env: dict) -> dict:
     return {k: v for k, v in env.items() if not k.startswith("AWS_")}
 
 
-def submit(master: str, props: str, env_info: dict, job: str, sets: list[str], extra=(), work_dirs=()) -> dict:
+def submit(master: str, props: str, env_info: dict, job: str, sets: list[str], extra=(), work_dirs=(),
+           ship_env: bool = True) -> dict:
     """spark-submit one job, in its own process group (a timeout kills the driver JVM and its Python driver
     alike, so nothing of a hung job outlives the test); then delete the finished application's folders on the
     workers (each executor unpacks the environment there: 2 GB per executor and job, which a small CI disk
-    does not hold three times)."""
+    does not hold three times). With `ship_env` the executors get the packed environment by --archives (about
+    45 s per job here: each executor fetches it, encrypted, and unpacks it); without, they run the folder it was
+    packed from, as on a cluster whose nodes have the environment installed at one path."""
+    python = ["--archives", f"{env_info['archive']}#env", "--conf", "spark.pyspark.python=./env/bin/python"] \
+        if ship_env else ["--conf", f"spark.pyspark.python={env_info['python']}"]
     cmd = [f"{BIN}/spark-submit", "--master", master, "--properties-file", props,
            "--conf", "spark.cores.max=2", "--executor-cores", "1", "--executor-memory", "1g",
-           "--conf", "spark.driver.host=127.0.0.1",
-           "--archives", f"{env_info['archive']}#env", "--conf", "spark.pyspark.python=./env/bin/python",
+           "--conf", "spark.driver.host=127.0.0.1", *python,
            # The driver runs the packed environment too (the folder the archive was made from), so the job
            # imports the non-editable ringtrain, as on a cluster, not this checkout.
            "--conf", f"spark.pyspark.driver.python={env_info['python']}",
@@ -256,10 +261,11 @@ def test_etl_and_training_on_a_standalone_cluster_with_the_packed_env(spark, pac
                        work_dirs=work)
         # A user's own training function (examples/train_function.py), on each engine of this stack, shipped
         # as a user ships one: spark-submit --py-files, which the driver and the ranks' worker processes see.
+        # The jobs above shipped the environment; these run its folder (same files, 90 s less of this test).
         function = {engine: submit(master, props, packed_env, "train_job.py",
                                    [*sets, f"store.run_id=cluster-{engine}", "train.epochs=1", f"train.engine={engine}",
                                     "train.function=train_function:train_from_config"],
-                                   extra=["--py-files", EXAMPLE], work_dirs=work)
+                                   extra=["--py-files", EXAMPLE], work_dirs=work, ship_env=False)
                     for engine in ENGINES}
     # Every JVM and Python process the cluster and the jobs started is gone, and every port they listened on.
     assert not processes_left(processes_before)
