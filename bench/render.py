@@ -269,6 +269,11 @@ def render_predict(result: dict, before: dict | None = None) -> str:
     return f"Before:\n\n{render(before)}\n\nAfter:\n\n{render(result)}"
 
 
+def render_rows(result: dict) -> str:
+    from rows_bench import render  # the benchmark's own table
+    return render(result)
+
+
 SECTIONS = {  # results name -> (section heading in BENCHMARKS.md, renderer); <name>-before.json: older code
     "etl": ("## ETL", render_etl),
     "scaling": ("## Training: scaling", render_scaling),
@@ -278,6 +283,7 @@ SECTIONS = {  # results name -> (section heading in BENCHMARKS.md, renderer); <n
     "pipeline": ("## Training: pipeline (layer splitting)", render_pipeline),
     "store": ("## Store: S3-compatible server ÷ local", render_store),
     "predict": ("## Batch scoring: predict ÷ its I/O floor", render_predict),
+    "rows": ("## Rows: how the cost grows (issue 21, in progress)", render_rows),
 }
 
 
