@@ -32,7 +32,6 @@ import os
 import re
 import time
 
-from pyspark import StorageLevel
 from pyspark.sql import SparkSession
 
 from ringtrain.etl.features import FeatureStats
@@ -41,7 +40,7 @@ from ringtrain.manifest import (
     SPLITS, Identity, IncrementalManifest, Manifest, Partition, Quarantine, Split, load_manifest,
 )
 from ringtrain.etl.steps import (
-    balance, config_hash, count_rows, input_files, publish_version, read_tasks_in_whole_rounds,
+    CACHE_LEVEL, balance, config_hash, count_rows, input_files, publish_version, read_tasks_in_whole_rounds,
     source_fingerprint, staging_area, summary, validated, write_splits,
 )
 from ringtrain.etl.sources import read_source
@@ -117,7 +116,7 @@ def run_incremental(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore,
                  "forced" if force else "source or config changed")
 
     seed = partition_seed(cfg.seed, partition)
-    checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
+    checked = checked.persist(CACHE_LEVEL)
     try:
         with read_tasks_in_whole_rounds(spark, files):  # the first pass fills the cache
             counts = count_rows(checked, cfg, seed, f" of partition {partition!r}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 
 from ringtrain.config import EtlConfig
@@ -13,7 +12,7 @@ from ringtrain.etl.incremental import check_partition, run_incremental
 from ringtrain.etl.manifest import version_manifest
 from ringtrain.etl.sources import read_source
 from ringtrain.etl.steps import (
-    RowCounts, balance, config_hash, count_rows, input_files, null_on_failure, publish_version,
+    CACHE_LEVEL, RowCounts, balance, config_hash, count_rows, input_files, null_on_failure, publish_version,
     read_tasks_in_whole_rounds, source_fingerprint, staging_area, summary, uncompressed_cache, validated,
     write_splits,
 )
@@ -54,7 +53,7 @@ def _run_full(spark: SparkSession, cfg: EtlConfig, datasets: DatasetStore, parti
         if manifest.identity == identity:
             log.info("source and config unchanged since %s: reusing it", latest)
             return {**summary(latest, manifest, started), "reused": True}
-    checked = checked.persist(StorageLevel.MEMORY_AND_DISK)
+    checked = checked.persist(CACHE_LEVEL)
     try:
         with read_tasks_in_whole_rounds(spark, files):  # the first pass fills the cache
             counts = count_rows(checked, cfg, cfg.seed)

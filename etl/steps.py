@@ -12,6 +12,7 @@ import re
 import time
 from dataclasses import dataclass, replace
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -42,13 +43,21 @@ def null_on_failure(spark: SparkSession):
         yield
 
 
+# Where the ETL keeps its validated rows between passes. Not in the JVM's heap: a task's partition is cached whole
+# (PySpark's levels are serialized), and at 20M rows on local[2] (1 GiB heap) two tasks building theirs next to
+# the blocks already held ran it out of memory (java.lang.OutOfMemoryError, the JVM gone) with MEMORY_AND_DISK.
+# On local disk the heap holds one batch at a time, the OS page cache keeps the bytes when it has room, and the
+# ETL was no slower: 17.2/18.1 s against 17.9/19.1 s at 1M rows, 40.9/40.8 against 42.6 s at 5M (BENCHMARKS.md,
+# "Rows"). The shards are the same bytes.
+CACHE_LEVEL = StorageLevel.DISK_ONLY
+
+
 @contextlib.contextmanager
 def uncompressed_cache(spark: SparkSession):
     """The validated rows, which the ETL caches for its later passes, cached without compression, restored
     after. Compressing them was the largest part of the first pass on local[2]: that pass took 2.4 s instead
     of 1.9 s at 1M rows, 13.4 s instead of 10.3 s at 5M (the later passes read the cache about as fast
-    either way). The cost: the cache takes more memory, so more of it spills to local disk (MEMORY_AND_DISK:
-    slower there, never wrong)."""
+    either way). The cost: more bytes on local disk (CACHE_LEVEL), which the page cache mostly keeps."""
     with session_conf(spark, "spark.sql.inMemoryColumnarStorage.compressed", "false"):
         yield
 
