@@ -71,6 +71,7 @@ endif
 	$(PY) bench/retrain_bench.py --out retrain$(BENCH_SUFFIX)
 	$(PY) bench/predict_bench.py --out predict$(BENCH_SUFFIX)
 	$(PY) bench/rows_bench.py --out rows$(BENCH_SUFFIX)
+	$(PY) bench/warmup_bench.py --out warmup$(BENCH_SUFFIX)
 	$(PY) bench/render.py --suffix="$(BENCH_SUFFIX)"
 
 # The two stacks side by side (BENCHMARKS.md "Spark 3.5 stack vs Spark 4 stack"): the like-for-like benchmarks

@@ -274,6 +274,11 @@ def render_rows(result: dict) -> str:
     return render(result)
 
 
+def render_warmup(result: dict) -> str:
+    from warmup_bench import render  # the benchmark's own table
+    return render(result)
+
+
 SECTIONS = {  # results name -> (section heading in BENCHMARKS.md, renderer); <name>-before.json: older code
     "etl": ("## ETL", render_etl),
     "scaling": ("## Training: scaling", render_scaling),
@@ -283,7 +288,8 @@ SECTIONS = {  # results name -> (section heading in BENCHMARKS.md, renderer); <n
     "pipeline": ("## Training: pipeline (layer splitting)", render_pipeline),
     "store": ("## Store: S3-compatible server ÷ local", render_store),
     "predict": ("## Batch scoring: predict ÷ its I/O floor", render_predict),
-    "rows": ("## Rows: how the cost grows (issue 21, in progress)", render_rows),
+    "rows": ("## Rows: how the cost grows", render_rows),
+    "warmup": ("## A fresh process's fixed cost", render_warmup),
 }
 
 
