@@ -14,10 +14,11 @@ os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 # The suite's JVMs live seconds to minutes and handle kilobytes: HotSpot's optimizing compiler (C2) and a
 # parallel collector spend more CPU on them than they save. The quick compiler only and one GC thread cut the
 # CPU seconds of tests/test_tasks.py and of test_etl.py + test_pipeline.py by a quarter each (169 -> 127 s;
-# README "Tests"), on the 2-core CI machine where CPU decides the suite's time. SPARK_SUBMIT_OPTS reaches every
-# driver JVM the tests start (this session's, each CLI's, each spark-submit's); the standalone-cluster test
-# hands JVM_TEST_OPTS to its master and workers too (its executors keep the defaults: they fetch and unpack the
-# packed environment, where C1 did not pay). Users' jobs keep the JVM's defaults.
+# README "What was and was not tested"), on the 2-core CI machine where CPU decides the suite's time.
+# SPARK_SUBMIT_OPTS reaches every driver JVM the tests start (this session's, each CLI's, each spark-submit's);
+# the standalone-cluster test hands JVM_TEST_OPTS to its master and workers too (its executors keep the
+# defaults: they fetch and unpack the packed environment, where C1 did not pay). Users' jobs keep the JVM's
+# defaults: for rows at scale C2 is what makes Spark fast (BENCHMARKS.md, "A fresh process's fixed cost").
 JVM_TEST_OPTS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 os.environ.setdefault("SPARK_SUBMIT_OPTS", JVM_TEST_OPTS)
 
