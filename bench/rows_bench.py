@@ -40,20 +40,21 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def churn_csv(path: str, rows: int, seed: int, first_id: int) -> str:
+    """`rows` rows of the churn generator as the CSV file `path`, written once."""
+    if not os.path.exists(path):
+        from ringtrain.etl.sample_data import generate_churn
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        frame, _ = generate_churn(rows, seed, first_id=first_id)
+        frame.to_csv(path + ".tmp", index=False)
+        os.replace(path + ".tmp", path)
+    return path
+
+
 def chunks(count: int) -> list[str]:
     """The first `count` chunk files, written once."""
-    from ringtrain.etl.sample_data import generate_churn
     folder = os.path.join(DATA, "rows", "chunks")
-    os.makedirs(folder, exist_ok=True)
-    paths = []
-    for i in range(count):
-        path = os.path.join(folder, f"churn-{i:03d}.csv")
-        if not os.path.exists(path):
-            frame, _ = generate_churn(CHUNK, 7 + i, first_id=i * CHUNK)
-            frame.to_csv(path + ".tmp", index=False)
-            os.replace(path + ".tmp", path)
-        paths.append(path)
-    return paths
+    return [churn_csv(os.path.join(folder, f"churn-{i:03d}.csv"), CHUNK, 7 + i, i * CHUNK) for i in range(count)]
 
 
 def raw_folder(millions: int) -> str:

@@ -3,9 +3,9 @@ new local[2] session, once with the JVM's default JIT and once with the quick co
 -XX:TieredStopAtLevel=1), each in its own process.
 
 Per ETL: its seconds (run_etl, in the running session), and the JVM's CPU seconds by thread: the JIT compiler
-threads (those alive at the ETL's end: a lower bound), the driver's threads (py4j: planning, code generation, class loading), the executors' task threads
-(the work on the rows), and the garbage collector; the classes loaded and the seconds spent loading them (the
-JVM's own counters, by jcmd); and the Python workers' CPU seconds. The rows are bench/rows_bench.py's first 1M
+threads (those alive at the ETL's end: a lower bound), the driver's threads (py4j: planning, code generation,
+class loading), the executors' task threads (the work on the rows), and the garbage collector; the classes
+loaded and the seconds spent loading them (the JVM's own counters, by jcmd); and the Python workers' CPU seconds. The rows are bench/rows_bench.py's first 1M
 chunk and 10k rows of the same generator (seed 99).
 
     .venv/bin/python bench/warmup_bench.py                         # bench/results/warmup.json
@@ -37,14 +37,9 @@ def parse_args(argv=None):
 
 
 def small_folder() -> str:
-    from ringtrain.etl.sample_data import generate_churn
+    from rows_bench import churn_csv
     folder = os.path.join(DATA, "rows", "small")
-    path = os.path.join(folder, "churn.csv")
-    if not os.path.exists(path):
-        os.makedirs(folder, exist_ok=True)
-        frame, _ = generate_churn(SMALL, 99, first_id=50_000_000)
-        frame.to_csv(path + ".tmp", index=False)
-        os.replace(path + ".tmp", path)
+    churn_csv(os.path.join(folder, "churn.csv"), SMALL, 99, 50_000_000)
     return folder
 
 
@@ -60,7 +55,7 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:  # the thread ended
             continue
-        if "Compiler" in name or "CompilerThre" in name:
+        if "Compiler" in name:  # "C2 CompilerThre", "C1 CompilerThre"
             group = "jit"
         elif name.startswith("Executor task"):
             group = "tasks"
@@ -104,7 +99,6 @@ def child(mode: str) -> None:
     from ringtrain.etl.pipeline import run_etl
     from ringtrain.layout import RunStore
     from ringtrain.spark import get_spark, scratch_conf
-    from rows_bench import raw_folder
     quiet_logs()
     root = os.path.join(DATA, "warmup")
     shutil.rmtree(root, ignore_errors=True)
@@ -115,8 +109,9 @@ def child(mode: str) -> None:
     pid = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
     jvm = psutil.Process(pid)
     steps = []
-    for i, (label, folder) in enumerate([("10k rows, first", small_folder()), ("1M rows, second", raw_folder(1)),
-                                         ("1M rows, third", raw_folder(1))]):
+    small, million = small_folder(), os.path.join(DATA, "rows", "raw-1")  # both made by the parent
+    for i, (label, folder) in enumerate([("10k rows, first", small), ("1M rows, second", million),
+                                         ("1M rows, third", million)]):
         cfg = load_config(os.path.join(ROOT, "conf", "demo.yaml"),
                           [f"store.root={root}/{i}", f"etl.source.path={folder}"])
         threads0, classes0 = thread_cpu(pid), class_counters(pid)
