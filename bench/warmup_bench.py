@@ -5,8 +5,8 @@ new local[2] session, once with the JVM's default JIT and once with the quick co
 Per ETL: its seconds (run_etl, in the running session), and the JVM's CPU seconds by thread: the JIT compiler
 threads (those alive at the ETL's end: a lower bound), the driver's threads (py4j: planning, code generation,
 class loading), the executors' task threads (the work on the rows), and the garbage collector; the classes
-loaded and the seconds spent loading them (the JVM's own counters, by jcmd); and the Python workers' CPU seconds. The rows are bench/rows_bench.py's first 1M
-chunk and 10k rows of the same generator (seed 99).
+loaded and the seconds spent loading them (the JVM's own counters, by jcmd); and the Python workers' CPU
+seconds. The rows are bench/rows_bench.py's first 1M chunk and 10k rows of the same generator (seed 99).
 
     .venv/bin/python bench/warmup_bench.py                         # bench/results/warmup.json
 """
