@@ -148,7 +148,9 @@ def _at(values: list[int], index: Column) -> Column:
 
 
 def _literal_array(values: list[int]) -> Column:
-    return F.array(*[F.lit(v).cast("long") for v in values])
+    """An array<bigint> literal, parsed by Spark in one call (a `F.lit` per element is a round trip to the JVM
+    each: 0.3 s for the plan's few hundred values)."""
+    return F.expr(f"array({', '.join(f'{int(v)}L' for v in values)})")
 
 
 def write_shards(numbered: DataFrame, plan: ShardPlan, folders: dict[str, str], *, split_column: str, key: str,

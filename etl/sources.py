@@ -21,6 +21,11 @@ SPARK_TYPES = {
 }
 
 
+def csv_header(spark: SparkSession, source: SourceConfig, path: str) -> list[str]:
+    """The column names of the CSV at `path`, from its header line."""
+    return spark.read.options(**{"header": "true", **source.options}).csv(path).columns
+
+
 def source_path(source: SourceConfig, partition: str | None) -> str:
     path = source.path or ""
     if "{partition}" in path:
@@ -31,16 +36,15 @@ def source_path(source: SourceConfig, partition: str | None) -> str:
 
 
 def read_source(spark: SparkSession, source: SourceConfig, columns: list[ColumnSpec],
-                partition: str | None = None) -> DataFrame:
-    """Return a DataFrame with exactly the declared columns (raw) plus CORRUPT (null when fine)."""
+                partition: str | None = None, header: list[str] | None = None) -> DataFrame:
+    """Return a DataFrame with exactly the declared columns (raw) plus CORRUPT (null when fine). `header`: a
+    CSV's column names when the caller has read them already (`csv_header`; reading them is a Spark job)."""
     names = [c.name for c in columns]
     if source.format in ("csv", "json"):
         path = source_path(source, partition)
         _check_path_exists(spark, path)
         if source.format == "csv":
-            options = {"header": "true", **source.options}
-            header = spark.read.options(**options).csv(path).columns
-            _check_names(header, names, path)
+            _check_names(header if header is not None else csv_header(spark, source, path), names, path)
         raw_schema = T.StructType([T.StructField(n, T.StringType()) for n in names]
                                   + [T.StructField(CORRUPT, T.StringType())])
         reader = spark.read.schema(raw_schema).options(
