@@ -67,6 +67,7 @@ ifeq ($(STACK),spark35)
 	$(PY) bench/pipeline_bench.py
 endif
 	$(PY) bench/etl_bench.py --out etl$(BENCH_SUFFIX)
+	$(PY) bench/etl_stages_bench.py --out etl-stages$(BENCH_SUFFIX)
 	$(PY) bench/store_bench.py --out store$(BENCH_SUFFIX)
 	$(PY) bench/retrain_bench.py --out retrain$(BENCH_SUFFIX)
 	$(PY) bench/predict_bench.py --out predict$(BENCH_SUFFIX)
@@ -103,6 +104,7 @@ endif
 	$(PY) bench/feed_bench.py --rows 20000 --repeats 2 --loader-epochs 2 --out smoke-feed$(BENCH_SUFFIX)
 	$(PY) bench/scaling_bench.py --rows 20000 --epochs 1 --repeats 1 --out smoke-scaling$(BENCH_SUFFIX)
 	$(PY) bench/etl_bench.py --rows 50000 --repeats 1 --out smoke-etl$(BENCH_SUFFIX)
+	$(PY) bench/etl_stages_bench.py --rows 50000 --repeats 1 --out smoke-etl-stages$(BENCH_SUFFIX)
 	$(PY) bench/store_bench.py --rows 20000 --repeats 1 --out smoke-store$(BENCH_SUFFIX)
 	$(PY) bench/retrain_bench.py --rows 5000 --repeats 1 --out smoke-retrain$(BENCH_SUFFIX)
 	$(PY) bench/predict_bench.py --rows 20000 --train-rows 5000 --repeats 1 --out smoke-predict$(BENCH_SUFFIX)

@@ -16,6 +16,7 @@ the model's training are not timed. Per round, interleaved, each job from the sa
 
 Ratios are rows/s ÷ rows/s of medians over `--repeats` rounds: predict ÷ floor (issue 21 asks >= 0.5), and
 predict ÷ peer (whose input is already encoded: it reads fewer bytes and validates and encodes nothing).
+Where predict's time goes: in the same rounds, predict's own plan run up to each piece of its work (`pieces`).
 
     .venv/bin/python bench/predict_bench.py                                  # 1M rows, 3 rounds (make bench)
     .venv/bin/python bench/predict_bench.py --rows 5000000 --out predict-5m
@@ -60,6 +61,16 @@ def render(r: dict) -> str:
         ratio = "" if name == "predict" else f"**{r['ratios'][name]:.3f}**"
         lines.append(f"| {what} | {job['seconds']:.2f} | {rows / job['seconds']:,.0f} | {ratio} | "
                      f"{', '.join(f'{s:.2f}' for s in job['runs_s'])} |")
+    if all(name in r["jobs"] for name in PIECES):
+        lines += ["", "Where predict's time goes (its own plan, run up to each piece; cost: the piece's median minus "
+                  "the one before):", "", "| piece | cost s | its job's runs (s) |", "|---|---:|---|"]
+        before = 0.0
+        for name in (*PIECES, "predict"):
+            job = r["jobs"][name]
+            what = "+ score, write Parquet, publish (predict itself)" if name == "predict" else name
+            lines.append(f"| {what} | {job['seconds'] - before:.2f} | "
+                         f"{', '.join(f'{s:.2f}' for s in job['runs_s'])} |")
+            before = job["seconds"]
     return "\n".join(lines)
 
 
@@ -140,6 +151,38 @@ def peer_job(spark, model, encoded: str, columns: list[str], key: str, out: str)
     df.select(key, score(*groups).alias("score")).write.mode("overwrite").parquet(out)
 
 
+PIECES = ("read text", "+ validate, encode", "+ Arrow to Python workers")
+
+
+def pieces(spark, model, source: str) -> dict:
+    """predict's own plan run up to a piece of its work, each to Spark's `noop` sink (it runs whole, writes
+    nothing): the input read as text; validated and encoded (`jobs.predict.scoring_input`, what predict scores);
+    and handed to Python workers that only count the rows. predict minus the last: scoring, writing, publishing."""
+    import pyarrow as pa
+    from ringtrain.config import SourceConfig
+    from ringtrain.etl.features import FeatureStats
+    from ringtrain.etl.steps import null_on_failure
+    from ringtrain.jobs.predict import input_columns, model_columns, scoring_input
+    src = SourceConfig(format="csv", path=source)
+    specs, label = model_columns(model)
+    specs, present = input_columns(spark, src, specs, label)
+    raw, rows, _ = scoring_input(spark, src, specs, present, FeatureStats.from_json(model.features()), [])
+
+    def count(batches):
+        yield pa.RecordBatch.from_pylist([{"rows": sum(b.num_rows for b in batches)}])
+
+    def ansi_off(job):  # as predict runs its queries
+        def run(out):
+            with null_on_failure(spark):
+                job()
+        return run
+    return {
+        "read text": ansi_off(lambda: raw.write.format("noop").mode("overwrite").save()),
+        "+ validate, encode": ansi_off(lambda: rows.write.format("noop").mode("overwrite").save()),
+        "+ Arrow to Python workers": ansi_off(lambda: rows.mapInArrow(count, "rows long").collect()),
+    }
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     quiet_logs()
@@ -160,7 +203,7 @@ def main(argv=None) -> None:
     specs, _ = model_columns(model)
     key = FeatureStats.from_json(model.features()).key
     spark = spark_session(2, settings(args.conf))
-    runs = {"predict": [], "floor": [], "peer": []}
+    runs = {name: [] for name in ("predict", "floor", "peer", *PIECES)}
     try:
         encoded = os.path.join(root, "encoded")
         columns = encode_once(spark, model, source, encoded)
@@ -168,6 +211,7 @@ def main(argv=None) -> None:
             "predict": lambda out: predict(spark, model, SourceConfig(format="csv", path=source), out),
             "floor": lambda out: floor_job(spark, source, specs, out),
             "peer": lambda out: peer_job(spark, model, encoded, columns, key, out),
+            **pieces(spark, model, source),
         }
         for name, job in jobs.items():  # warm-up, untimed
             job(os.path.join(root, "out", f"warm-{name}"))

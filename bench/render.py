@@ -279,8 +279,14 @@ def render_warmup(result: dict) -> str:
     return render(result)
 
 
+def render_etl_stages(result: dict) -> str:
+    from etl_stages_bench import render  # the benchmark's own tables
+    return render(result)
+
+
 SECTIONS = {  # results name -> (section heading in BENCHMARKS.md, renderer); <name>-before.json: older code
     "etl": ("## ETL", render_etl),
+    "etl-stages": ("## ETL: where the gap to plain Spark lives", render_etl_stages),
     "scaling": ("## Training: scaling", render_scaling),
     "feed": ("## Training: feed", render_feed),
     "step": ("## Training: where a step's time goes", render_step),

@@ -162,19 +162,8 @@ def _predict(spark: SparkSession, model: ModelFiles, source: SourceConfig, outpu
     columns = output_columns(stats.key, [name for name, _ in scores.columns], keep, present)
     part = partition_of(partition, source.table if source.format == "table" else source.path)
     version = model.version or model.folder
-    raw = read_source(spark, source, specs, header=present if source.format == "csv" else None)
-    checked = parse_and_validate(raw, specs, None, raw_strings=source.format in ("csv", "json"), key=stats.key)
+    _, rows, carried = scoring_input(spark, source, specs, present, stats, keep)
     unpublish(output_dir)
-    # One pass over the input: every row encoded (a rejected row's encoding is never used), a rejected row also
-    # as text, each column under a name of its own, with its reason. Each task scores and writes its good rows
-    # and writes its rejected ones to quarantine/, in the files the two passes of before wrote.
-    carried = {f"_keep_{i}": column for i, column in enumerate(keep)}  # a kept feature is also encoded
-    # A rejected row's columns as text, in one struct column that is null for a good row: one test per row, not
-    # one per column, and one null per good row to carry (at 1M rows, a column of its own per input column,
-    # each null but for rejected rows, took predict from 3.39 s to 3.83 s, medians of 5).
-    as_text = F.when(F.col(REASON).isNotNull(), F.struct(*[F.col(c).cast("string").alias(c) for c in checked.columns]))
-    rows = apply_features(checked.select("*", as_text.alias(REJECTED)), stats, key_as_string=False,
-                          passthrough={**carried, REASON: REASON, REJECTED: REJECTED})
     written = score_and_write(rows, model, output_dir, stats.key, {"model_version": version, "partition": part},
                               carried)
     scored = [w for w in written if w["kind"] == "scored"]
@@ -198,6 +187,23 @@ def _predict(spark: SparkSession, model: ModelFiles, source: SourceConfig, outpu
     return {"output_dir": output_dir, "model_version": model.version, "rows_scored": manifest["rows_scored"],
             "rows_quarantined": manifest["rows_quarantined"], "quarantine_reasons": manifest["quarantine_reasons"],
             "files": len(scored), "columns": columns, "partition": part, "seconds": round(time.time() - started, 1)}
+
+
+def scoring_input(spark: SparkSession, source: SourceConfig, specs: list[ColumnSpec], present: list[str],
+                  stats: FeatureStats, keep: list[str]) -> tuple[DataFrame, DataFrame, dict[str, str]]:
+    """(the input as read, the rows `score_and_write` takes, the kept columns {name in rows: input name}), lazily;
+    `specs`, `present`: `input_columns`. One pass over the input: every row validated and encoded (a rejected
+    row's encoding is never used), a rejected row also as text, with its reason."""
+    raw = read_source(spark, source, specs, header=present if source.format == "csv" else None)
+    checked = parse_and_validate(raw, specs, None, raw_strings=source.format in ("csv", "json"), key=stats.key)
+    carried = {f"_keep_{i}": column for i, column in enumerate(keep)}  # a kept feature is also encoded
+    # A rejected row's columns as text, in one struct column that is null for a good row: one test per row, not
+    # one per column, and one null per good row to carry (at 1M rows, a column of its own per input column,
+    # each null but for rejected rows, took predict from 3.39 s to 3.83 s, medians of 5).
+    as_text = F.when(F.col(REASON).isNotNull(), F.struct(*[F.col(c).cast("string").alias(c) for c in checked.columns]))
+    rows = apply_features(checked.select("*", as_text.alias(REJECTED)), stats, key_as_string=False,
+                          passthrough={**carried, REASON: REASON, REJECTED: REJECTED})
+    return raw, rows, carried
 
 
 SCORE_MEANING = {
