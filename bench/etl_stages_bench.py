@@ -7,14 +7,14 @@ session (8 shuffle partitions, as etl_bench), one untimed warm-up of each job, t
 ETL (`run_etl(..., force=True)`), the plain conversion, and the pieces:
 - `read text`: the CSV read as text (every declared column a string, Spark's corrupt-record column), nothing kept;
 - `+ validate`: the same, parsed and validated (`etl.steps.validated`), nothing kept;
-- `+ fill cache`: the same, cached as the ETL caches it (CACHE_LEVEL, uncompressed) and counted, then dropped;
-- from the cache the ETL keeps (filled once, before the rounds): `encode`: the good rows encoded; `+ shuffle 1,
-  sort, number`: numbered (`etl.shards.number_rows`); `+ shuffle 2`: moved to their shards' tasks; `+ sort`: and
-  sorted within them, as `write_shards` does before its Python writers.
+- `+ fill cache`: the same, cached as the ETL caches it (CACHE_LEVEL, uncompressed) and counted;
+- from that cache (dropped at the end of the round, so that the ETL never finds it): `encode`: the good rows
+  encoded; `+ shuffle 1, sort, number`: numbered (`etl.shards.number_rows`); `+ shuffle 2`: moved to their shards'
+  tasks; `+ sort`: and sorted within them, as `write_shards` does before its Python writers.
 Each piece's job writes to Spark's `noop` sink, so it runs whole and writes nothing. A piece's cost is its time
 minus the piece before it (medians). Per stage of the ETL and of the plain conversion: wall seconds, task seconds
-(both cores), input, shuffle written; the ETL's stages named by the step that started them (as etl_bench names
-them) and by what they read and write.
+(both cores), the task threads' CPU seconds, input, shuffle written; the ETL's stages named by the step that
+started them (as etl_bench names them) and by what they read and write.
 
     .venv/bin/python bench/etl_stages_bench.py                         # 1M and 5M rows, 3 rounds (make bench)
     .venv-spark4/bin/python bench/etl_stages_bench.py --repeats 5 --out etl-stages-spark4
@@ -121,6 +121,7 @@ def stage_table(url: str, app: str, tags: list[str]) -> dict[str, list[dict]]:
             out[tag].append({
                 "step": step, "kind": stage_kind(step, s, first_read),
                 "wall_s": round(_seconds(s), 3), "task_s": round(s["executorRunTime"] / 1000, 3),
+                "task_cpu_s": round(s["executorCpuTime"] / 1e9, 3),
                 "input_mb": round(s["inputBytes"] / 1e6, 1), "shuffle_write_mb": round(s["shuffleWriteBytes"] / 1e6, 1),
                 "tasks": s["numTasks"]})
     return out
@@ -243,9 +244,10 @@ def measure_size(spark, rows: int, repeats: int) -> dict:
 def _summed(stages: list[dict]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for s in stages:
-        row = out.setdefault(s["kind"], {"wall_s": 0.0, "task_s": 0.0, "input_mb": 0.0, "shuffle_write_mb": 0.0})
+        row = out.setdefault(s["kind"], {"wall_s": 0.0, "task_s": 0.0, "task_cpu_s": 0.0, "input_mb": 0.0,
+                                         "shuffle_write_mb": 0.0})
         for k in row:
-            row[k] += s[k]
+            row[k] += s.get(k, 0.0)  # task_cpu_s: not in results before 2026-12-07T02
     return out
 
 
@@ -257,18 +259,21 @@ def render(r: dict) -> str:
                   f"{size['seconds']['plain']:.2f} s, **ratio {size['ratio']:.2f}** (medians of {r['repeats']}; "
                   f"ETL runs {', '.join(f'{x:.2f}' for x in runs['etl'])}; plain "
                   f"{', '.join(f'{x:.2f}' for x in runs['plain'])}).", "",
-                  "| job | stage (what it does) | wall s per round | task s (both cores) | input MB | "
-                  "shuffle written MB |", "|---|---|---|---:|---:|---:|"]
+                  "| job | stage (what it does) | wall s per round | task s (both cores) | task threads' CPU s | "
+                  "input MB | shuffle written MB |", "|---|---|---|---:|---:|---:|---:|"]
         for job in ("etl", "plain"):
+            cpu = all("task_cpu_s" in s for s in size["stages"][f"{rows}-{job}-0"])  # recorded since 2026-12-07
             rounds = [_summed(size["stages"][f"{rows}-{job}-{i}"]) for i in range(r["repeats"])]
             name = "ETL" if job == "etl" else "plain"
             for kind in rounds[-1]:
                 walls = [x[kind]["wall_s"] for x in rounds if kind in x]
                 last = rounds[-1][kind]
+                task_cpu = f"{last['task_cpu_s']:.2f}" if cpu else ""
                 lines.append(f"| {name} | {kind} | {', '.join(f'{w:.2f}' for w in walls)} | {last['task_s']:.2f} | "
-                             f"{last['input_mb']:.0f} | {last['shuffle_write_mb']:.0f} |")
+                             f"{task_cpu} | {last['input_mb']:.0f} | {last['shuffle_write_mb']:.0f} |")
             idle = [t - sum(x["wall_s"] for x in rs.values()) for t, rs in zip(runs[job], rounds)]
-            lines.append(f"| {name} | driver alone (no stage running) | {', '.join(f'{w:.2f}' for w in idle)} | | | |")
+            idle_s = ", ".join(f"{w:.2f}" for w in idle)
+            lines.append(f"| {name} | driver alone (no stage running) | {idle_s} | | | | |")
         lines += ["", "| piece of the ETL's work | cost s (median) | its job's runs (s) |",
                   "|---|---:|---|"]
         for name in PIECES:

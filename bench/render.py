@@ -284,9 +284,15 @@ def render_etl_stages(result: dict) -> str:
     return render(result)
 
 
+def render_arrow_runner(result: dict) -> str:
+    from arrow_runner_bench import render  # the benchmark's own table
+    return render(result)
+
+
 SECTIONS = {  # results name -> (section heading in BENCHMARKS.md, renderer); <name>-before.json: older code
     "etl": ("## ETL", render_etl),
     "etl-stages": ("## ETL: where the gap to plain Spark lives", render_etl_stages),
+    "arrow-runner": ("## ETL: where the gap to plain Spark lives", render_arrow_runner),
     "scaling": ("## Training: scaling", render_scaling),
     "feed": ("## Training: feed", render_feed),
     "step": ("## Training: where a step's time goes", render_step),

@@ -197,10 +197,10 @@ def scoring_input(spark: SparkSession, source: SourceConfig, specs: list[ColumnS
     raw = read_source(spark, source, specs, header=present if source.format == "csv" else None)
     checked = parse_and_validate(raw, specs, None, raw_strings=source.format in ("csv", "json"), key=stats.key)
     carried = {f"_keep_{i}": column for i, column in enumerate(keep)}  # a kept feature is also encoded
-    # A rejected row's columns as text, in one struct column that is null for a good row: one test per row, not
-    # one per column, and one null per good row to carry (at 1M rows, a column of its own per input column,
-    # each null but for rejected rows, took predict from 3.39 s to 3.83 s, medians of 5).
-    as_text = F.when(F.col(REASON).isNotNull(), F.struct(*[F.col(c).cast("string").alias(c) for c in checked.columns]))
+    # A rejected row's columns as text, in one struct column that is null for a good row: one test per row and one
+    # null per good row to carry, instead of a column of its own per input column (BENCHMARKS.md, "Batch scoring").
+    text = F.struct(*[F.col(c).cast("string").alias(c) for c in checked.columns])
+    as_text = F.when(F.col(REASON).isNotNull(), text)
     rows = apply_features(checked.select("*", as_text.alias(REJECTED)), stats, key_as_string=False,
                           passthrough={**carried, REASON: REASON, REJECTED: REJECTED})
     return raw, rows, carried
