@@ -19,6 +19,12 @@ SESSION_DEFAULTS = {
     # without whole-stage codegen: each operator's own generated code, split into methods the JIT compiles.
     # A SQL setting, so it reaches every executor without JVM flags.
     "spark.sql.codegen.hugeMethodLimit": "8000",
+    # Spark 4 cuts the Arrow batches it hands to Python workers (the ETL's shard writers, predict's scoring) at
+    # 64 MiB as well as at spark.sql.execution.arrow.maxRecordsPerBatch rows (10,000), and checking the bytes made
+    # the hand-off slow: the ETL of 5M rows took 29.7 s with it and 26.4 s without on local[2] (medians of 3, the
+    # same shards; BENCHMARKS.md, "ETL: where the gap to plain Spark lives"). The row limit alone still bounds every
+    # batch, as on Spark 3.5, which has no byte limit (there this setting does nothing).
+    "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 1),
 }
 
 
