@@ -32,7 +32,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import DATA, ROOT, machine, median, quiet_logs, warn_if_busy, write_result  # noqa: E402
+from _common import DATA, ROOT, machine, median, quiet_logs, spark_session, warn_if_busy, write_result  # noqa: E402
 from etl_bench import StepClock  # noqa: E402
 
 PIECES = ("read text", "+ validate", "+ fill cache", "encode", "+ shuffle 1, sort, number", "+ shuffle 2", "+ sort")
@@ -288,14 +288,8 @@ def main(argv=None) -> None:
     quiet_logs()
     info = machine()
     warn_if_busy(info)
-    from ringtrain.config import SparkConfig
-    from ringtrain.spark import get_spark, scratch_conf
-    tmp = os.path.join(DATA, "spark")
-    os.makedirs(tmp, exist_ok=True)
-    spark = get_spark(SparkConfig(master="local[2]", app_name="ringtrain-etl-stages-bench", conf={
-        **scratch_conf(tmp), "spark.sql.shuffle.partitions": "8", "spark.ui.enabled": "true", "spark.ui.port": "0",
-        "spark.ui.retainedJobs": "100000", "spark.ui.retainedStages": "100000",
-        "spark.ui.showConsoleProgress": "false"}))
+    spark = spark_session(2, {"spark.ui.enabled": "true", "spark.ui.port": "0",  # its REST API: the stages
+                              "spark.ui.retainedJobs": "100000", "spark.ui.retainedStages": "100000"})
     spark.sparkContext.setLogLevel("ERROR")
     try:
         sizes = [measure_size(spark, rows, args.repeats) for rows in args.rows]
